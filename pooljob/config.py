@@ -1,0 +1,240 @@
+"""The job configuration: one TOML file, parsed into one frozen, validated object.
+
+Every problem in the file is collected and reported at once, on one line;
+unknown sections and keys are rejected.  Relative paths are resolved against
+the directory of the config file, so a cron job can run from anywhere.
+
+Example
+-------
+.. code-block:: toml
+
+    [source]                 # exactly one of: path | database + table | query
+    path = "data/*.parquet"  # Parquet or CSV; globs; hive partitions
+    where = "year = 2024"    # optional, trusted SQL filter
+    [model]
+    formula = "income ~ 1 + (1 | state/county/zip)"
+    family = "gaussian"
+    method = "reml"          # reml | ml
+    [output]
+    path = "out/income"
+    interval = 0.95
+    keep_runs = 5
+    [engine]                 # optional
+    threads = 2
+    memory_limit = "4GB"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pooljob.api import FAMILIES, METHODS, check_options
+from pooljob.errors import ConfigError, FormulaError
+from pooljob.formula import Formula, parse_formula
+
+_ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "source": {"path": str, "database": str, "table": str, "query": str, "where": str},
+    "model": {"formula": str, "family": str, "method": str},
+    "output": {"path": str, "interval": (float, int), "keep_runs": int},
+    "engine": {"threads": int, "memory_limit": str},
+}
+_REQUIRED = {"source": (), "model": ("formula",), "output": ("path",)}
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where the rows are: exactly one of ``path``, ``database`` + ``table``, ``query``."""
+
+    path: str | None = None
+    database: str | None = None
+    table: str | None = None
+    query: str | None = None
+    where: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model: a parsed formula, its family and estimation method."""
+
+    formula: Formula
+    family: str = "gaussian"
+    method: str = "reml"
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where and how results are published."""
+
+    path: Path
+    interval: float = 0.95
+    keep_runs: int = 5
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """DuckDB settings: threads (default: all cores) and memory limit."""
+
+    threads: int | None = None
+    memory_limit: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated job configuration.
+
+    Attributes
+    ----------
+    file : Path
+        The TOML file it came from.
+    raw : dict
+        The file's content as parsed (recorded in the manifest).
+    """
+
+    file: Path
+    source: SourceConfig
+    model: ModelConfig
+    output: OutputConfig
+    engine: EngineConfig
+    raw: dict[str, Any]
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number"}
+    if isinstance(t, tuple):
+        return names[t[0]]
+    return names[t]
+
+
+def _resolve(base: Path, value: str) -> str:
+    if "://" in value:
+        return value
+    return os.path.normpath(base / value)
+
+
+def _check_types(raw: dict[str, Any], problems: list[str]) -> None:
+    for section, body in raw.items():
+        if section not in _ALLOWED:
+            problems.append(
+                f"unknown section [{section}]; allowed: "
+                + ", ".join(f"[{s}]" for s in _ALLOWED)
+            )
+            continue
+        if not isinstance(body, dict):
+            problems.append(f"[{section}] must be a table, got {body!r}")
+            continue
+        for key, value in body.items():
+            if key not in _ALLOWED[section]:
+                problems.append(
+                    f"unknown key [{section}] {key}; allowed: {', '.join(_ALLOWED[section])}"
+                )
+                continue
+            expected = _ALLOWED[section][key]
+            if isinstance(value, bool) or not isinstance(value, expected):
+                problems.append(
+                    f"[{section}] {key} = {value!r} must be {_type_name(expected)}"
+                )
+    for section, keys in _REQUIRED.items():
+        if section not in raw:
+            problems.append(f"missing section [{section}]")
+            continue
+        problems.extend(
+            f"missing [{section}] {key}" for key in keys if key not in raw.get(section, {})
+        )
+
+
+def _source(raw: dict[str, Any], base: Path, problems: list[str]) -> SourceConfig:
+    src = {k: v for k, v in raw.get("source", {}).items() if isinstance(v, str)}
+    given = [k for k in ("path", "database", "query") if k in src]
+    if len(given) != 1:
+        problems.append(
+            "[source] needs exactly one of path, database (with table) or query; got "
+            + (", ".join(given) if given else "none")
+        )
+    if "database" in src and "table" not in src:
+        problems.append("[source] database needs a table = \"...\" to read")
+    if "table" in src and "database" not in src:
+        problems.append("[source] table needs the database = \"...\" that holds it")
+    for key in ("path", "database", "table", "query", "where"):
+        if key in src and not src[key].strip():
+            problems.append(f"[source] {key} is empty")
+    return SourceConfig(
+        path=_resolve(base, src["path"]) if "path" in src else None,
+        database=_resolve(base, src["database"]) if "database" in src else None,
+        table=src.get("table"),
+        query=src.get("query"),
+        where=src.get("where"),
+    )
+
+
+def parse_config(raw: dict[str, Any], file: Path) -> Config:
+    """Validate a parsed TOML document; raise one ConfigError listing every problem."""
+    problems: list[str] = []
+    _check_types(raw, problems)
+    base = file.resolve().parent
+    source = _source(raw, base, problems)
+    model_raw = raw.get("model", {}) if isinstance(raw.get("model"), dict) else {}
+    out_raw = raw.get("output", {}) if isinstance(raw.get("output"), dict) else {}
+    eng_raw = raw.get("engine", {}) if isinstance(raw.get("engine"), dict) else {}
+    formula: Formula | None = None
+    if isinstance(model_raw.get("formula"), str):
+        try:
+            formula = parse_formula(model_raw["formula"])
+        except FormulaError as exc:
+            problems.append(f"[model] formula: {exc}")
+    family = model_raw.get("family", "gaussian")
+    method = model_raw.get("method", "reml")
+    interval = out_raw.get("interval", 0.95)
+    if isinstance(family, str) and isinstance(method, str):
+        problems.extend(
+            p
+            for p in check_options(
+                family, method, interval if isinstance(interval, int | float) else 0.95
+            )
+        )
+    keep_runs = out_raw.get("keep_runs", 5)
+    if isinstance(keep_runs, int) and not isinstance(keep_runs, bool) and keep_runs < 1:
+        problems.append(f"[output] keep_runs = {keep_runs} must be at least 1")
+    threads = eng_raw.get("threads")
+    if isinstance(threads, int) and threads < 1:
+        problems.append(f"[engine] threads = {threads} must be at least 1")
+    out_path = out_raw.get("path")
+    if isinstance(out_path, str) and not out_path.strip():
+        problems.append("[output] path is empty")
+    if problems:
+        raise ConfigError(f"config {str(file)!r}: " + "; ".join(problems))
+    assert formula is not None and isinstance(out_path, str)
+    return Config(
+        file=file,
+        source=source,
+        model=ModelConfig(formula=formula, family=family, method=method),
+        output=OutputConfig(
+            path=Path(_resolve(base, out_path)),
+            interval=float(interval),
+            keep_runs=int(keep_runs),
+        ),
+        engine=EngineConfig(threads=threads, memory_limit=eng_raw.get("memory_limit")),
+        raw=raw,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(file)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(file)!r} cannot be read: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
+    return parse_config(raw, file)
+
+
+__all__ = ["FAMILIES", "METHODS", "Config", "load_config", "parse_config"]

@@ -1,0 +1,236 @@
+"""Open the input as a DuckDB view named ``source``, in process, with no server.
+
+Files (Parquet or CSV, globs, hive partitions), a table of a DuckDB database
+(attached read-only), a trusted SQL query, or an in-memory table (polars,
+pandas, Arrow) or DuckDB relation.  Only identifiers checked against the
+source's schema, quoted, and bound values reach DuckDB; the optional
+``where`` filter and ``query`` are trusted SQL from the config's owner.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from pooljob.errors import InputError, MissingColumnError
+
+_CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".txt")
+_PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+
+
+def quote_identifier(name: str) -> str:
+    """Quote a column or table name for DuckDB: ``"`` doubled inside quotes."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+@dataclass
+class Source:
+    """A DuckDB view ``source`` over the input, with its schema.
+
+    Attributes
+    ----------
+    description : str
+        What the source is, for messages (a path, ``db:table``, ``query``).
+    columns : dict of str to str
+        Column name to DuckDB type name.
+    """
+
+    description: str
+    _con: duckdb.DuckDBPyConnection | None = None
+    _relation: duckdb.DuckDBPyRelation | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+
+    def relation(self, sql: str) -> duckdb.DuckDBPyRelation:
+        """Return ``sql`` (which reads the view ``source``) as a relation."""
+        if self._relation is not None:
+            return self._relation.query("source", sql)
+        assert self._con is not None
+        return self._con.sql(sql)
+
+    def arrow(self, sql: str) -> pa.Table:
+        """Run ``sql`` on the source and return the result as an Arrow table."""
+        try:
+            return self.relation(sql).to_arrow_table()
+        except duckdb.Error as exc:
+            raise InputError(f"reading {self.description} failed: {_first_line(exc)}") from exc
+
+    def require(self, names: tuple[str, ...]) -> None:
+        """Check that every name is a column; the error lists what exists."""
+        missing = [n for n in names if n not in self.columns]
+        if not missing:
+            return
+        name = missing[0]
+        close = difflib.get_close_matches(name, list(self.columns), n=1)
+        lowered = [c for c in self.columns if c.lower() == name.lower()]
+        hint = lowered or close
+        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise MissingColumnError(
+            f"column {name!r} named in the formula is not in {self.description}{did_you_mean}; "
+            f"available columns: {', '.join(self.columns)}"
+        )
+
+
+def _read_schema(src: Source) -> None:
+    rel = src.relation("select * from source limit 0")
+    src.columns = {c: str(t) for c, t in zip(rel.columns, rel.types, strict=True)}
+
+
+def _file_format(pattern: str) -> str:
+    lower = pattern.lower()
+    if lower.endswith(_CSV_SUFFIXES):
+        return "csv"
+    if lower.endswith(_PARQUET_SUFFIXES) or lower.endswith("*"):
+        return "parquet"
+    raise InputError(
+        f"source path {pattern!r}: cannot tell the file format from its name; "
+        "use a name ending in .parquet or .csv (globs like data/*.parquet are fine)"
+    )
+
+
+def _file_relation(con: duckdb.DuckDBPyConnection, pattern: str) -> duckdb.DuckDBPyRelation:
+    if not _is_remote(pattern):
+        matches = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else []
+        if not matches and not os.path.exists(pattern):
+            where = Path(pattern).parent
+            raise InputError(
+                f"source path {pattern!r} matches no file (looked in {str(where)!r}); "
+                "check [source] path, which is relative to the config file"
+            )
+        if not glob.has_magic(pattern) and os.path.isdir(pattern):
+            pattern = os.path.join(pattern, "**", "*.parquet")
+    kind = _file_format(pattern)
+    try:
+        if kind == "csv":
+            return con.read_csv(pattern, hive_partitioning=True, union_by_name=True)
+        return con.read_parquet(pattern, hive_partitioning=True, union_by_name=True)
+    except duckdb.Error as exc:
+        raise InputError(f"cannot read {pattern!r} as {kind}: {_first_line(exc)}") from exc
+
+
+def _apply_where(con: duckdb.DuckDBPyConnection, where: str | None, description: str) -> None:
+    filter_sql = f"where ({where})" if where else ""
+    try:
+        con.execute(f"create temp view source as select * from source_raw {filter_sql}")
+        con.sql("select * from source limit 0").fetchall()
+    except duckdb.Error as exc:
+        raise InputError(
+            f"[source] where = {where!r} is not a valid filter on {description}: "
+            f"{_first_line(exc)}"
+        ) from exc
+
+
+def _connect(threads: int | None, memory_limit: str | None) -> duckdb.DuckDBPyConnection:
+    config: dict[str, Any] = {}
+    if threads:
+        config["threads"] = threads
+    if memory_limit:
+        config["memory_limit"] = memory_limit
+    return duckdb.connect(":memory:", config=config)
+
+
+@contextmanager
+def open_config_source(
+    *,
+    path: str | None = None,
+    database: str | None = None,
+    table: str | None = None,
+    query: str | None = None,
+    where: str | None = None,
+    threads: int | None = None,
+    memory_limit: str | None = None,
+) -> Iterator[Source]:
+    """Open the source of a config: exactly one of path, database+table, query."""
+    con = _connect(threads, memory_limit)
+    try:
+        if path is not None:
+            description = path
+            _file_relation(con, path).create_view("source_raw")
+        elif database is not None and table is not None:
+            description = f"table {table!r} of {database!r}"
+            if not os.path.exists(database):
+                raise InputError(
+                    f"[source] database {database!r} does not exist; "
+                    "give the path of a DuckDB database file"
+                )
+            try:
+                con.execute("attach ? as warehouse (read_only)", [database])
+            except duckdb.Error as exc:
+                raise InputError(
+                    f"cannot open database {database!r}: {_first_line(exc)}"
+                ) from exc
+            tables = [
+                r[0]
+                for r in con.execute(
+                    "select table_name from information_schema.tables "
+                    "where table_catalog = 'warehouse' order by table_name"
+                ).fetchall()
+            ]
+            if table not in tables:
+                raise InputError(
+                    f"[source] table {table!r} is not in {database!r}; "
+                    f"tables there: {', '.join(tables) or '(none)'}"
+                )
+            con.execute(
+                f"create temp view source_raw as select * from warehouse.{quote_identifier(table)}"
+            )
+        elif query is not None:
+            description = "the [source] query"
+            try:
+                con.execute(f"create temp view source_raw as {query}")
+                con.sql("select * from source_raw limit 0").fetchall()
+            except duckdb.Error as exc:
+                raise InputError(f"[source] query failed: {_first_line(exc)}") from exc
+        else:  # pragma: no cover - the config validator rules this out
+            raise InputError("no source given")
+        _apply_where(con, where, description)
+        src = Source(description=description, _con=con)
+        _read_schema(src)
+        yield src
+    finally:
+        con.close()
+
+
+@contextmanager
+def open_data(data: Any, threads: int | None = None) -> Iterator[Source]:
+    """Open API input: a path or glob, a DuckDB relation, or an in-memory table."""
+    if isinstance(data, str | os.PathLike):
+        with open_config_source(path=os.fspath(data), threads=threads) as src:
+            yield src
+        return
+    if isinstance(data, duckdb.DuckDBPyRelation):
+        src = Source(description="the DuckDB relation", _relation=data)
+        _read_schema(src)
+        yield src
+        return
+    con = _connect(threads, None)
+    try:
+        try:
+            con.register("source", data)
+        except (duckdb.Error, TypeError, ValueError) as exc:
+            raise InputError(
+                f"data of type {type(data).__name__} is not a table pooljob can read; pass a "
+                "path or glob, a DuckDB relation, or a polars, pandas or Arrow table"
+            ) from exc
+        src = Source(description=f"the {type(data).__name__}", _con=con)
+        _read_schema(src)
+        yield src
+    finally:
+        con.close()
