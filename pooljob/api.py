@@ -20,13 +20,13 @@ def check_options(family: str, method: str, interval: float) -> list[str]:
     """Return the problems with the model options (empty when all is well)."""
     problems = []
     if family not in FAMILIES:
-        problems.append(
-            f"family = {family!r} is not supported; use one of {', '.join(FAMILIES)}"
-        )
+        problems.append(f"family = {family!r} is not supported; use one of {', '.join(FAMILIES)}")
     if method not in METHODS:
         problems.append(f"method = {method!r} is not supported; use one of {', '.join(METHODS)}")
-    if isinstance(interval, bool) or not isinstance(interval, int | float) or not (
-        0.0 < float(interval) < 1.0
+    if (
+        isinstance(interval, bool)
+        or not isinstance(interval, int | float)
+        or not (0.0 < float(interval) < 1.0)
     ):
         problems.append(f"interval = {interval!r} must be a number between 0 and 1, e.g. 0.95")
     return problems

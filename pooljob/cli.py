@@ -38,8 +38,11 @@ def format_summary(result: FitResult, top: int = 6) -> str:
     lines = [
         f"{result.formula.text}  ({result.family}, {result.method.upper()})",
         f"rows: {result.rows['read']:,} read, {result.rows['used']:,} used"
-        + "".join(f"; {v:,} dropped ({k.replace('_', ' ')})"
-                  for k, v in result.rows["dropped"].items() if v),
+        + "".join(
+            f"; {v:,} dropped ({k.replace('_', ' ')})"
+            for k, v in result.rows["dropped"].items()
+            if v
+        ),
         f"fit: {'converged' if result.converged else 'NOT converged'}"
         f"{' (singular: a variance is 0)' if result.singular else ''}, "
         f"objective {result.objective:.6f}, {result.optimizer['evaluations']} evaluations",
@@ -105,8 +108,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         path=s.path, database=s.database, table=s.table, query=s.query, where=s.where
     ) as source:
         check_schema(source, config.model.formula)
-    print(f"config {args.config!r} is valid; columns found: "
-          + ", ".join(config.model.formula.columns))
+    print(
+        f"config {args.config!r} is valid; columns found: "
+        + ", ".join(config.model.formula.columns)
+    )
     return 0
 
 

@@ -4,7 +4,7 @@ Every problem in the file is collected and reported at once, on one line;
 unknown sections and keys are rejected.  Relative paths are resolved against
 the directory of the config file, so a cron job can run from anywhere.
 
-Example
+Example:
 -------
 .. code-block:: toml
 
@@ -119,8 +119,7 @@ def _check_types(raw: dict[str, Any], problems: list[str]) -> None:
     for section, body in raw.items():
         if section not in _ALLOWED:
             problems.append(
-                f"unknown section [{section}]; allowed: "
-                + ", ".join(f"[{s}]" for s in _ALLOWED)
+                f"unknown section [{section}]; allowed: " + ", ".join(f"[{s}]" for s in _ALLOWED)
             )
             continue
         if not isinstance(body, dict):
@@ -134,9 +133,7 @@ def _check_types(raw: dict[str, Any], problems: list[str]) -> None:
                 continue
             expected = _ALLOWED[section][key]
             if isinstance(value, bool) or not isinstance(value, expected):
-                problems.append(
-                    f"[{section}] {key} = {value!r} must be {_type_name(expected)}"
-                )
+                problems.append(f"[{section}] {key} = {value!r} must be {_type_name(expected)}")
     for section, keys in _REQUIRED.items():
         if section not in raw:
             problems.append(f"missing section [{section}]")
@@ -155,9 +152,9 @@ def _source(raw: dict[str, Any], base: Path, problems: list[str]) -> SourceConfi
             + (", ".join(given) if given else "none")
         )
     if "database" in src and "table" not in src:
-        problems.append("[source] database needs a table = \"...\" to read")
+        problems.append('[source] database needs a table = "..." to read')
     if "table" in src and "database" not in src:
-        problems.append("[source] table needs the database = \"...\" that holds it")
+        problems.append('[source] table needs the database = "..." that holds it')
     for key in ("path", "database", "table", "query", "where"):
         if key in src and not src[key].strip():
             problems.append(f"[source] {key} is empty")

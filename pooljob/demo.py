@@ -58,9 +58,7 @@ def demo_frame(rows: int = 20_000, seed: int = 2012) -> pl.DataFrame:
             "income": np.round(income, 2),
         }
     )
-    dc = pl.DataFrame(
-        {"state": ["DC"], "county": ["c01"], "zip": ["20001"], "income": [81_500.0]}
-    )
+    dc = pl.DataFrame({"state": ["DC"], "county": ["c01"], "zip": ["20001"], "income": [81_500.0]})
     return pl.concat([frame, dc])
 
 

@@ -78,8 +78,27 @@ class Formula:
 
 
 _R_RESERVED = frozenset(
-    "if else repeat while function for in next break TRUE FALSE NULL Inf NaN NA "
-    "NA_integer_ NA_real_ NA_character_ NA_complex_".split()
+    [
+        "if",
+        "else",
+        "repeat",
+        "while",
+        "function",
+        "for",
+        "in",
+        "next",
+        "break",
+        "TRUE",
+        "FALSE",
+        "NULL",
+        "Inf",
+        "NaN",
+        "NA",
+        "NA_integer_",
+        "NA_real_",
+        "NA_character_",
+        "NA_complex_",
+    ]
 )
 
 
@@ -126,7 +145,8 @@ def _tokenize(text: str) -> list[_Tok]:
 def _split_top(toks: list[_Tok], seps: set[str]) -> list[tuple[str, list[_Tok]]]:
     """Split a token list at depth-0 separators; each part keeps its leading sign."""
     parts: list[tuple[str, list[_Tok]]] = []
-    depth, sign, cur = 0, "+", []
+    depth, sign = 0, "+"
+    cur: list[_Tok] = []
     for t in toks:
         if t.value == "(" and t.kind == "op":
             depth += 1
@@ -204,7 +224,7 @@ def _random_term(text: str, toks: list[_Tok]) -> list[Grouping]:
     if any(not f for f in factors):
         raise FormulaError(f"formula {text!r}: empty nesting level in '({term})'")
     groupings: list[Grouping] = []
-    prev_name, prev_cols = "", ()
+    prev_name, prev_cols = "", tuple[str, ...]()
     for part in factors:
         cols = _factor_columns(text, part, term)
         name = ":".join(display_name(c) for c in cols)
@@ -293,4 +313,6 @@ def parse_formula(text: str) -> Formula:
                 "each grouping may appear once"
             )
         seen[key] = g.name
-    return Formula(text=text, response=lhs[0].value, intercept=intercept, groupings=tuple(groupings))
+    return Formula(
+        text=text, response=lhs[0].value, intercept=intercept, groupings=tuple(groupings)
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import platform
@@ -34,6 +35,7 @@ class RunOutcome:
     manifest: dict[str, Any]
 
 
+@functools.cache
 def versions() -> dict[str, str]:
     """Versions of Python and of the packages that produced the numbers."""
     found = {"python": platform.python_version()}
@@ -61,7 +63,7 @@ def build_manifest(
         "outputs": [f"{name}.parquet" for name in OUTPUT_TABLES],
         "config": config.raw,
         "config_file": str(config.file),
-        "versions": versions(),
+        "versions": dict(versions()),
         "timings_seconds": timings,
         "started_at": _iso(started),
         "finished_at": _iso(time.time()),

@@ -102,6 +102,11 @@ class Upward:
     levels: tuple[_Level, ...]
 
 
+def _sum_by(codes: Codes, weights: Array, size: int) -> Array:
+    """Per-code sums ``Σ_{i: codes_i = k} weights_i`` (one ``bincount``)."""
+    return np.bincount(codes, weights, minlength=size).astype(np.float64, copy=False)
+
+
 def upward(stats: NestedStats, r: Array) -> Upward:
     """Run the upward pass: pseudo-observations from the leaves to the root.
 
@@ -121,8 +126,8 @@ def upward(stats: NestedStats, r: Array) -> Upward:
         n_parent = len(stats.parents[lev - 1]) if lev > 0 else 1
         u = v + r[lev]
         w = 1.0 / u
-        big_w = np.bincount(parent, w, minlength=n_parent)
-        big_m = np.bincount(parent, w * m, minlength=n_parent) / big_w
+        big_w = _sum_by(parent, w, n_parent)
+        big_m = _sum_by(parent, w * m, n_parent) / big_w
         d = m - big_m[parent]
         q += float(np.dot(w * d, d))
         logdet += float(np.log(u).sum() + np.log(big_w).sum())
@@ -272,6 +277,6 @@ def level_totals(stats: NestedStats) -> tuple[tuple[Array, ...], tuple[Array, ..
         ss.append(s)
         if lev > 0:
             k = len(stats.parents[lev - 1])
-            n = np.bincount(stats.parents[lev], n, minlength=k)
-            s = np.bincount(stats.parents[lev], s, minlength=k)
+            n = _sum_by(stats.parents[lev], n, k)
+            s = _sum_by(stats.parents[lev], s, k)
     return tuple(reversed(ns)), tuple(reversed(ss))

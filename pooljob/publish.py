@@ -124,9 +124,7 @@ def output_lock(output: Path) -> Iterator[None]:
             lock.unlink()
 
 
-def publish(
-    output: Path, run_id: str, write: Callable[[Path], None], keep_runs: int
-) -> Path:
+def publish(output: Path, run_id: str, write: Callable[[Path], None], keep_runs: int) -> Path:
     """Write a run with ``write(directory)`` and make it ``current``.
 
     Parameters

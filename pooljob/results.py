@@ -7,11 +7,11 @@ is made per group.  Their meaning is the output contract (docs/outputs.md).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy.stats import norm
 
 from pooljob.formula import Formula, Grouping
 from pooljob.model import NestedFit
@@ -99,7 +99,7 @@ def build(
     formula: Formula, gs: GroupStatistics, fit: NestedFit, interval: float, family: str
 ) -> FitResult:
     """Assemble the output tables from the statistics and the fit."""
-    z = float(norm.ppf(0.5 + interval / 2.0))
+    z = NormalDist().inv_cdf(0.5 + interval / 2.0)
     est_parts, eff_parts = [], []
     for k, lev in enumerate(gs.levels):
         res = fit.levels[k]

@@ -61,9 +61,12 @@ class Source:
     def relation(self, sql: str) -> duckdb.DuckDBPyRelation:
         """Return ``sql`` (which reads the view ``source``) as a relation."""
         if self._relation is not None:
-            return self._relation.query("source", sql)
-        assert self._con is not None
-        return self._con.sql(sql)
+            rel = self._relation.query("source", sql)
+        else:
+            assert self._con is not None
+            rel = self._con.sql(sql)
+        assert rel is not None
+        return rel
 
     def arrow(self, sql: str) -> pa.Table:
         """Run ``sql`` on the source and return the result as an Arrow table."""
@@ -126,14 +129,15 @@ def _file_relation(con: duckdb.DuckDBPyConnection, pattern: str) -> duckdb.DuckD
 
 
 def _apply_where(con: duckdb.DuckDBPyConnection, where: str | None, description: str) -> None:
-    filter_sql = f"where ({where})" if where else ""
+    if not where:
+        con.execute("create temp view source as select * from source_raw")
+        return
     try:
-        con.execute(f"create temp view source as select * from source_raw {filter_sql}")
+        con.execute(f"create temp view source as select * from source_raw where ({where})")
         con.sql("select * from source limit 0").fetchall()
     except duckdb.Error as exc:
         raise InputError(
-            f"[source] where = {where!r} is not a valid filter on {description}: "
-            f"{_first_line(exc)}"
+            f"[source] where = {where!r} is not a valid filter on {description}: {_first_line(exc)}"
         ) from exc
 
 
@@ -173,9 +177,7 @@ def open_config_source(
             try:
                 con.execute("attach ? as warehouse (read_only)", [database])
             except duckdb.Error as exc:
-                raise InputError(
-                    f"cannot open database {database!r}: {_first_line(exc)}"
-                ) from exc
+                raise InputError(f"cannot open database {database!r}: {_first_line(exc)}") from exc
             tables = [
                 r[0]
                 for r in con.execute(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -135,14 +136,14 @@ def compute(source: Source, formula: Formula) -> GroupStatistics:
             + "; check the [source] where filter and the response and grouping columns"
         )
     shift = float(table["shift"][0])
-    levels, order = _build_levels(good, formula)
+    unsorted, order = _build_levels(good, formula)
     good = good[order]
     n = good["n"].to_numpy().astype(np.float64)
     mean = good["mean"].to_numpy().astype(np.float64)
     within = good["var_pop"].to_numpy().astype(np.float64) * n
-    levels = tuple(_relabel(lev.grouping, lev.codes[order]) for lev in levels)
+    levels = tuple(_relabel(lev.grouping, lev.codes[order]) for lev in unsorted)
     parents = [np.zeros(levels[0].size, dtype=np.int64)]
-    for upper, lower in zip(levels[:-1], levels[1:], strict=True):
+    for upper, lower in pairwise(levels):
         parents.append(upper.codes[lower.first].astype(np.int64))
     stats = NestedStats(n=n, mean=mean, within_ss=np.maximum(within, 0.0), parents=tuple(parents))
     _check_identifiable(stats, levels, source.description)
@@ -206,7 +207,7 @@ def _build_levels(frame: pl.DataFrame, formula: Formula) -> tuple[list[Level], n
         codes = _dense_codes(frame, g.columns)
         coded.append((int(codes.max()) + 1, len(g.columns), g, codes))
     coded.sort(key=lambda t: (t[0], t[1]))
-    for (n_up, _, g_up, c_up), (n_low, _, g_low, c_low) in zip(coded[:-1], coded[1:], strict=True):
+    for (n_up, _, g_up, c_up), (n_low, _, g_low, c_low) in pairwise(coded):
         pairs = np.unique(c_low * n_up + c_up).size
         if pairs != n_low:
             raise NotNestedError(

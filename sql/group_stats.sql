@@ -13,44 +13,45 @@
 --   {response}  the response column
 -- DuckDB's avg and var_pop are one-pass and stable (Welford updates), so the
 -- within-group sum of squares is var_pop * n, never sum(y^2) - n * mean^2.
+-- `shift` reads `source` on its own (it stops at the first finite row) so
+-- that no CTE is referenced twice and nothing is materialised.
 
 with
 
-response_values as (
-    select
-        {keys},
-        cast({response} as double) as y
-    from source
-),
-
 shift as (
-    select coalesce(any_value(y), 0.0) as value
+    select coalesce(any_value(first_finite.y), 0.0) as value
     from (
-        select y
-        from response_values
-        where isfinite(y)
+        select cast({response} as double) as y
+        from source
+        where isfinite(cast({response} as double))
         limit 1
-    )
+    ) as first_finite
 ),
 
 centred as (
     select
-        response_values.* exclude (y),
-        response_values.y - shift.value as y
-    from response_values
-    cross join shift
+        {keys},
+        cast({response} as double) - (select shift.value from shift) as y
+    from source
+),
+
+usable as (
+    select
+        centred.*,
+        case when isfinite(centred.y) then centred.y end as y_usable
+    from centred
 ),
 
 group_stats as (
     select
         {keys},
         count(*) as n_rows,
-        count(y) filter (where isfinite(y)) as n,
-        avg(y) filter (where isfinite(y)) as mean,
-        var_pop(y) filter (where isfinite(y)) as var_pop,
-        count(*) filter (where y is null) as n_null_response,
-        count(*) filter (where not isfinite(y)) as n_nonfinite_response
-    from centred
+        count(y_usable) as n,
+        avg(y_usable) as mean,
+        var_pop(y_usable) as var_pop,
+        count(*) - count(y) as n_null_response,
+        count(y) - count(y_usable) as n_nonfinite_response
+    from usable
     group by {keys}
 )
 

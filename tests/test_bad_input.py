@@ -113,8 +113,12 @@ def test_crossed_groupings_are_refused_with_advice() -> None:
 
 
 def test_data_nested_groupings_without_slash_are_fitted_as_nested() -> None:
-    df = frame().with_columns(pl.col("g").str.slice(0, 2).alias("top")).with_columns(
-        pl.when(pl.col("g") < "g4").then(pl.lit("A")).otherwise(pl.lit("B")).alias("top")
+    df = (
+        frame()
+        .with_columns(pl.col("g").str.slice(0, 2).alias("top"))
+        .with_columns(
+            pl.when(pl.col("g") < "g4").then(pl.lit("A")).otherwise(pl.lit("B")).alias("top")
+        )
     )
     a = pooljob.fit("y ~ 1 + (1 | top) + (1 | g)", df)
     b = pooljob.fit("y ~ 1 + (1 | top/g)", df)

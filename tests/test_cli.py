@@ -37,8 +37,16 @@ def test_run_publishes_all_outputs(job: Path, capsys) -> None:
     ]
     est = pl.read_parquet(current / "estimates.parquet")
     assert est.columns == [
-        "grouping", "region", "store", "n", "raw_mean", "estimate",
-        "std_error", "lower", "upper", "shrinkage",
+        "grouping",
+        "region",
+        "store",
+        "n",
+        "raw_mean",
+        "estimate",
+        "std_error",
+        "lower",
+        "upper",
+        "shrinkage",
     ]
     assert est.schema["store"] == pl.Int64  # original key types survive
     assert est.filter(pl.col("grouping") == "region")["store"].null_count() == 2
@@ -51,15 +59,32 @@ def test_run_publishes_all_outputs(job: Path, capsys) -> None:
     assert comp["grouping"].to_list() == ["store:region", "region", "Residual"]
     m = json.loads((current / "manifest.json").read_text())
     for key in (
-        "formula", "family", "method", "nobs", "groups", "objective", "loglik", "converged",
-        "singular", "optimizer", "rows", "config", "versions", "timings_seconds", "run_id",
-        "started_at", "finished_at",
+        "formula",
+        "family",
+        "method",
+        "nobs",
+        "groups",
+        "objective",
+        "loglik",
+        "converged",
+        "singular",
+        "optimizer",
+        "rows",
+        "config",
+        "versions",
+        "timings_seconds",
+        "run_id",
+        "started_at",
+        "finished_at",
     ):
         assert key in m, key
     assert m["groups"] == {"store:region": 12, "region": 2}
     assert set(m["optimizer"]) >= {"initial", "final", "evaluations", "message", "converged"}
-    assert m["rows"] == {"read": 600, "used": 600, "dropped": {
-        "null_group_key": 0, "null_response": 0, "nonfinite_response": 0}}
+    assert m["rows"] == {
+        "read": 600,
+        "used": 600,
+        "dropped": {"null_group_key": 0, "null_response": 0, "nonfinite_response": 0},
+    }
     assert m["run_id"] == Path(current.readlink()).name
 
 

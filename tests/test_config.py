@@ -62,9 +62,7 @@ def test_types_and_missing_sections(tmp_path: Path) -> None:
 
 def test_database_needs_table(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="database needs a table"):
-        parse_config(
-            {**GOOD, "source": {"database": "w.duckdb"}}, tmp_path / "c.toml"
-        )
+        parse_config({**GOOD, "source": {"database": "w.duckdb"}}, tmp_path / "c.toml")
 
 
 def test_load_config_errors(tmp_path: Path) -> None:

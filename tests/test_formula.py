@@ -57,7 +57,10 @@ def test_nested_level_labels_follow_lme4_order() -> None:
     ],
 )
 def test_unsupported_terms_are_named(text: str, term: str) -> None:
-    with pytest.raises(UnsupportedTermError, match=term.replace("(", r"\(").replace(")", r"\)").replace("|", r"\|").replace("+", r"\+")):
+    with pytest.raises(
+        UnsupportedTermError,
+        match=term.replace("(", r"\(").replace(")", r"\)").replace("|", r"\|").replace("+", r"\+"),
+    ):
         parse_formula(text)
 
 

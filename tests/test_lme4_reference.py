@@ -115,11 +115,13 @@ def test_leaf_coef_matches_lme4_coef(case) -> None:
 
 
 def test_raw_means_and_counts_match_the_data(case) -> None:
-    ref, fit, csv = case
+    _, fit, csv = case
     df = pl.read_csv(DATA / csv)
     y = fit.formula.response
     for g in fit.hierarchy:
-        truth = df.group_by(list(g.columns)).agg(pl.len().alias("n_true"), pl.col(y).mean().alias("m"))
+        truth = df.group_by(list(g.columns)).agg(
+            pl.len().alias("n_true"), pl.col(y).mean().alias("m")
+        )
         mine = fit.estimates.filter(pl.col("grouping") == g.name).join(truth, on=list(g.columns))
         assert mine.height == truth.height
         assert (mine["n"] == mine["n_true"]).all()

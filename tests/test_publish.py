@@ -83,9 +83,8 @@ def test_killed_run_leaves_current_unchanged_and_next_run_succeeds(published: Pa
 
 def test_live_lock_fails_fast_naming_the_holder(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    with output_lock(out), pytest.raises(LockHeldError) as info:
-        with output_lock(out):
-            pass
+    with output_lock(out), pytest.raises(LockHeldError) as info, output_lock(out):
+        pass
     msg = str(info.value)
     assert f"process {os.getpid()}" in msg and socket.gethostname() in msg
 
@@ -93,8 +92,9 @@ def test_live_lock_fails_fast_naming_the_holder(tmp_path: Path) -> None:
 def test_stale_lock_is_taken_over(tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     pid = int(dead.stdout)
     (out / LOCK).write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": 0}))
     with output_lock(out):

@@ -18,9 +18,7 @@ def random_rows(seed: int = 0, n: int = 3000, groups: int = 40) -> pl.DataFrame:
     g = rng.integers(0, groups, n)
     state = np.array(["MD", "VA", "DC", "PA"])[g % 4]
     effect = rng.normal(0, 2, groups)[g]
-    return pl.DataFrame(
-        {"state": state, "county": g, "y": 50 + effect + rng.normal(0, 3, n)}
-    )
+    return pl.DataFrame({"state": state, "county": g, "y": 50 + effect + rng.normal(0, 3, n)})
 
 
 def test_duckdb_statistics_equal_naive_group_by() -> None:
@@ -55,7 +53,10 @@ def test_gradient_equals_finite_differences() -> None:
             _, grad = objective_and_gradient(gs.stats, theta, reml)
             h = 1e-6
             fd = [
-                (objective(gs.stats, theta + h * e, reml) - objective(gs.stats, theta - h * e, reml))
+                (
+                    objective(gs.stats, theta + h * e, reml)
+                    - objective(gs.stats, theta - h * e, reml)
+                )
                 / (2 * h)
                 for e in np.eye(2)
             ]
@@ -89,9 +90,14 @@ def test_row_order_does_not_matter() -> None:
     df = random_rows(3)
     base = _fit(df)
     shuffled = _fit(df.sample(fraction=1.0, shuffle=True, seed=9))
-    np.testing.assert_allclose(_components(shuffled), _components(base), rtol=1e-10)
-    assert shuffled.estimates.equals(base.estimates) or np.allclose(
-        shuffled.estimates["estimate"], base.estimates["estimate"], rtol=1e-12
+    np.testing.assert_allclose(_components(shuffled), _components(base), rtol=1e-8)
+    keys = ["grouping", "state", "county", "n"]
+    assert shuffled.estimates.select(keys).equals(base.estimates.select(keys))
+    np.testing.assert_allclose(
+        shuffled.estimates["raw_mean"], base.estimates["raw_mean"], rtol=1e-13
+    )
+    np.testing.assert_allclose(
+        shuffled.estimates["estimate"], base.estimates["estimate"], rtol=1e-10
     )
 
 
@@ -105,8 +111,10 @@ def test_splitting_the_input_over_files_does_not_matter(tmp_path) -> None:
         chunk.write_parquet(parts / f"part-{i}.parquet")
     a = _fit(single)
     b = _fit(str(parts / "*.parquet"))
-    np.testing.assert_allclose(_components(b), _components(a), rtol=1e-10)
-    np.testing.assert_allclose(b.estimates["estimate"], a.estimates["estimate"], rtol=1e-12)
+    # the sums differ only in rounding (summation order); the optimizer's end
+    # point moves by far less than its tolerance
+    np.testing.assert_allclose(_components(b), _components(a), rtol=1e-8)
+    np.testing.assert_allclose(b.estimates["estimate"], a.estimates["estimate"], rtol=1e-10)
     assert b.objective == pytest.approx(a.objective, rel=1e-12)
 
 
@@ -118,7 +126,7 @@ def test_hive_partitions_give_the_grouping_column(tmp_path) -> None:
         part.drop("state").write_parquet(folder / "data.parquet")
     a = _fit(df)
     b = _fit(str(tmp_path / "**" / "*.parquet"))
-    np.testing.assert_allclose(_components(b), _components(a), rtol=1e-10)
+    np.testing.assert_allclose(_components(b), _components(a), rtol=1e-8)
 
 
 def test_all_input_kinds_agree(tmp_path) -> None:
@@ -132,4 +140,4 @@ def test_all_input_kinds_agree(tmp_path) -> None:
     con.register("df_view", df.to_arrow())
     for data in (df.to_pandas(), df.to_arrow(), csv, str(csv), con.sql("select * from df_view")):
         fit = _fit(data)
-        np.testing.assert_allclose(_components(fit), _components(ref), rtol=1e-10)
+        np.testing.assert_allclose(_components(fit), _components(ref), rtol=1e-8)

@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine (Python >= 3.11 with venv):
+#   make demo   install pooljob in .venv, write the demo data, run configs/demo.toml
+#   make test   install the test dependencies in .venv, run lint, types and the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+
+install-test: $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+
+demo: install
+	$(BIN)/pooljob demo-data demo/data
+	$(BIN)/pooljob run configs/demo.toml
+
+test: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) demo build *.egg-info
