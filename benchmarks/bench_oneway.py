@@ -46,7 +46,8 @@ copy (
 """
 
 REFERENCE = (
-    "select g, count(*) as n, avg(y) as mean, var_pop(y) as var from read_parquet(?) group by g"
+    "select g, count(*) as n, avg(y) as mean, var_pop(y) as var "
+    "from read_parquet('{path}') group by g"
 )
 
 
@@ -64,7 +65,7 @@ def generate(path: Path, rows: int, groups: int, seed: int) -> None:
 def reference_once(path: Path) -> float:
     t = time.perf_counter()
     con = duckdb.connect()
-    con.execute(REFERENCE, [str(path)]).to_arrow_table()
+    con.sql(REFERENCE.format(path=str(path).replace("'", "''"))).to_arrow_table()
     con.close()
     return time.perf_counter() - t
 
@@ -113,8 +114,8 @@ def main() -> None:
         ref_cmd = [
             sys.executable,
             "-c",
-            f"import duckdb; duckdb.connect().execute({REFERENCE!r}, [{str(path)!r}])"
-            ".to_arrow_table()",
+            "import duckdb; duckdb.connect().sql("
+            f"{REFERENCE.format(path=str(path).replace(chr(39), chr(39) * 2))!r}).to_arrow_table()",
         ]
         job_cmd = [sys.executable, "-m", "pooljob.cli", "--quiet", "run", str(config)]
         ref_p, job_p = [], []

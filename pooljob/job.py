@@ -22,7 +22,7 @@ from pooljob.source import open_config_source
 log = logging.getLogger("pooljob")
 
 OUTPUT_TABLES = ("estimates", "effects", "coefficients", "components")
-_PACKAGES = ("pooljob", "duckdb", "polars", "numpy", "scipy", "pyarrow")
+_PACKAGES = ("pooljob", "duckdb", "polars", "numpy", "pyarrow")
 
 
 @dataclass(frozen=True)

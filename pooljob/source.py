@@ -58,20 +58,28 @@ class Source:
     _relation: duckdb.DuckDBPyRelation | None = None
     columns: dict[str, str] = field(default_factory=dict)
 
-    def relation(self, sql: str) -> duckdb.DuckDBPyRelation:
-        """Return ``sql`` (which reads the view ``source``) as a relation."""
+    def relation(self, sql: str, params: dict[str, float] | None = None) -> duckdb.DuckDBPyRelation:
+        """Return ``sql`` (which reads the view ``source``) as a relation.
+
+        Values in ``params`` are bound as parameters (``$name``).  DuckDB's
+        relation API cannot bind parameters, so for a relation given to the
+        Python API they are written as float literals with ``repr``: numbers
+        pooljob computed, never user text.
+        """
         if self._relation is not None:
+            for name, value in (params or {}).items():
+                sql = sql.replace(f"${name}", f"cast('{float(value)!r}' as double)")
             rel = self._relation.query("source", sql)
         else:
             assert self._con is not None
-            rel = self._con.sql(sql)
+            rel = self._con.sql(sql, params=params) if params else self._con.sql(sql)
         assert rel is not None
         return rel
 
-    def arrow(self, sql: str) -> pa.Table:
+    def arrow(self, sql: str, params: dict[str, float] | None = None) -> pa.Table:
         """Run ``sql`` on the source and return the result as an Arrow table."""
         try:
-            return self.relation(sql).to_arrow_table()
+            return self.relation(sql, params).to_arrow_table()
         except duckdb.Error as exc:
             raise InputError(f"reading {self.description} failed: {_first_line(exc)}") from exc
 

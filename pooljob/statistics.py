@@ -43,6 +43,14 @@ def group_stats_sql(formula: Formula) -> str:
     return sql_text("group_stats").format(keys=keys, response=quote_identifier(formula.response))
 
 
+def unusable_responses_sql(formula: Formula) -> str:
+    """The query that splits unusable responses into null and non-finite."""
+    keys = " and ".join(f"{quote_identifier(c)} is not null" for c in formula.key_columns)
+    return sql_text("unusable_responses").format(
+        keys_not_null=keys, response=quote_identifier(formula.response)
+    )
+
+
 @dataclass(frozen=True)
 class Level:
     """One grouping of the tree: which leaves belong to which of its groups.
@@ -110,21 +118,59 @@ def check_schema(source: Source, formula: Formula) -> None:
             )
 
 
-def compute(source: Source, formula: Formula) -> GroupStatistics:
-    """Scan the source once and return the tree of group statistics."""
-    check_schema(source, formula)
-    table = pl.from_arrow(source.arrow(group_stats_sql(formula)))
+#: Largest ratio of |group mean| to the spread of the response for which the
+#: uncentred statistics lose less than ~1e-12 relative (doubles carry ~1e-16).
+CENTRING_RATIO = 1e4
+
+
+def centring_shift(n: np.ndarray, mean: np.ndarray, var_pop: np.ndarray) -> float:
+    """The shift that centres the response, or 0.0 when none is needed.
+
+    Group means are doubles: a mean of 1e9 carries an error of ~1e-7, which
+    is large beside a spread of 1.  When ``max |ȳ_j|`` exceeds
+    ``CENTRING_RATIO`` times the smaller of the within-group and
+    between-group standard deviations, the scan is repeated on ``y − shift``
+    with ``shift`` the overall mean rounded to a power of ten at the scale
+    of the spread (so that it does not depend on summation order).
+    """
+    total = float(n.sum())
+    grand = float(np.dot(n, mean)) / total
+    within = float(np.dot(n, var_pop)) / total
+    between = float(np.dot(n, (mean - grand) ** 2)) / total
+    spreads = [s for s in (within, between) if s > 0.0]
+    if not spreads:
+        return 0.0
+    spread = float(np.sqrt(min(spreads)))
+    if float(np.max(np.abs(mean))) <= CENTRING_RATIO * spread:
+        return 0.0
+    quantum = 10.0 ** np.floor(np.log10(spread))
+    return float(np.round(grand / quantum) * quantum)
+
+
+def _scan(source: Source, formula: Formula, shift: float) -> pl.DataFrame:
+    table = pl.from_arrow(source.arrow(group_stats_sql(formula), {"shift": shift}))
     assert isinstance(table, pl.DataFrame)
+    return table
+
+
+def compute(source: Source, formula: Formula) -> GroupStatistics:
+    """Scan the source and return the tree of group statistics.
+
+    One scan, uncentred, for data whose mean is within ``CENTRING_RATIO``
+    spreads of 0 (nearly all data); a second, centred scan otherwise.
+    """
+    check_schema(source, formula)
+    shift = 0.0
+    table = _scan(source, formula, shift)
     keys = list(formula.key_columns)
     read = int(table["n_rows"].sum()) if table.height else 0
     null_key = pl.any_horizontal([pl.col(k).is_null() for k in keys])
     dropped_keys = int(table.filter(null_key)["n_rows"].sum()) if table.height else 0
     good = table.filter(~null_key)
-    dropped = {
-        "null_group_key": dropped_keys,
-        "null_response": int(good["n_null_response"].sum()) if good.height else 0,
-        "nonfinite_response": int(good["n_nonfinite_response"].sum()) if good.height else 0,
-    }
+    dropped = {"null_group_key": dropped_keys, "null_response": 0, "nonfinite_response": 0}
+    if good.height and int((good["n_rows"] - good["n"]).sum()) > 0:
+        counts = source.arrow(unusable_responses_sql(formula)).to_pylist()[0]
+        dropped.update({k: int(v) for k, v in counts.items()})
     good = good.filter(pl.col("n") > 0)
     used = int(good["n"].sum()) if good.height else 0
     rows: dict[str, object] = {"read": read, "used": used, "dropped": dropped}
@@ -135,7 +181,14 @@ def compute(source: Source, formula: Formula) -> GroupStatistics:
             + (f" ({detail})" if detail else "")
             + "; check the [source] where filter and the response and grouping columns"
         )
-    shift = float(table["shift"][0])
+    new_shift = centring_shift(
+        good["n"].to_numpy().astype(np.float64),
+        good["mean"].to_numpy(),
+        good["var_pop"].to_numpy(),
+    )
+    if new_shift != 0.0:
+        shift = new_shift
+        good = _scan(source, formula, shift).filter(~null_key).filter(pl.col("n") > 0)
     unsorted, order = _build_levels(good, formula)
     good = good[order]
     n = good["n"].to_numpy().astype(np.float64)

@@ -47,3 +47,18 @@ def test_intervals_cover_the_true_group_means() -> None:
     err_pooled = np.mean((leaf["estimate"].to_numpy() - true_mean) ** 2)
     err_raw = np.mean((leaf["raw_mean"].to_numpy() - true_mean) ** 2)
     assert err_pooled < 0.7 * err_raw
+
+
+def test_leaf_estimate_is_the_shrinkage_blend_of_parent_and_raw_mean() -> None:
+    df, _ = simulate(4)
+    fit = pooljob.fit("y ~ 1 + (1 | state/county/zip)", df)
+    leaf = fit.estimates.filter(pl.col("grouping") == "zip:(county:state)")
+    parent = fit.estimates.filter(pl.col("grouping") == "county:state").select(
+        "state", "county", pl.col("estimate").alias("parent")
+    )
+    joined = leaf.join(parent, on=["state", "county"])
+    blend = joined["shrinkage"] * joined["parent"] + (1 - joined["shrinkage"]) * joined["raw_mean"]
+    np.testing.assert_allclose(joined["estimate"], blend, rtol=1e-12)
+    comp = dict(fit.components.select("grouping", "variance").rows())
+    expected = comp["Residual"] / (comp["Residual"] + joined["n"] * comp["zip:(county:state)"])
+    np.testing.assert_allclose(joined["shrinkage"], expected, rtol=1e-12)
