@@ -37,18 +37,15 @@ def sql_text(name: str) -> str:
     raise FileNotFoundError(f"pooljob SQL file {name}.sql is missing from the installation")
 
 
-def group_stats_sql(formula: Formula) -> str:
-    """The statistics query for ``formula`` with its identifiers quoted."""
+def group_stats_sql(formula: Formula, finite_only: bool = False) -> str:
+    """The statistics query for ``formula`` with its identifiers quoted.
+
+    ``finite_only`` selects ``finite_group_stats.sql``, which skips NaN and
+    infinite responses (a second scan, needed only when there are some).
+    """
     keys = ", ".join(quote_identifier(c) for c in formula.key_columns)
-    return sql_text("group_stats").format(keys=keys, response=quote_identifier(formula.response))
-
-
-def unusable_responses_sql(formula: Formula) -> str:
-    """The query that splits unusable responses into null and non-finite."""
-    keys = " and ".join(f"{quote_identifier(c)} is not null" for c in formula.key_columns)
-    return sql_text("unusable_responses").format(
-        keys_not_null=keys, response=quote_identifier(formula.response)
-    )
+    name = "finite_group_stats" if finite_only else "group_stats"
+    return sql_text(name).format(keys=keys, response=quote_identifier(formula.response))
 
 
 @dataclass(frozen=True)
@@ -147,32 +144,42 @@ def centring_shift(n: np.ndarray, mean: np.ndarray, var_pop: np.ndarray) -> floa
     return float(np.round(grand / quantum) * quantum)
 
 
-def _scan(source: Source, formula: Formula, shift: float) -> pl.DataFrame:
-    table = pl.from_arrow(source.arrow(group_stats_sql(formula), {"shift": shift}))
+def _scan(source: Source, formula: Formula, shift: float, finite_only: bool) -> pl.DataFrame:
+    sql = group_stats_sql(formula, finite_only)
+    table = pl.from_arrow(source.arrow(sql, {"shift": shift}))
     assert isinstance(table, pl.DataFrame)
-    return table
+    null_key = pl.any_horizontal([pl.col(k).is_null() for k in formula.key_columns])
+    return table.filter(~null_key & (pl.col("n") > 0))
 
 
 def compute(source: Source, formula: Formula) -> GroupStatistics:
     """Scan the source and return the tree of group statistics.
 
-    One scan, uncentred, for data whose mean is within ``CENTRING_RATIO``
-    spreads of 0 (nearly all data); a second, centred scan otherwise.
+    One scan for clean data whose mean is within ``CENTRING_RATIO`` spreads
+    of 0 (nearly all data).  A second scan when it is needed: of the finite
+    responses only, if some are NaN or infinite; centred, if the mean is far
+    from 0 beside the spread.
     """
     check_schema(source, formula)
-    shift = 0.0
-    table = _scan(source, formula, shift)
+    table = pl.from_arrow(source.arrow(group_stats_sql(formula), {"shift": 0.0}))
+    assert isinstance(table, pl.DataFrame)
     keys = list(formula.key_columns)
-    read = int(table["n_rows"].sum()) if table.height else 0
     null_key = pl.any_horizontal([pl.col(k).is_null() for k in keys])
-    dropped_keys = int(table.filter(null_key)["n_rows"].sum()) if table.height else 0
-    good = table.filter(~null_key)
-    dropped = {"null_group_key": dropped_keys, "null_response": 0, "nonfinite_response": 0}
-    if good.height and int((good["n_rows"] - good["n"]).sum()) > 0:
-        counts = source.arrow(unusable_responses_sql(formula)).to_pylist()[0]
-        dropped.update({k: int(v) for k, v in counts.items()})
-    good = good.filter(pl.col("n") > 0)
+    read = int(table["n_rows"].sum()) if table.height else 0
+    keyed = table.filter(~null_key)
+    non_null = int(keyed["n"].sum()) if keyed.height else 0
+    good = keyed.filter(pl.col("n") > 0)
+    finite_only = bool(
+        good.height and not (good["mean"].is_finite().all() and good["var_pop"].is_finite().all())
+    )
+    if finite_only:
+        good = _scan(source, formula, 0.0, finite_only)
     used = int(good["n"].sum()) if good.height else 0
+    dropped = {
+        "null_group_key": read - (int(keyed["n_rows"].sum()) if keyed.height else 0),
+        "null_response": (int(keyed["n_rows"].sum()) if keyed.height else 0) - non_null,
+        "nonfinite_response": non_null - used,
+    }
     rows: dict[str, object] = {"read": read, "used": used, "dropped": dropped}
     if used == 0:
         detail = ", ".join(f"{v} with {k.replace('_', ' ')}" for k, v in dropped.items() if v)
@@ -181,14 +188,13 @@ def compute(source: Source, formula: Formula) -> GroupStatistics:
             + (f" ({detail})" if detail else "")
             + "; check the [source] where filter and the response and grouping columns"
         )
-    new_shift = centring_shift(
+    shift = centring_shift(
         good["n"].to_numpy().astype(np.float64),
         good["mean"].to_numpy(),
         good["var_pop"].to_numpy(),
     )
-    if new_shift != 0.0:
-        shift = new_shift
-        good = _scan(source, formula, shift).filter(~null_key).filter(pl.col("n") > 0)
+    if shift != 0.0:
+        good = _scan(source, formula, shift, finite_only)
     unsorted, order = _build_levels(good, formula)
     good = good[order]
     n = good["n"].to_numpy().astype(np.float64)

@@ -3,10 +3,11 @@
 -- rows they hold can be counted and reported as dropped).
 --
 -- Columns: the grouping columns; n_rows (rows read); n, mean, var_pop (count,
--- mean and population variance of the usable, finite responses, centred at
--- the bound value $shift).  n_rows - n rows have a null, NaN or infinite
--- response.  Four aggregates, as few as the model needs: each one more costs
--- a few percent of the scan.
+-- mean and population variance of the non-null responses, centred at the
+-- bound value $shift; n_rows - n rows have a null response).  A NaN or
+-- infinite response makes its group's mean or variance non-finite: pooljob
+-- then reads finite_group_stats instead.  As few aggregates and expressions as
+-- the model needs: this query costs what a bare count/avg/var_pop does.
 --
 -- Template fields, filled by pooljob with quoted identifiers only:
 --   {keys}      the grouping columns, comma separated
@@ -16,13 +17,10 @@
 
 with
 
-usable as (
+responses as (
     select
         {keys},
-        case
-            when isfinite(cast({response} as double))
-                then cast({response} as double) - $shift
-        end as y
+        cast({response} as double) - $shift as y
     from source
 ),
 
@@ -33,7 +31,7 @@ group_stats as (
         count(y) as n,
         avg(y) as mean,
         var_pop(y) as var_pop
-    from usable
+    from responses
     group by {keys}
 )
 

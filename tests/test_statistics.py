@@ -141,3 +141,41 @@ def test_all_input_kinds_agree(tmp_path) -> None:
     for data in (df.to_pandas(), df.to_arrow(), csv, str(csv), con.sql("select * from df_view")):
         fit = _fit(data)
         np.testing.assert_allclose(_components(fit), _components(ref), rtol=1e-8)
+
+
+def _count_scans(monkeypatch) -> list[str]:
+    from pooljob.source import Source
+
+    calls: list[str] = []
+    original = Source.arrow
+
+    def spy(self, sql, params=None):
+        calls.append(sql)
+        return original(self, sql, params)
+
+    monkeypatch.setattr(Source, "arrow", spy)
+    return calls
+
+
+def test_clean_data_is_scanned_once(monkeypatch) -> None:
+    calls = _count_scans(monkeypatch)
+    _fit(random_rows(7))
+    assert len(calls) == 1
+
+
+def test_dirty_and_far_from_zero_data_is_rescanned_and_exact(monkeypatch) -> None:
+    df = random_rows(8)
+    clean = _fit(df)
+    dirty = pl.concat(
+        [
+            df.with_columns(pl.col("y") + 1e9),
+            pl.DataFrame(
+                {"state": ["MD", "VA"], "county": [1, 2], "y": [float("nan"), float("inf")]}
+            ),
+        ]
+    )
+    calls = _count_scans(monkeypatch)
+    fit = _fit(dirty)
+    assert len(calls) == 3  # all rows; finite rows; finite rows centred
+    assert fit.rows["dropped"]["nonfinite_response"] == 2
+    np.testing.assert_allclose(_components(fit), _components(clean), rtol=1e-8)
