@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pooljob.errors import ConfigError
+from pooljob.cells import scan_cells
+from pooljob.errors import ConfigError, NotNestedError
 from pooljob.formula import Formula, parse_formula
 from pooljob.model import fit_nested
-from pooljob.results import FitResult, build
+from pooljob.results import FitResult, build, build_general
 from pooljob.source import Source, open_data
-from pooljob.statistics import compute
+from pooljob.statistics import check_schema, nested_statistics
 
 FAMILIES = ("gaussian",)
 METHODS = ("reml", "ml")
@@ -35,13 +36,35 @@ def check_options(family: str, method: str, interval: float) -> list[str]:
 def fit_source(
     formula: Formula, source: Source, family: str, method: str, interval: float
 ) -> FitResult:
-    """Fit ``formula`` to an open source: one scan, then the solver."""
+    """Fit ``formula`` to an open source: one scan, then the solver.
+
+    Random intercepts on groupings that nest in the data go to the exact tree
+    solver (:mod:`pooljob.nested`, linear in the number of groups); every
+    other model to the blocked-Cholesky solver (:mod:`pooljob.lmm`).  Both
+    start from the same cell statistics.
+    """
     t0 = time.perf_counter()
-    gs = compute(source, formula)
+    spec = check_schema(source, formula)
+    cells = scan_cells(source, spec.keys, spec.variables)
     t1 = time.perf_counter()
-    fitted = fit_nested(gs.stats, "reml" if method == "reml" else "ml")
-    t2 = time.perf_counter()
-    result = build(formula, gs, fitted, interval, family)
+    reml = method == "reml"
+    result: FitResult | None = None
+    if formula.nested_intercepts:
+        try:
+            gs = nested_statistics(cells, formula, source.description)
+        except NotNestedError:
+            gs = None
+        if gs is not None:
+            fitted = fit_nested(gs.stats, "reml" if reml else "ml")
+            t2 = time.perf_counter()
+            result = build(formula, gs, fitted, interval, family)
+    if result is None:
+        from pooljob.general import fit_general, prepare
+
+        prep = prepare(formula, cells, spec.numeric, spec.categorical)
+        general = fit_general(prep, reml)
+        t2 = time.perf_counter()
+        result = build_general(formula, general, interval, family, method)
     t3 = time.perf_counter()
     result.timings.update({"scan": t1 - t0, "fit": t2 - t1, "tables": t3 - t2})
     return result

@@ -1,10 +1,14 @@
 """Parse lme4 model formulas into a frozen description of the model.
 
-Supported now: ``y ~ 1 + (1 | g)``, nested ``(1 | a/b/c)``, interactions as
-grouping factors ``(1 | a:b)``, and sums of such terms.  Column names that are
-not syntactic R names are written in backticks, as in R: ``(1 | `zip code`)``.
-Terms that lme4 accepts but pooljob cannot fit yet raise
-:class:`~pooljob.errors.UnsupportedTermError` naming the term.
+Fixed part: ``1``, ``0`` / ``- 1``, numeric and categorical columns,
+``factor(col)``, interactions ``a:b`` and ``a*b``, ``offset(col)``.  Random
+part: ``(1 | g)``, slopes ``(1 + x | g)`` / ``(x | g)`` with correlation,
+``(x || g)`` without, ``(0 + x | g)``; nested ``(1 | a/b/c)`` and
+interactions ``(1 | a:b)`` as grouping factors; crossed and nested terms
+together.  Column names that are not syntactic R names are written in
+backticks, as in R: ``(1 | `zip code`)``.  Terms that lme4 accepts but
+pooljob cannot fit raise :class:`~pooljob.errors.UnsupportedTermError`
+naming the term.
 """
 
 from __future__ import annotations
@@ -41,6 +45,61 @@ class Grouping:
 
 
 @dataclass(frozen=True)
+class Variable:
+    """One variable of a model term: a column, numeric or categorical.
+
+    Attributes
+    ----------
+    column : str
+    as_factor : bool
+        Written ``factor(col)``: categorical whatever the column's type.
+    """
+
+    column: str
+    as_factor: bool = False
+
+    @property
+    def label(self) -> str:
+        """The variable as R prints it in a coefficient name."""
+        name = display_name(self.column)
+        return f"factor({name})" if self.as_factor else name
+
+
+#: A model term: the product of its variables; ``()`` is the intercept.
+Term = tuple[Variable, ...]
+
+
+@dataclass(frozen=True)
+class RandomTerm:
+    """One random-effects term ``(lhs | grouping)`` after expansion.
+
+    Attributes
+    ----------
+    terms : tuple of Term
+        The model terms of the left-hand side, without the intercept.
+    intercept : bool
+        Whether the left-hand side has an intercept (``(x | g)`` does).
+    grouping : Grouping
+    correlated : bool
+        False for the terms ``(x || g)`` expands to (one term per column).
+    name : str
+        The name lme4 gives it in ``VarCorr``: the grouping's name, with
+        ``.1``, ``.2`` … for further terms on the same grouping.
+    """
+
+    terms: tuple[Term, ...]
+    intercept: bool
+    grouping: Grouping
+    correlated: bool = True
+    name: str = ""
+
+    @property
+    def intercept_only(self) -> bool:
+        """``(1 | g)``."""
+        return self.intercept and not self.terms
+
+
+@dataclass(frozen=True)
 class Formula:
     """A parsed model formula.
 
@@ -51,16 +110,40 @@ class Formula:
     response : str
         The response column.
     intercept : bool
-        Whether the fixed part has an intercept (always true for now).
-    groupings : tuple of Grouping
-        The random-intercept terms, in the order written (nested terms
-        expanded outermost first, as ``a/b`` means ``a + b:a``).
+        Whether the fixed part has an intercept.
+    fixed : tuple of Term
+        Fixed-effect terms other than the intercept, in R's order (by degree).
+    offsets : tuple of str
+        Columns added to the linear predictor with coefficient 1.
+    random : tuple of RandomTerm
+        Random-effect terms, nested ones expanded (``a/b`` is ``a + b:a``).
     """
 
     text: str
     response: str
     intercept: bool
-    groupings: tuple[Grouping, ...]
+    random: tuple[RandomTerm, ...]
+    fixed: tuple[Term, ...] = ()
+    offsets: tuple[str, ...] = ()
+
+    @property
+    def groupings(self) -> tuple[Grouping, ...]:
+        """The distinct grouping factors, in order of appearance."""
+        seen: dict[Grouping, None] = {}
+        for rt in self.random:
+            seen.setdefault(rt.grouping, None)
+        return tuple(seen)
+
+    @property
+    def nested_intercepts(self) -> bool:
+        """``y ~ 1 + (1 | a) + (1 | b) …``: the fast tree solver may apply."""
+        return (
+            self.intercept
+            and not self.fixed
+            and not self.offsets
+            and bool(self.random)
+            and all(rt.intercept_only for rt in self.random)
+        )
 
     @property
     def key_columns(self) -> tuple[str, ...]:
@@ -72,9 +155,27 @@ class Formula:
         return tuple(seen)
 
     @property
+    def variables(self) -> tuple[Variable, ...]:
+        """Every variable of the fixed and random terms, each once."""
+        seen: dict[Variable, None] = {}
+        for term in self.fixed:
+            for v in term:
+                seen.setdefault(v, None)
+        for rt in self.random:
+            for term in rt.terms:
+                for v in term:
+                    seen.setdefault(v, None)
+        return tuple(seen)
+
+    @property
     def columns(self) -> tuple[str, ...]:
-        """Every source column the model reads: the response, then the keys."""
-        return (self.response, *self.key_columns)
+        """Every source column the model reads: the response first."""
+        seen: dict[str, None] = {self.response: None}
+        for v in self.variables:
+            seen.setdefault(v.column, None)
+        for c in (*self.offsets, *self.key_columns):
+            seen.setdefault(c, None)
+        return tuple(seen)
 
 
 _R_RESERVED = frozenset(
@@ -193,7 +294,7 @@ def _factor_columns(text: str, toks: list[_Tok], term: str) -> tuple[str, ...]:
         else:
             raise UnsupportedTermError(
                 f"random-effect term '({term})': grouping factor "
-                f"{_source(text, toks)!r} is not supported yet; use column names, "
+                f"{_source(text, toks)!r} is not supported; use column names, "
                 "nesting 'a/b' or interactions 'a:b'"
             )
         expect_name = not expect_name
@@ -204,20 +305,8 @@ def _factor_columns(text: str, toks: list[_Tok], term: str) -> tuple[str, ...]:
     return tuple(cols)
 
 
-def _random_term(text: str, toks: list[_Tok]) -> list[Grouping]:
-    term = _source(text, toks)
-    bars = [i for i, t in enumerate(toks) if t.kind == "op" and t.value in ("|", "||")]
-    if len(bars) != 1:
-        raise FormulaError(
-            f"formula {text!r}: '({term})' needs exactly one '|' between the varying "
-            "terms and the grouping factor, e.g. '(1 | state)'"
-        )
-    lhs, rhs = toks[: bars[0]], toks[bars[0] + 1 :]
-    if toks[bars[0]].value == "||" or [t.value for t in lhs] != ["1"]:
-        raise UnsupportedTermError(
-            f"random-effect term '({term})' is not supported yet: only random "
-            "intercepts '(1 | g)' can be fitted; random slopes come later"
-        )
+def _groupings(text: str, rhs: list[_Tok], term: str) -> list[Grouping]:
+    """Expand ``a/b/c`` into the groupings ``a``, ``b:a``, ``c:(b:a)``."""
     if not rhs:
         raise FormulaError(f"formula {text!r}: '({term})' has no grouping factor after '|'")
     factors = [part for _, part in _split_top(rhs, {"/"})]
@@ -238,13 +327,161 @@ def _random_term(text: str, toks: list[_Tok]) -> list[Grouping]:
     return groupings
 
 
+def _variable(text: str, toks: list[_Tok], where: str) -> Variable | str:
+    """One factor of a term: ``x``, ``factor(x)``; ``offset(x)`` returns ``"offset"``."""
+    values = [t.value for t in toks]
+    if len(toks) == 1 and toks[0].kind == "name":
+        return Variable(toks[0].value)
+    if (
+        len(toks) == 4
+        and toks[0].kind == "name"
+        and values[1] == "("
+        and toks[2].kind == "name"
+        and values[3] == ")"
+    ):
+        if values[0] == "factor":
+            return Variable(toks[2].value, as_factor=True)
+        if values[0] == "offset":
+            return "offset"
+    raise UnsupportedTermError(
+        f"term '{_source(text, toks)}' in {where} is not supported: use column names, "
+        "factor(col), interactions a:b and a*b, or offset(col)"
+    )
+
+
+def _term_products(text: str, toks: list[_Tok], where: str) -> list[Term]:
+    """Expand one additive term (``a``, ``a:b``, ``a*b``) into model terms."""
+    chunks = [part for _, part in _split_top(toks, {"*"})]
+    products: list[Term] = []
+    for chunk in chunks:
+        parts = [part for _, part in _split_top(chunk, {":"})]
+        if any(not part for part in parts):
+            raise FormulaError(f"formula {text!r}: incomplete term '{_source(text, toks)}'")
+        factors: list[Variable] = []
+        for part in parts:
+            v = _variable(text, part, where)
+            if isinstance(v, str):
+                raise UnsupportedTermError(
+                    f"term '{_source(text, toks)}': offset() must be a term of its own"
+                )
+            if v not in factors:
+                factors.append(v)
+        products.append(tuple(factors))
+    terms: list[Term] = []
+    for mask in range(1, 2 ** len(products)):
+        merged: list[Variable] = []
+        for i, prod in enumerate(products):
+            if mask >> i & 1:
+                merged.extend(v for v in prod if v not in merged)
+        terms.append(tuple(merged))
+    terms.sort(key=len)
+    return terms
+
+
+def _same_term(a: Term, b: Term) -> bool:
+    return set(a) == set(b)
+
+
+def _linear_part(
+    text: str, toks: list[_Tok], where: str, allow_random: bool
+) -> tuple[bool, list[Term], list[str], list[list[_Tok]]]:
+    """Parse ``1 + a + b:c - d``: intercept, terms, offsets, random parts."""
+    intercept = True
+    terms: list[Term] = []
+    offsets: list[str] = []
+    random: list[list[_Tok]] = []
+    for sign, part in _split_top(toks, {"+", "-"}):
+        if not part:
+            raise FormulaError(f"formula {text!r}: empty term next to '{sign}' in {where}")
+        values = [t.value for t in part]
+        if values in (["1"], ["0"]):
+            intercept = (values == ["1"]) == (sign == "+")
+            continue
+        if (
+            part[0].value == "("
+            and part[-1].value == ")"
+            and _split_top(part[1:-1], {"|", "||"})[1:]
+        ):
+            if not allow_random:
+                raise FormulaError(f"formula {text!r}: a random term inside {where}")
+            if sign == "-":
+                raise UnsupportedTermError(f"term '- {_source(text, part)}' cannot be removed")
+            random.append(part[1:-1])
+            continue
+        if part[0].value == "(" and part[-1].value == ")":
+            raise UnsupportedTermError(
+                f"term '{_source(text, part)}' in {where} is not supported: write the "
+                "terms out without parentheses"
+            )
+        v = _variable(text, part, where) if len(part) in (1, 4) else None
+        if v == "offset":
+            if sign == "-":
+                raise FormulaError(f"formula {text!r}: an offset cannot be subtracted")
+            offsets.append(part[2].value)
+            continue
+        expanded = _term_products(text, part, where)
+        if sign == "-":
+            terms = [t for t in terms if not any(_same_term(t, e) for e in expanded)]
+            continue
+        for e in expanded:
+            if not any(_same_term(e, t) for t in terms):
+                terms.append(e)
+    return intercept, terms, offsets, random
+
+
+def _random_term(text: str, toks: list[_Tok]) -> list[RandomTerm]:
+    term = _source(text, toks)
+    bars = [i for i, t in enumerate(toks) if t.kind == "op" and t.value in ("|", "||")]
+    if len(bars) != 1:
+        raise FormulaError(
+            f"formula {text!r}: '({term})' needs exactly one '|' between the varying "
+            "terms and the grouping factor, e.g. '(1 | state)'"
+        )
+    lhs, rhs = toks[: bars[0]], toks[bars[0] + 1 :]
+    correlated = toks[bars[0]].value == "|"
+    if not lhs:
+        raise FormulaError(f"formula {text!r}: '({term})' has nothing before the '|'")
+    intercept, terms, offsets, _ = _linear_part(text, lhs, f"'({term})'", allow_random=False)
+    if offsets:
+        raise UnsupportedTermError(f"random-effect term '({term})': offset() is not allowed here")
+    terms.sort(key=len)
+    if not intercept and not terms:
+        raise FormulaError(f"formula {text!r}: '({term})' has no varying term")
+    result: list[RandomTerm] = []
+    for grouping in _groupings(text, rhs, term):
+        if correlated:
+            result.append(RandomTerm(tuple(terms), intercept, grouping))
+            continue
+        if intercept:
+            result.append(RandomTerm((), True, grouping, correlated=False))
+        result.extend(RandomTerm((t,), False, grouping, correlated=False) for t in terms)
+    return result
+
+
+def _sort_terms(terms: list[Term]) -> tuple[Term, ...]:
+    """R's order: by degree, then as written."""
+    return tuple(sorted(terms, key=len))
+
+
+def _name_random(random: list[RandomTerm]) -> tuple[RandomTerm, ...]:
+    """Name terms as lme4 does: a grouping's further terms are ``g.1``, ``g.2`` …."""
+    counts: dict[str, int] = {}
+    named = []
+    for rt in random:
+        k = counts.get(rt.grouping.name, 0)
+        counts[rt.grouping.name] = k + 1
+        name = rt.grouping.name if k == 0 else f"{rt.grouping.name}.{k}"
+        named.append(RandomTerm(rt.terms, rt.intercept, rt.grouping, rt.correlated, name))
+    return tuple(named)
+
+
 def parse_formula(text: str) -> Formula:
     """Parse an lme4 formula.
 
     Parameters
     ----------
     text : str
-        For example ``"income ~ 1 + (1 | state/county/zip)"``.
+        For example ``"income ~ year * urban + (1 | state/county/zip)"``.
 
     Returns
     -------
@@ -255,7 +492,7 @@ def parse_formula(text: str) -> Formula:
     FormulaError
         When the text is not a formula.
     UnsupportedTermError
-        When a term is valid lme4 but not yet supported; the message names it.
+        When a term is valid lme4 but not supported; the message names it.
     """
     if not isinstance(text, str) or not text.strip():
         raise FormulaError(f"formula {text!r} is empty; write e.g. 'y ~ 1 + (1 | group)'")
@@ -269,50 +506,37 @@ def parse_formula(text: str) -> Formula:
     lhs, rhs = toks[: tildes[0]], toks[tildes[0] + 1 :]
     if len(lhs) != 1 or lhs[0].kind != "name":
         raise UnsupportedTermError(
-            f"response {_source(text, lhs)!r} is not supported yet: the left of '~' "
+            f"response {_source(text, lhs)!r} is not supported: the left of '~' "
             "must be one numeric column (backticks for unusual names)"
         )
     if not rhs:
         raise FormulaError(f"formula {text!r} has nothing on the right of '~'")
-    intercept = True
-    groupings: list[Grouping] = []
-    for sign, part in _split_top(rhs, {"+", "-"}):
-        term = _source(text, part)
-        if not part:
-            raise FormulaError(f"formula {text!r}: empty term next to '{sign}'")
-        if [t.value for t in part] == ["1"] and sign == "+":
-            continue
-        if [t.value for t in part] in (["0"], ["1"]):
-            raise UnsupportedTermError(
-                f"term '{sign} {term}' (no intercept) is not supported yet: "
-                "the model needs its intercept, e.g. 'y ~ 1 + (1 | g)'"
-            )
-        if (
-            sign == "+"
-            and part[0].value == "("
-            and part[-1].value == ")"
-            and _split_top(part[1:-1], {"|", "||"})[1:]
-        ):
-            groupings.extend(_random_term(text, part[1:-1]))
-            continue
-        raise UnsupportedTermError(
-            f"fixed-effect term '{term}' is not supported yet: the fixed part can "
-            "only be the intercept '1' for now; put group structure in '(1 | g)' terms"
+    intercept, terms, offsets, random_parts = _linear_part(
+        text, rhs, "the fixed part", allow_random=True
+    )
+    random: list[RandomTerm] = []
+    for part in random_parts:
+        random.extend(_random_term(text, part))
+    seen: dict[tuple[frozenset[str], frozenset[Variable], bool], str] = {}
+    for rt in random:
+        key = (
+            frozenset(rt.grouping.columns),
+            frozenset(v for t in rt.terms for v in t),
+            rt.intercept,
         )
-    if not groupings:
-        raise FormulaError(
-            f"formula {text!r} has no random-effect term; pooljob fits multilevel "
-            "models: add a grouping such as '(1 | state)'"
-        )
-    seen: dict[frozenset[str], str] = {}
-    for g in groupings:
-        key = frozenset(g.columns)
         if key in seen:
             raise FormulaError(
-                f"formula {text!r}: grouping {g.name!r} repeats {seen[key]!r}; "
-                "each grouping may appear once"
+                f"formula {text!r}: grouping {rt.grouping.name!r} repeats {seen[key]!r}; "
+                "each random term may appear once"
             )
-        seen[key] = g.name
+        seen[key] = rt.grouping.name
+    if not random and not intercept and not terms:
+        raise FormulaError(f"formula {text!r} has no terms on the right of '~'")
     return Formula(
-        text=text, response=lhs[0].value, intercept=intercept, groupings=tuple(groupings)
+        text=text,
+        response=lhs[0].value,
+        intercept=intercept,
+        random=_name_random(random),
+        fixed=_sort_terms(terms),
+        offsets=tuple(offsets),
     )

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
 from pooljob.formula import Formula, Grouping
 from pooljob.model import NestedFit
+from pooljob.optimize import SINGULAR_TOL
+
+if TYPE_CHECKING:
+    from pooljob.general import GeneralFit
 from pooljob.statistics import GroupStatistics
 
 INTERCEPT = "(Intercept)"
@@ -39,7 +43,9 @@ class FitResult:
     loglik : float
     converged, singular : bool
     hierarchy : tuple of Grouping
-        The groupings as fitted, top level first.
+        The groupings as fitted: for a nested model the tree, top level first.
+    nested : bool
+        Whether the groupings form a tree (the nested solver fitted it).
     """
 
     formula: Formula
@@ -61,6 +67,7 @@ class FitResult:
     optimizer: dict[str, Any]
     hierarchy: tuple[Grouping, ...]
     timings: dict[str, float] = field(default_factory=dict)
+    nested: bool = True
 
     def summary(self) -> dict[str, Any]:
         """The fit's numbers for the manifest (no tables)."""
@@ -185,4 +192,46 @@ def build(
         rows=gs.rows,
         optimizer=fit.optimizer.to_dict(),
         hierarchy=tuple(lev.grouping for lev in gs.levels),
+    )
+
+
+def build_general(
+    formula: Formula, fit: GeneralFit, interval: float, family: str, method: str
+) -> FitResult:
+    """Assemble the output tables of a general (blocked-Cholesky) fit."""
+    from pooljob.general import tables
+
+    frames = tables(fit, interval)
+    prep = fit.prepared
+    sigma2 = fit.solution.sigma2
+    singular = False
+    pos = 0
+    for entries in prep.blocks.free:
+        for i, j in entries:
+            if i == j and fit.theta[pos] < SINGULAR_TOL:
+                singular = True
+            pos += 1
+    groups = {
+        b.grouping.name: int(prep.codes[d].max()) + 1 for d, b in enumerate(prep.design.blocks)
+    }
+    return FitResult(
+        formula=formula,
+        family=family,
+        method=method,
+        interval=interval,
+        estimates=frames["estimates"],
+        effects=frames["effects"],
+        coefficients=frames["coefficients"],
+        components=frames["components"],
+        objective=fit.objective,
+        loglik=-0.5 * fit.objective,
+        converged=fit.optimizer.converged,
+        singular=singular,
+        nobs=int(prep.blocks.n),
+        sigma=float(np.sqrt(sigma2)),
+        groups=groups,
+        rows=prep.cells.rows,
+        optimizer=fit.optimizer.to_dict(),
+        hierarchy=tuple(b.grouping for b in prep.design.blocks),
+        nested=False,
     )

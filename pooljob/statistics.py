@@ -1,8 +1,9 @@
-"""Reduce the source to per-group sufficient statistics in one DuckDB pass.
+"""Schema checks, the scan specification, and the tree of a nested model.
 
-The query is ``sql/group_stats.sql``; this module fills its template with
-quoted, schema-checked identifiers, accounts for the rows it cannot use, and
-arranges the groups into the tree the solver needs.
+The scan itself is :func:`pooljob.cells.scan_cells` (``sql/cell_stats.sql``).
+For ``y ~ 1 + (1 | a) + (1 | b:a) …`` the cells are the leaf groups, and this
+module arranges them into the tree the fast solver (:mod:`pooljob.nested`)
+needs.
 """
 
 from __future__ import annotations
@@ -10,15 +11,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from itertools import pairwise
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from pooljob.cells import CellTable, NumericVariable, cell_stats_sql, scan_cells
+from pooljob.design import build_design, categorical_columns
 from pooljob.errors import InputError, NotNestedError
 from pooljob.formula import Formula, Grouping
 from pooljob.nested import NestedStats
-from pooljob.source import Source, quote_identifier
+from pooljob.source import Source
 
 _NUMERIC = re.compile(
     r"^(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|UBIGINT|UHUGEINT"
@@ -27,25 +29,50 @@ _NUMERIC = re.compile(
 _GROUPABLE_EXCLUDED = re.compile(r"(\[\]|^STRUCT|^MAP|^UNION|^LIST|\[\d+\]$)")
 
 
-def sql_text(name: str) -> str:
-    """Return the text of ``sql/<name>.sql``, installed or from the source tree."""
-    here = Path(__file__).resolve().parent
-    for folder in (here / "sql", here.parent / "sql"):
-        candidate = folder / f"{name}.sql"
-        if candidate.is_file():
-            return candidate.read_text(encoding="utf-8")
-    raise FileNotFoundError(f"pooljob SQL file {name}.sql is missing from the installation")
+@dataclass(frozen=True)
+class ScanSpec:
+    """What the scan must compute for a formula on a source.
 
-
-def group_stats_sql(formula: Formula, finite_only: bool = False) -> str:
-    """The statistics query for ``formula`` with its identifiers quoted.
-
-    ``finite_only`` selects ``finite_group_stats.sql``, which skips NaN and
-    infinite responses (a second scan, needed only when there are some).
+    Attributes
+    ----------
+    keys : tuple of str
+        Grouping and categorical columns: the cells.
+    variables : tuple of NumericVariable
+        Numeric variables, the response first.
+    numeric : set of str
+        Source columns of numeric type.
+    categorical : list of str
+        The formula's categorical variables.
     """
-    keys = ", ".join(quote_identifier(c) for c in formula.key_columns)
-    name = "finite_group_stats" if finite_only else "group_stats"
-    return sql_text(name).format(keys=keys, response=quote_identifier(formula.response))
+
+    keys: tuple[str, ...]
+    variables: tuple[NumericVariable, ...]
+    numeric: set[str]
+    categorical: list[str]
+
+
+def scan_spec(formula: Formula, columns: dict[str, str]) -> ScanSpec:
+    """Keys and variables of the cell scan, from the formula and the column types."""
+    numeric = {c for c, t in columns.items() if _NUMERIC.match(t)}
+    categorical = categorical_columns(formula, numeric)
+    placeholder: dict[str, list[object]] = {c: [0, 1] for c in categorical}
+    design = build_design(formula, numeric, placeholder)
+    return ScanSpec(design.keys, design.variables, numeric, categorical)
+
+
+def group_stats_sql(formula: Formula, columns: dict[str, str] | None = None) -> str:
+    """The first statistics query for ``formula``, identifiers quoted.
+
+    ``columns`` (name to DuckDB type) tells numeric from categorical columns;
+    without it every variable is taken as numeric.  The centring shifts are
+    the bound parameters ``$s0``, ``$s1`` … (0 on the first scan).
+    """
+    if columns is None:
+        columns = {c: "DOUBLE" for c in formula.columns}
+        for g in formula.groupings:
+            columns.update({c: "VARCHAR" for c in g.columns})
+    spec = scan_spec(formula, columns)
+    return cell_stats_sql(spec.keys, spec.variables, False, len(spec.variables) > 1)
 
 
 @dataclass(frozen=True)
@@ -97,118 +124,75 @@ class GroupStatistics:
     rows: dict[str, object]
 
 
-def check_schema(source: Source, formula: Formula) -> None:
+def check_schema(source: Source, formula: Formula) -> ScanSpec:
     """Check that the model's columns exist and have usable types."""
     source.require(formula.columns)
-    rtype = source.columns[formula.response]
-    if not _NUMERIC.match(rtype):
-        raise InputError(
-            f"response column {formula.response!r} has type {rtype}; a gaussian model needs a "
-            "numeric column (integer, decimal, floating point or boolean): cast it in a "
-            "[source] query or fix the data"
-        )
-    for col in formula.key_columns:
+    numeric_needed = [formula.response, *formula.offsets]
+    numeric_needed += [
+        v.column
+        for v in formula.variables
+        if not v.as_factor and _NUMERIC.match(source.columns[v.column])
+    ]
+    for col in dict.fromkeys(numeric_needed):
+        ctype = source.columns[col]
+        if not _NUMERIC.match(ctype):
+            role = "response" if col == formula.response else "offset"
+            raise InputError(
+                f"{role} column {col!r} has type {ctype}; a gaussian model needs a "
+                "numeric column (integer, decimal, floating point or boolean): cast it in a "
+                "[source] query or fix the data"
+            )
+    spec = scan_spec(formula, source.columns)
+    for col in spec.keys:
         if _GROUPABLE_EXCLUDED.search(source.columns[col]):
             raise InputError(
-                f"grouping column {col!r} has type {source.columns[col]}; grouping columns "
-                "must be scalar (text, integer, date, ...)"
+                f"grouping or categorical column {col!r} has type {source.columns[col]}; "
+                "such columns must be scalar (text, integer, date, ...)"
             )
+    return spec
 
 
-#: Largest ratio of |group mean| to the spread of the response for which the
-#: uncentred statistics lose less than ~1e-12 relative (doubles carry ~1e-16).
-CENTRING_RATIO = 1e4
+def nested_statistics(cells: CellTable, formula: Formula, where: str) -> GroupStatistics:
+    """Arrange the cells of ``y ~ 1 + (1 | a) + …`` into a tree.
 
-
-def centring_shift(n: np.ndarray, mean: np.ndarray, var_pop: np.ndarray) -> float:
-    """The shift that centres the response, or 0.0 when none is needed.
-
-    Group means are doubles: a mean of 1e9 carries an error of ~1e-7, which
-    is large beside a spread of 1.  When ``max |ȳ_j|`` exceeds
-    ``CENTRING_RATIO`` times the smaller of the within-group and
-    between-group standard deviations, the scan is repeated on ``y − shift``
-    with ``shift`` the overall mean rounded to a power of ten at the scale
-    of the spread (so that it does not depend on summation order).
+    Raises
+    ------
+    NotNestedError
+        When the groupings are crossed in the data.
     """
-    total = float(n.sum())
-    grand = float(np.dot(n, mean)) / total
-    within = float(np.dot(n, var_pop)) / total
-    between = float(np.dot(n, (mean - grand) ** 2)) / total
-    spreads = [s for s in (within, between) if s > 0.0]
-    if not spreads:
-        return 0.0
-    spread = float(np.sqrt(min(spreads)))
-    if float(np.max(np.abs(mean))) <= CENTRING_RATIO * spread:
-        return 0.0
-    quantum = 10.0 ** np.floor(np.log10(spread))
-    return float(np.round(grand / quantum) * quantum)
-
-
-def _scan(source: Source, formula: Formula, shift: float, finite_only: bool) -> pl.DataFrame:
-    sql = group_stats_sql(formula, finite_only)
-    table = pl.from_arrow(source.arrow(sql, {"shift": shift}))
-    assert isinstance(table, pl.DataFrame)
-    null_key = pl.any_horizontal([pl.col(k).is_null() for k in formula.key_columns])
-    return table.filter(~null_key & (pl.col("n") > 0))
-
-
-def compute(source: Source, formula: Formula) -> GroupStatistics:
-    """Scan the source and return the tree of group statistics.
-
-    One scan for clean data whose mean is within ``CENTRING_RATIO`` spreads
-    of 0 (nearly all data).  A second scan when it is needed: of the finite
-    responses only, if some are NaN or infinite; centred, if the mean is far
-    from 0 beside the spread.
-    """
-    check_schema(source, formula)
-    table = pl.from_arrow(source.arrow(group_stats_sql(formula), {"shift": 0.0}))
-    assert isinstance(table, pl.DataFrame)
     keys = list(formula.key_columns)
-    null_key = pl.any_horizontal([pl.col(k).is_null() for k in keys])
-    read = int(table["n_rows"].sum()) if table.height else 0
-    keyed = table.filter(~null_key)
-    non_null = int(keyed["n"].sum()) if keyed.height else 0
-    good = keyed.filter(pl.col("n") > 0)
-    finite_only = bool(
-        good.height and not (good["mean"].is_finite().all() and good["var_pop"].is_finite().all())
+    frame = cells.keys.with_columns(
+        pl.Series("__n", cells.n),
+        pl.Series("__mean", cells.mean[:, 0]),
+        pl.Series("__ss", cells.comoment[:, 0, 0]),
     )
-    if finite_only:
-        good = _scan(source, formula, 0.0, finite_only)
-    used = int(good["n"].sum()) if good.height else 0
-    dropped = {
-        "null_group_key": read - (int(keyed["n_rows"].sum()) if keyed.height else 0),
-        "null_response": (int(keyed["n_rows"].sum()) if keyed.height else 0) - non_null,
-        "nonfinite_response": non_null - used,
-    }
-    rows: dict[str, object] = {"read": read, "used": used, "dropped": dropped}
-    if used == 0:
-        detail = ", ".join(f"{v} with {k.replace('_', ' ')}" for k, v in dropped.items() if v)
-        raise InputError(
-            f"no usable rows in {source.description}: {read} rows read"
-            + (f" ({detail})" if detail else "")
-            + "; check the [source] where filter and the response and grouping columns"
-        )
-    shift = centring_shift(
-        good["n"].to_numpy().astype(np.float64),
-        good["mean"].to_numpy(),
-        good["var_pop"].to_numpy(),
-    )
-    if shift != 0.0:
-        good = _scan(source, formula, shift, finite_only)
-    unsorted, order = _build_levels(good, formula)
-    good = good[order]
-    n = good["n"].to_numpy().astype(np.float64)
-    mean = good["mean"].to_numpy().astype(np.float64)
-    within = good["var_pop"].to_numpy().astype(np.float64) * n
+    unsorted, order = _build_levels(frame, formula)
+    frame = frame[order]
     levels = tuple(_relabel(lev.grouping, lev.codes[order]) for lev in unsorted)
     parents = [np.zeros(levels[0].size, dtype=np.int64)]
     for upper, lower in pairwise(levels):
         parents.append(upper.codes[lower.first].astype(np.int64))
-    stats = NestedStats(n=n, mean=mean, within_ss=np.maximum(within, 0.0), parents=tuple(parents))
-    _check_identifiable(stats, levels, source.description)
-    return GroupStatistics(
-        keys=good.select(keys), stats=stats, levels=levels, shift=shift, rows=rows
+    stats = NestedStats(
+        n=frame["__n"].to_numpy().astype(np.float64),
+        mean=frame["__mean"].to_numpy().astype(np.float64),
+        within_ss=np.maximum(frame["__ss"].to_numpy().astype(np.float64), 0.0),
+        parents=tuple(parents),
     )
+    _check_identifiable(stats, levels, where)
+    return GroupStatistics(
+        keys=frame.select(keys),
+        stats=stats,
+        levels=levels,
+        shift=float(cells.shifts[0]),
+        rows=cells.rows,
+    )
+
+
+def compute(source: Source, formula: Formula) -> GroupStatistics:
+    """Scan the source and return the tree of a nested random-intercept model."""
+    spec = check_schema(source, formula)
+    cells = scan_cells(source, spec.keys, spec.variables)
+    return nested_statistics(cells, formula, source.description)
 
 
 def _check_identifiable(stats: NestedStats, levels: tuple[Level, ...], where: str) -> None:

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 import pooljob
-from pooljob.errors import InputError, MissingColumnError, NotNestedError
+from pooljob.errors import InputError, MissingColumnError
 
 
 def frame(**extra) -> pl.DataFrame:
@@ -68,6 +68,7 @@ def test_null_keys_and_nonfinite_responses_are_dropped_and_counted() -> None:
         "null_group_key": 1,
         "null_response": 1,
         "nonfinite_response": 3,
+        "unusable_covariate": 0,
     }
     assert fit.rows["used"] == 35
     clean = dirty.filter(pl.col("g").is_not_null() & pl.col("y").is_finite())
@@ -106,10 +107,43 @@ def test_constant_response_is_refused() -> None:
         pooljob.fit("y ~ 1 + (1 | g)", df)
 
 
-def test_crossed_groupings_are_refused_with_advice() -> None:
+def test_crossed_groupings_go_to_the_general_solver() -> None:
     df = frame().with_columns(pl.Series("h", ["a", "b"] * 20))
-    with pytest.raises(NotNestedError, match=r"crossed"):
-        pooljob.fit("y ~ 1 + (1 | g) + (1 | h)", df)
+    fit = pooljob.fit("y ~ 1 + (1 | g) + (1 | h)", df)
+    assert not fit.nested
+    assert set(fit.components["grouping"]) == {"g", "h", "Residual"}
+
+
+def test_null_covariates_are_dropped_and_counted() -> None:
+    df = frame().with_columns(
+        pl.Series("x", [None, float("nan")] + [float(i % 7) for i in range(38)])
+    )
+    fit = pooljob.fit("y ~ x + (1 | g)", df)
+    assert fit.rows["dropped"]["unusable_covariate"] == 2
+    assert fit.rows["used"] == 38
+
+
+def test_rank_deficient_design_names_the_column() -> None:
+    df = frame().with_columns(pl.col("y").alias("x1")).with_columns((2 * pl.col("x1")).alias("x2"))
+    with pytest.raises(InputError, match=r"rank deficient: column 'x2' is a linear combination"):
+        pooljob.fit("y ~ x1 + x2 + (1 | g)", df)
+
+
+def test_crossed_groupings_too_large_for_the_dense_block() -> None:
+    from pooljob import lmm
+
+    df = frame().with_columns(pl.Series("h", [f"h{i % 13}" for i in range(40)]))
+    old = lmm.MAX_DENSE
+    try:
+        lmm.MAX_DENSE = 5
+        import pooljob.general as general
+
+        general.MAX_DENSE = 5
+        with pytest.raises(InputError, match=r"too large for the exact dense solver: .*levels"):
+            pooljob.fit("y ~ 1 + (1 | g) + (1 | h)", df)
+    finally:
+        lmm.MAX_DENSE = old
+        general.MAX_DENSE = old
 
 
 def test_data_nested_groupings_without_slash_are_fitted_as_nested() -> None:

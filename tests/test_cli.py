@@ -83,7 +83,12 @@ def test_run_publishes_all_outputs(job: Path, capsys) -> None:
     assert m["rows"] == {
         "read": 600,
         "used": 600,
-        "dropped": {"null_group_key": 0, "null_response": 0, "nonfinite_response": 0},
+        "dropped": {
+            "null_group_key": 0,
+            "null_response": 0,
+            "nonfinite_response": 0,
+            "unusable_covariate": 0,
+        },
     }
     assert m["run_id"] == Path(current.readlink()).name
 
@@ -98,12 +103,12 @@ def test_keep_runs_prunes_oldest(job: Path) -> None:
 
 def test_config_error_is_one_line_exit_2(tmp_path: Path, capsys) -> None:
     cfg = tmp_path / "bad.toml"
-    cfg.write_text('[source]\npath = "x.parquet"\n[model]\nformula = "y ~ x"\n')
+    cfg.write_text('[source]\npath = "x.parquet"\n[model]\nformula = "log(y) ~ x"\n')
     assert main(["run", str(cfg)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert err.startswith("pooljob: error: config")
-    assert "fixed-effect term 'x'" in err and "missing section [output]" in err
+    assert "response 'log(y)'" in err and "missing section [output]" in err
 
 
 def test_missing_column_exit_3_lists_columns(job: Path, capsys) -> None:

@@ -29,7 +29,7 @@ def test_good_config_is_frozen_and_resolved(tmp_path: Path) -> None:
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     raw = {
         "source": {"path": "a.parquet", "query": "select 1", "colour": "red"},
-        "model": {"formula": "y ~ x + (1 | g)", "family": "gamma", "method": "bayes"},
+        "model": {"formula": "y ~ log(x) + (1 | g)", "family": "gamma", "method": "bayes"},
         "output": {"path": "out", "interval": 1.5, "keep_runs": 0},
         "extra": {},
     }
@@ -41,7 +41,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "unknown section [extra]",
         "unknown key [source] colour",
         "exactly one of path, database (with table) or query; got path, query",
-        "fixed-effect term 'x'",
+        "term 'log(x)'",
         "family = 'gamma'",
         "method = 'bayes'",
         "interval = 1.5",

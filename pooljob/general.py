@@ -1,0 +1,473 @@
+"""Fit a general Gaussian mixed model: scan cells, build blocks, optimise θ, tabulate.
+
+Covariates, categorical fixed effects, random slopes, crossed and nested
+groupings.  The data are reduced to per-cell moments in one DuckDB pass
+(:mod:`pooljob.cells`); the criterion is lme4's, evaluated from cross-product
+blocks (:mod:`pooljob.lmm`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from numpy.typing import NDArray
+from scipy.optimize import minimize
+
+from pooljob.blocks import Blocks, ColumnWeights, build_blocks
+from pooljob.cells import CellTable
+from pooljob.design import (
+    Column,
+    Design,
+    RandomBlock,
+    build_design,
+    check_rank,
+    dense_codes,
+    indicator,
+)
+from pooljob.errors import InputError
+from pooljob.formula import Formula
+from pooljob.lmm import MAX_DENSE, Solution, objective, prediction_variance, solve
+from pooljob.optimize import SINGULAR_TOL, OptSummary
+
+Array = NDArray[np.float64]
+
+
+def _weights(keys: pl.DataFrame, columns: tuple[Column, ...]) -> ColumnWeights:
+    w = (
+        np.column_stack([indicator(keys, c.spec) for c in columns])
+        if columns
+        else np.zeros((keys.height, 0))
+    )
+    return ColumnWeights(w, np.array([c.variable for c in columns], dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The design, its blocks and the cell bookkeeping of one data set."""
+
+    design: Design
+    cells: CellTable
+    blocks: Blocks
+    fixed: ColumnWeights
+    random: list[ColumnWeights]
+    codes: list[NDArray[np.int64]]
+    moments: Array
+
+
+def prepare(
+    formula: Formula, cells: CellTable, numeric: set[str], categorical: list[str]
+) -> Prepared:
+    """Lay out the design on the cells and assemble the blocks."""
+    levels = {c: sorted(cells.keys[c].drop_nulls().unique().to_list()) for c in categorical}
+    design = build_design(formula, numeric, levels)
+    s = cells.moments()
+    fixed = _weights(cells.keys, design.fixed)
+    random, codes, spec = [], [], []
+    for block in design.blocks:
+        code = dense_codes(cells.keys, block.grouping.columns)
+        q = int(code.max()) + 1 if len(code) else 0
+        if q < 2:
+            raise InputError(
+                f"grouping {block.grouping.name!r} has a single group; a variance between "
+                "groups needs at least two: check the where filter, or drop the term"
+            )
+        cw = _weights(cells.keys, block.columns)
+        random.append(cw)
+        codes.append(code)
+        spec.append((code, q, cw, block.free_entries()))
+    blocks = build_blocks(s, design.response, fixed, spec)
+    names = [c.name for c in design.fixed]
+    if names:
+        check_rank(blocks.xtx[:-1, :-1], names)
+    for k, q in enumerate(blocks.levels):
+        if q * blocks.widths[k] >= blocks.n and blocks.widths[k] == 1:
+            name = design.blocks[blocks.order[k]].grouping.name
+            raise InputError(
+                f"grouping {name!r} has {q} groups for {int(blocks.n)} rows: as many groups "
+                "as rows, so its variance cannot be told from the residual variance; use a "
+                "coarser grouping or more data per group"
+            )
+    if blocks.dense_size > MAX_DENSE:
+        sizes = ", ".join(
+            f"{design.blocks[blocks.order[k]].grouping.name} {q:,} levels × {w} columns"
+            for k, (q, w) in enumerate(zip(blocks.levels, blocks.widths, strict=True))
+        )
+        raise InputError(
+            f"crossed groupings too large for the exact dense solver: {sizes}; all but the "
+            f"largest form a dense {blocks.dense_size:,} × {blocks.dense_size:,} block "
+            f"({8 * blocks.dense_size**2 / 1e9:.1f} GB, limit {MAX_DENSE:,}); see "
+            "docs/crossed-at-scale.md"
+        )
+    return Prepared(design, cells, blocks, fixed, random, codes, s)
+
+
+def _diag_positions(blocks: Blocks) -> list[int]:
+    pos, out = 0, []
+    for entries in blocks.free:
+        for i, j in entries:
+            if i == j:
+                out.append(pos)
+            pos += 1
+    return out
+
+
+def optimize(blocks: Blocks, reml: bool) -> tuple[Array, OptSummary]:
+    """Minimise the profiled criterion over θ (diagonal entries ≥ 0).
+
+    L-BFGS-B with central-difference gradients from lme4's start (1 on the
+    diagonal, 0 elsewhere).  The criterion is even in each column of ``T_k``,
+    so its gradient vanishes where a diagonal entry is 0: a point there is
+    accepted only if moving the entry off 0 does not lower the criterion;
+    otherwise the search restarts from there.
+    """
+    n_theta = blocks.n_theta
+    diag = _diag_positions(blocks)
+    x0 = np.zeros(n_theta)
+    x0[diag] = 1.0
+    if n_theta == 0:
+        f0 = objective(blocks, x0, reml)
+        return x0, OptSummary("none (no variance parameters)", [], [], f0, 1, "no θ", True)
+    bounds: list[tuple[float | None, float | None]] = [(None, None)] * n_theta
+    for i in diag:
+        bounds[i] = (0.0, None)
+    evaluations = 0
+
+    def fun(theta: Array) -> float:
+        nonlocal evaluations
+        evaluations += 1
+        return objective(blocks, theta, reml)
+
+    start, messages, converged = x0.copy(), [], False
+    theta, fmin = x0, fun(x0)
+    for _ in range(6):
+        res = minimize(
+            fun,
+            start,
+            method="L-BFGS-B",
+            jac="3-point",
+            bounds=bounds,
+            options={"ftol": 1e-14, "gtol": 1e-9, "maxiter": 500},
+        )
+        messages.append(str(res.message))
+        if float(res.fun) <= fmin:
+            theta, fmin = np.asarray(res.x, dtype=np.float64), float(res.fun)
+        converged = bool(res.success) or "ABNORMAL" in str(res.message)
+        restart = None
+        for i in diag:
+            if theta[i] < SINGULAR_TOL:
+                trial = theta.copy()
+                trial[i] = 0.1
+                ft = fun(trial)
+                if ft < fmin - 1e-9 * max(1.0, abs(fmin)):
+                    restart = trial
+                    break
+        if restart is None:
+            break
+        start = restart
+    for i in diag:
+        if 0.0 < theta[i] < SINGULAR_TOL:
+            trial = theta.copy()
+            trial[i] = 0.0
+            ft = fun(trial)
+            if ft <= fmin + 1e-10 * max(1.0, abs(fmin)):
+                theta, fmin = trial, ft
+    summary = OptSummary(
+        optimizer="L-BFGS-B (central-difference gradient)",
+        initial=[float(x) for x in x0],
+        final=[float(x) for x in theta],
+        fmin=float(fmin),
+        evaluations=evaluations,
+        message="; restart: ".join(messages),
+        converged=converged,
+    )
+    return theta, summary
+
+
+@dataclass(frozen=True)
+class Transform:
+    """From the centred fit back to the original columns (``coef = M coef_c + shift``)."""
+
+    fixed: Array  # (p, p)
+    fixed_shift: Array  # (p,)
+    random: list[Array]  # per block in design order, (p_k, p_k)
+
+
+def back_transform(prep: Prepared) -> Transform:
+    """The linear maps undoing the centring of variables (identity if none).
+
+    A centred column ``I·(v − c)`` is ``I·v − c·(I·1)``; its coefficient
+    moves ``−c`` times onto the column ``I·1``.  The response shift moves
+    onto the constant: ``β += c_y e`` with ``X e = 1``.
+    """
+    shifts = prep.cells.shifts
+    design = prep.design
+
+    def matrix(columns: tuple[Column, ...]) -> Array:
+        m = np.eye(len(columns))
+        const = {c.spec: i for i, c in enumerate(columns) if c.variable == 0}
+        for j, c in enumerate(columns):
+            if c.variable > 0 and shifts[c.variable - 1] != 0.0:
+                m[const[c.spec], j] -= shifts[c.variable - 1]
+        return m
+
+    mx = matrix(design.fixed)
+    p = len(design.fixed)
+    c_y = float(np.dot(design.response, shifts))
+    shift = np.zeros(p)
+    if c_y != 0.0 and p:
+        xt1 = (prep.fixed.weights * prep.moments[:, prep.fixed.variables, 0]).sum(axis=0)
+        xtx = prep.blocks.xtx[:p, :p]
+        # X'X and X'1 are in the centred columns: e_c solves X_c e_c = 1, e = M e_c
+        shift = c_y * (mx @ np.linalg.solve(xtx, xt1))
+    return Transform(mx, shift, [matrix(b.columns) for b in design.blocks])
+
+
+def _label(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.Expr:
+    return pl.concat_str([pl.col(c).cast(pl.String) for c in columns], separator=":")
+
+
+@dataclass(frozen=True)
+class GeneralFit:
+    """Numbers of a general fit, in the original parametrisation."""
+
+    prepared: Prepared
+    solution: Solution
+    theta: Array
+    optimizer: OptSummary
+    beta: Array
+    vcov: Array
+    b: list[Array]  # design order
+    cond_var: list[Array]
+    covariance: list[Array]  # Var(b_k) per block, design order
+    objective: float
+
+
+def fit_general(prep: Prepared, reml: bool) -> GeneralFit:
+    """Optimise θ and return every estimate in the original parametrisation."""
+    theta, summary = optimize(prep.blocks, reml)
+    sol = solve(prep.blocks, theta, reml)
+    tr = back_transform(prep)
+    beta = tr.fixed @ sol.beta + tr.fixed_shift
+    vcov = tr.fixed @ sol.vcov @ tr.fixed.T
+    b: list[Array] = [np.zeros(0)] * len(prep.design.blocks)
+    cv: list[Array] = [np.zeros(0)] * len(prep.design.blocks)
+    cov: list[Array] = [np.zeros(0)] * len(prep.design.blocks)
+    for k, d in enumerate(prep.blocks.order):
+        m = tr.random[d]
+        b[d] = sol.b[k] @ m.T
+        cv[d] = np.einsum("ij,ljk,mk->lim", m, sol.cond_var[k], m)
+        t = sol.factor.t[k]
+        cov[d] = sol.sigma2 * (m @ t @ t.T @ m.T)
+    return GeneralFit(prep, sol, theta, summary, beta, vcov, b, cv, cov, summary.fmin)
+
+
+def _components(fit: GeneralFit) -> pl.DataFrame:
+    rows: list[dict[str, Any]] = []
+    design = fit.prepared.design
+    order = sorted(range(len(design.blocks)), key=lambda d: -int(fit.prepared.codes[d].max() + 1))
+    for d in order:
+        block: RandomBlock = design.blocks[d]
+        cov = fit.covariance[d]
+        for t, name in enumerate(block.term_names):
+            cols = [i for i, k in enumerate(block.term_of) if k == t]
+            for i in cols:
+                rows.append(
+                    {
+                        "grouping": name,
+                        "term1": block.columns[i].name,
+                        "term2": None,
+                        "variance": float(cov[i, i]),
+                        "sd": float(np.sqrt(max(cov[i, i], 0.0))),
+                    }
+                )
+            for a, i in enumerate(cols):
+                for j in cols[a + 1 :]:
+                    sd = np.sqrt(max(cov[i, i], 0.0) * max(cov[j, j], 0.0))
+                    rows.append(
+                        {
+                            "grouping": name,
+                            "term1": block.columns[i].name,
+                            "term2": block.columns[j].name,
+                            "variance": float(cov[i, j]),
+                            "sd": float(cov[i, j] / sd) if sd > 0 else float("nan"),
+                        }
+                    )
+    s2 = fit.solution.sigma2
+    rows.append(
+        {
+            "grouping": "Residual",
+            "term1": None,
+            "term2": None,
+            "variance": s2,
+            "sd": float(np.sqrt(s2)),
+        }
+    )
+    return pl.DataFrame(
+        rows,
+        schema={
+            "grouping": pl.String,
+            "term1": pl.String,
+            "term2": pl.String,
+            "variance": pl.Float64,
+            "sd": pl.Float64,
+        },
+        orient="row",
+    )
+
+
+def _group_frames(prep: Prepared) -> list[tuple[RandomBlock, NDArray[np.int64], pl.DataFrame]]:
+    """Per block: cell codes and the key frame of its levels (first cell of each)."""
+    out = []
+    for d, block in enumerate(prep.design.blocks):
+        code = prep.codes[d]
+        first = np.zeros(int(code.max()) + 1, dtype=np.int64)
+        first[code[::-1]] = np.arange(len(code))[::-1]
+        out.append((block, code, prep.cells.keys.select(list(block.grouping.columns))[first]))
+    return out
+
+
+def tables(fit: GeneralFit, interval: float) -> dict[str, pl.DataFrame]:
+    """Return estimates, effects, coefficients and components as polars frames."""
+    prep = fit.prepared
+    design = prep.design
+    all_keys = [
+        c for c in prep.cells.keys.columns if any(c in b.grouping.columns for b in design.blocks)
+    ]
+    schema = prep.cells.keys.schema
+    coefficients = pl.DataFrame(
+        {
+            "term": [c.name for c in design.fixed],
+            "estimate": fit.beta,
+            "std_error": np.sqrt(np.maximum(np.diag(fit.vcov), 0.0)),
+        },
+        schema={"term": pl.String, "estimate": pl.Float64, "std_error": pl.Float64},
+    )
+    groups = _group_frames(prep)
+    eff_parts = []
+    for d, (block, _, keys) in enumerate(groups):
+        label = keys.select(_label(keys, block.grouping.columns).alias("level"))["level"]
+        for i, col in enumerate(block.columns):
+            frame = keys.with_columns(
+                pl.lit(block.grouping.name).alias("grouping"),
+                label.alias("level"),
+                pl.lit(col.name).alias("term"),
+                pl.Series("estimate", fit.b[d][:, i]),
+                pl.Series("cond_sd", np.sqrt(np.maximum(fit.cond_var[d][:, i, i], 0.0))),
+            )
+            eff_parts.append(frame)
+    effects = _align(
+        eff_parts, ["grouping", "level"], all_keys, schema, ["term", "estimate", "cond_sd"]
+    )
+    estimates = _estimates(fit, groups, interval, all_keys, schema)
+    return {
+        "estimates": estimates,
+        "effects": effects,
+        "coefficients": coefficients,
+        "components": _components(fit),
+    }
+
+
+def _align(
+    parts: list[pl.DataFrame], lead: list[str], keys: list[str], schema: Any, tail: list[str]
+) -> pl.DataFrame:
+    out = []
+    for frame in parts:
+        frame = frame.with_columns(
+            [pl.lit(None, dtype=schema[k]).alias(k) for k in keys if k not in frame.columns]
+        )
+        out.append(frame.select(lead + keys + tail))
+    return pl.concat(out, how="vertical") if out else pl.DataFrame()
+
+
+def _estimates(
+    fit: GeneralFit,
+    groups: list[tuple[RandomBlock, NDArray[np.int64], pl.DataFrame]],
+    interval: float,
+    keys: list[str],
+    schema: Any,
+) -> pl.DataFrame:
+    """Per group of each grouping: mean of the conditional fitted values over its rows."""
+    prep = fit.prepared
+    design, s, sol = prep.design, prep.moments, fit.solution
+    n_cell = s[:, 0, 0]
+    fixed_sum = prep.fixed.weights * s[:, prep.fixed.variables, 0]  # (C, p) Σ x over rows
+    # fitted sums per cell in the centred parametrisation, plus offsets and the y shift
+    fitted = fixed_sum @ sol.beta
+    rand_sums = []
+    for k, d in enumerate(prep.blocks.order):
+        cw = prep.random[d]
+        zsum = cw.weights * s[:, cw.variables, 0]  # (C, p_k)
+        rand_sums.append((d, zsum))
+        fitted = fitted + (zsum * sol.b[k][prep.codes[d]]).sum(axis=1)
+    for o in design.offsets:
+        fitted = fitted + s[:, o, 0]
+    shifts = prep.cells.shifts
+    fitted = fitted + n_cell * (shifts[0])
+    y_sum = s[:, 1, 0] + n_cell * shifts[0]
+    z = NormalDist().inv_cdf(0.5 + interval / 2.0)
+    parts = []
+    g_total = sum(len(kf) for _, _, kf in groups)
+    a_fixed = np.zeros((len(design.fixed), g_total))
+    a_random: dict[int, tuple[list[Any], list[Any], list[Any]]] = {
+        k: ([], [], []) for k in range(prep.blocks.n_blocks)
+    }
+    info = []
+    start = 0
+    for d, (block, code, keyframe) in enumerate(groups):
+        q = keyframe.height
+        n = np.bincount(code, n_cell, minlength=q)
+        est = np.bincount(code, fitted, minlength=q) / n
+        raw = np.bincount(code, y_sum, minlength=q) / n
+        for j in range(len(design.fixed)):
+            a_fixed[j, start : start + q] = np.bincount(code, fixed_sum[:, j], minlength=q) / n
+        for k, (dk, zsum) in enumerate(rand_sums):
+            pk = zsum.shape[1]
+            other = prep.codes[dk]
+            for a in range(pk):
+                rows, cols, vals = a_random[k]
+                rows.append(other * pk + a)
+                cols.append(start + code)
+                vals.append(zsum[:, a] / n[code])
+        info.append((d, block, keyframe, n, est, raw, start))
+        start += q
+    sparse = []
+    for k in range(prep.blocks.n_blocks):
+        rows, cols, vals = a_random[k]
+        size = prep.blocks.levels[k] * prep.blocks.widths[k]
+        sparse.append(
+            sp.csr_matrix(
+                (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                shape=(size, g_total),
+            )
+        )
+    pev = prediction_variance(prep.blocks, sol, a_fixed, sparse)
+    for d, block, keyframe, n, est, raw, st in info:
+        se = np.sqrt(np.maximum(pev[st : st + len(n)], 0.0))
+        intercept = [i for i, c in enumerate(block.columns) if c.variable == 0 and not c.spec]
+        if intercept:
+            i = intercept[0]
+            prior = fit.covariance[d][i, i]
+            shrink = fit.cond_var[d][:, i, i] / prior if prior > 0 else np.ones(len(n))
+        else:
+            shrink = np.full(len(n), np.nan)
+        parts.append(
+            keyframe.with_columns(
+                pl.lit(block.grouping.name).alias("grouping"),
+                pl.Series("n", n.round().astype(np.int64)),
+                pl.Series("raw_mean", raw),
+                pl.Series("estimate", est),
+                pl.Series("std_error", se),
+                pl.Series("lower", est - z * se),
+                pl.Series("upper", est + z * se),
+                pl.Series("shrinkage", shrink),
+            )
+        )
+    tail = ["n", "raw_mean", "estimate", "std_error", "lower", "upper", "shrinkage"]
+    if not parts:
+        return pl.DataFrame(schema={"grouping": pl.String, **{t: pl.Float64 for t in tail}})
+    return _align(parts, ["grouping"], keys, schema, tail)

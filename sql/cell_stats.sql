@@ -1,0 +1,53 @@
+-- cell_stats: one row per cell, that is per distinct combination of the
+-- model's key columns in `source` (its grouping factors and categorical
+-- variables; null keys included, so that the rows they hold can be counted
+-- and reported as dropped).  With no key column, one row for the whole source.
+--
+-- Columns: the key columns; n_rows (rows read); for every numeric variable
+-- v<i> of the model (the response, covariates, products of covariates that
+-- interactions need, offsets), centred at the bound value $s<i>:
+--   n_<i>        its non-null values,
+--   mean_<i>     their mean,
+--   cov_<i>_<j>  (i <= j) the population co-moment of v<i> and v<j> about
+--                the cell means: var_pop for i = j, covar_pop otherwise.
+-- These are the sufficient statistics of a Gaussian model whose design is
+-- constant within cells: every block of [Z X y]'[Z X y] is a sum over cells.
+-- DuckDB's avg, var_pop and covar_pop are one-pass and stable (Welford-type
+-- updates), never sum(x*y) - n*mean(x)*mean(y).  For a model with only a
+-- response the aggregates are count, avg and var_pop: what a bare scan costs.
+--
+-- Template fields (in braces below), filled by pooljob from quoted
+-- identifiers only:
+--   key_list    the key columns followed by a comma, or nothing
+--   group_keys  the key columns, or () when there are none
+--   variables   cast("col" as double) [* cast("col2" as double)] - $s<i> as v<i>, ...
+--   aggregates  the aggregates above
+--   filter      nothing on the first scan; a second scan, made only when
+--               some value is null, NaN or infinite, keeps the rows whose
+--               every variable is finite: where isfinite(v0) and ...
+
+with
+
+model_rows as (
+    select
+        {key_list}
+        {variables}
+    from source
+),
+
+usable_rows as (
+    select *
+    from model_rows
+    {filter}
+),
+
+cell_stats as (
+    select
+        {key_list}
+        count(*) as n_rows,
+        {aggregates}
+    from usable_rows
+    group by {group_keys}
+)
+
+select * from cell_stats
