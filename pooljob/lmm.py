@@ -95,8 +95,9 @@ def factorize(blocks: Blocks, theta: Array) -> Factor:
         v = np.einsum("ji,pjk,km->pim", t[k], pair.values, t[j])
         rows = off[k] + pair.codes_a[:, None] * blocks.widths[k] + np.arange(blocks.widths[k])
         cols = off[j] + pair.codes_b[:, None] * blocks.widths[j] + np.arange(blocks.widths[j])
-        np.add.at(a22, (rows[:, :, None], cols[:, None, :]), v)
-        np.add.at(a22, (cols[:, None, :], rows[:, :, None]), v.transpose(0, 2, 1))
+        # pairs are distinct and blocks k < j disjoint: each position is set once
+        a22[rows[:, :, None], cols[:, None, :]] += v
+        a22[cols[:, None, :], rows[:, :, None]] += v.transpose(0, 2, 1)
     inv11 = np.linalg.inv(l11)
     data, rr, cc = [], [], []
     for (k, j), pair in blocks.pairs.items():
@@ -122,7 +123,7 @@ def factorize(blocks: Blocks, theta: Array) -> Factor:
             for k in range(1, blocks.n_blocks)
         ]
     )
-    lx2 = sla.solve_triangular(l22, rhs2 - l21 @ lx1, lower=True)
+    lx2 = sla.solve_triangular(l22, rhs2 - l21 @ lx1, lower=True, check_finite=False)
     xyxy = blocks.xtx - lx1.T @ lx1 - lx2.T @ lx2
     lxy = np.asarray(np.linalg.cholesky(xyxy), dtype=np.float64)
     return Factor(t, l11, l21, l22, lx1, lx2, lxy, logdet)
@@ -176,8 +177,12 @@ def solve(blocks: Blocks, theta: Array, reml: bool) -> Solution:
     cx = f.lxy[p, :p]
     r2 = f.lxy[p, p] ** 2
     sigma2 = r2 / (blocks.n - p if reml else blocks.n)
-    beta = sla.solve_triangular(rl.T, cx, lower=False) if p else np.zeros(0)
-    rinv = sla.solve_triangular(rl, np.eye(p), lower=True) if p else np.zeros((0, 0))
+    beta = sla.solve_triangular(rl.T, cx, lower=False, check_finite=False) if p else np.zeros(0)
+    rinv = (
+        sla.solve_triangular(rl, np.eye(p), lower=True, check_finite=False)
+        if p
+        else np.zeros((0, 0))
+    )
     vcov = sigma2 * (rinv.T @ rinv)
     if not blocks.n_blocks:
         return Solution(beta, vcov, sigma2, [], [], f)
@@ -186,9 +191,9 @@ def solve(blocks: Blocks, theta: Array, reml: bool) -> Solution:
     inv11 = np.linalg.inv(f.l11)
     if f.l22 is not None and f.lx2 is not None and f.l21 is not None:
         c2 = f.lx2[:, p] - f.lx2[:, :p] @ beta
-        u2 = sla.solve_triangular(f.l22.T, c2, lower=False)
+        u2 = sla.solve_triangular(f.l22.T, c2, lower=False, check_finite=False)
         c1 = c1 - f.l21.T @ u2
-        l22inv = sla.solve_triangular(f.l22, np.eye(f.l22.shape[0]), lower=True)
+        l22inv = sla.solve_triangular(f.l22, np.eye(f.l22.shape[0]), lower=True, check_finite=False)
         sigma22 = l22inv.T @ l22inv
     u1 = np.einsum("lji,lj->li", inv11, c1.reshape(q1, p1))
     # Var(u1 | y) per level: L11⁻ᵀ (I + L21ᵀ Σ22 L21) L11⁻¹
@@ -247,32 +252,41 @@ def prediction_variance(
     g_total = a_fixed.shape[1]
     out = np.zeros(g_total)
     rl = f.lxy[:p, :p]
+    v1_all: sp.csr_matrix | None = None
+    if blocks.n_blocks:
+        # block 1 stays sparse: v1 = blockdiag(L11⁻¹ T1ᵀ) a1, one small block per level
+        q1, p1 = blocks.levels[0], blocks.widths[0]
+        per_level = np.linalg.solve(f.l11, np.broadcast_to(f.t[0].T, (q1, p1, p1)))
+        rows = np.repeat(np.arange(q1 * p1), p1)
+        cols = (
+            (np.arange(q1)[:, None, None] * p1 + np.arange(p1)[None, None, :])
+            .repeat(p1, axis=1)
+            .ravel()
+        )
+        bdiag = sp.csr_matrix((per_level.ravel(), (rows, cols)), shape=(q1 * p1, q1 * p1))
+        v1_all = (bdiag @ a_random[0]).tocsc()
     chunk = 1024
     for start in range(0, g_total, chunk):
         stop = min(g_total, start + chunk)
         ax = a_fixed[:, start:stop]
-        if blocks.n_blocks:
-            q1, p1 = blocks.levels[0], blocks.widths[0]
-            a1 = a_random[0][:, start:stop].toarray().reshape(q1, p1, -1)
-            # coefficients on u: Λᵀ a, then L11⁻¹ per level
-            v1 = np.linalg.solve(f.l11, np.einsum("ji,ljg->lig", f.t[0], a1))
-            v1 = v1.reshape(q1 * p1, -1)
-            total = (v1**2).sum(axis=0)
-            rhs_x = ax - f.lx1[:, :p].T @ v1
+        total = np.zeros(stop - start)
+        rhs_x = ax
+        if v1_all is not None:
+            v1 = v1_all[:, start:stop]
+            total += np.asarray(v1.multiply(v1).sum(axis=0)).ravel()
+            rhs_x = ax - np.asarray((v1.T @ f.lx1[:, :p]).T)
             if f.l22 is not None and f.l21 is not None and f.lx2 is not None:
                 parts = []
                 for k in range(1, blocks.n_blocks):
                     qk, pk = blocks.levels[k], blocks.widths[k]
                     ak = a_random[k][:, start:stop].toarray().reshape(qk, pk, -1)
                     parts.append(np.einsum("ji,ljg->lig", f.t[k], ak).reshape(qk * pk, -1))
-                v2 = sla.solve_triangular(f.l22, np.concatenate(parts) - f.l21 @ v1, lower=True)
+                rhs2 = np.concatenate(parts) - np.asarray((f.l21 @ v1).toarray())
+                v2 = sla.solve_triangular(f.l22, rhs2, lower=True, check_finite=False)
                 total += (v2**2).sum(axis=0)
                 rhs_x = rhs_x - f.lx2[:, :p].T @ v2
-        else:
-            total = np.zeros(stop - start)
-            rhs_x = ax
         if p:
-            vx = sla.solve_triangular(rl, rhs_x, lower=True)
+            vx = sla.solve_triangular(rl, rhs_x, lower=True, check_finite=False)
             total += (vx**2).sum(axis=0)
         out[start:stop] = sol.sigma2 * total
     return out
