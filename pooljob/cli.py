@@ -1,32 +1,84 @@
 """Command line: ``pooljob run CONFIG``, ``pooljob validate CONFIG``, ``pooljob demo-data DIR``.
 
+``pooljob report RUN_DIR`` writes ``report.html`` into a published run.
+``pooljob explain CONFIG`` prints the SQL a run would send to DuckDB.
 Exit codes: 0 success; 2 bad config or formula; 3 bad input data; 4 output
 locked by another run; 5 outputs could not be written; 70 internal error.
-Errors are one line on stderr, with no traceback unless ``--verbose``.
+Errors are one line on stderr, with no traceback unless ``--verbose``; logs
+go to stderr as text or, with ``--log-format json``, as JSON lines (errors
+too).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
+import traceback
 from collections.abc import Sequence
+from types import FrameType
+from typing import NoReturn
 
 import polars as pl
 
 from pooljob.errors import PooljobError
 from pooljob.formula import Grouping
+from pooljob.logs import LOG_FORMATS, json_line, setup_logging
 from pooljob.results import FitResult
 
 log = logging.getLogger("pooljob")
 
 
-def _setup_logging(verbose: bool, quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("pooljob %(levelname)s: %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
-    log.propagate = False
+EXIT_CODES = """\
+exit codes:
+  0    success (run: the new outputs are published; validate, explain: the config is valid)
+  2    bad config, formula or command line
+  3    bad input data (missing file or column, no usable rows, a file changed while read)
+  4    the output is locked by another run, named in the message
+  5    the outputs could not be written (no space, no permission, read-only file system)
+  70   internal error (run again with --verbose and report the traceback)
+  130  interrupted (Ctrl-C); 143 terminated (SIGTERM): nothing new was published
+"""
+
+
+def _setup_logging(verbose: bool, quiet: bool, fmt: str = "text") -> None:
+    setup_logging(verbose, quiet, fmt)
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that the lock and partial run are cleaned up."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors can be one JSON line."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        """Report a usage error (exit code 2)."""
+        if self.json_errors:
+            line = json_line("error", "usage_error", f"{self.prog}: {message}", exit_code=2)
+            self.exit(2, line + "\n")
+        super().error(message)
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    args = list(argv)
+    pairs = zip(args, [*args[1:], ""], strict=True)
+    return "--log-format=json" in args or any(a == "--log-format" and b == "json" for a, b in pairs)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """DuckDB's progress bar only on an interactive terminal (it draws on stdout)."""
+    return (
+        args.log_format == "text" and not args.quiet and sys.stderr.isatty() and sys.stdout.isatty()
+    )
 
 
 def _fmt(x: float) -> str:
@@ -90,7 +142,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pooljob.job import run
 
     config = load_config(args.config)
-    outcome = run(config)
+    outcome = run(config, progress=_progress(args))
     if not args.quiet:
         print(format_summary(outcome.result))
         print(f"published: {config.output.path / 'current'} -> runs/{outcome.run_id}")
@@ -115,6 +167,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from pooljob.config import load_config
+    from pooljob.explain import explain
+
+    print(explain(load_config(args.config)), end="")
+    return 0
+
+
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     from pooljob.demo import write_demo_data
 
@@ -123,14 +183,31 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``pooljob`` command."""
-    parser = argparse.ArgumentParser(
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pooljob.report import write_report
+
+    path = write_report(args.run_dir, args.grouping)
+    if not args.quiet:
+        print(f"report written to {path}")
+    return 0
+
+
+def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
+    """The argument parser of the ``pooljob`` command (usage errors as JSON if ``json_errors``)."""
+    parser = _Parser(
         prog="pooljob",
         description="Partially pooled group means (multilevel models) from DuckDB statistics.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--verbose", action="store_true", help="debug logs and tracebacks")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="logs on stderr as text (default) or JSON lines, for schedulers",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="fit the model of CONFIG and publish its outputs")
     p_run.add_argument("config")
@@ -138,41 +215,73 @@ def build_parser() -> argparse.ArgumentParser:
     p_val = sub.add_parser("validate", help="check CONFIG and the source schema, without fitting")
     p_val.add_argument("config")
     p_val.set_defaults(func=_cmd_validate)
+    p_exp = sub.add_parser(
+        "explain", help="print the SQL a run of CONFIG would send to DuckDB, without scanning"
+    )
+    p_exp.add_argument("config")
+    p_exp.set_defaults(func=_cmd_explain)
     p_demo = sub.add_parser("demo-data", help="write the deterministic demo data set")
     p_demo.add_argument("directory")
     p_demo.add_argument("--rows", type=int, default=20_000)
     p_demo.add_argument("--seed", type=int, default=2012)
     p_demo.set_defaults(func=_cmd_demo_data)
-    for p in (p_run, p_val, p_demo):
+    p_rep = sub.add_parser("report", help="write RUN_DIR/report.html from a published run")
+    p_rep.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a run directory, e.g. out/income/current"
+    )
+    p_rep.add_argument("--grouping", help="the grouping to draw (default: the finest)")
+    p_rep.set_defaults(func=_cmd_report)
+    for p in (p_run, p_val, p_demo, p_rep, p_exp):
         p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS)
         p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
+        p.add_argument("--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS)
+    for p in (parser, *sub.choices.values()):
+        if isinstance(p, _Parser):
+            p.json_errors = json_errors
     return parser
+
+
+_LEFT = "the published output was left as it was"
+
+
+def _fail(args: argparse.Namespace, event: str, text: str, code: int, exc: BaseException) -> int:
+    """Report a failure as one line on stderr (one JSON object in JSON mode)."""
+    if args.log_format == "json":
+        fields: dict[str, object] = {"exit_code": code, "error": type(exc).__name__}
+        if args.verbose:
+            fields["traceback"] = "".join(traceback.format_exception(exc))
+        print(json_line("error", event, text, **fields), file=sys.stderr)
+    else:
+        if args.verbose:
+            log.error("%s", event, exc_info=exc)
+        prefix = {"error": "error: ", "internal_error": "internal error: "}.get(event, "")
+        print(f"pooljob: {prefix}{text}", file=sys.stderr)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose, args.quiet)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(json_errors=_wants_json(argv)).parse_args(argv)
+    _setup_logging(args.verbose, args.quiet, args.log_format)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
     try:
         code: int = args.func(args)
         return code
     except PooljobError as exc:
-        if args.verbose:
-            log.exception("failed")
-        print(f"pooljob: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("pooljob: interrupted; the published output was left as it was", file=sys.stderr)
-        return 130
+        return _fail(args, "error", str(exc), exc.exit_code, exc)
+    except KeyboardInterrupt as exc:
+        return _fail(args, "interrupted", "interrupted; " + _LEFT, 130, exc)
+    except Terminated as exc:
+        return _fail(args, "terminated", "terminated by SIGTERM; " + _LEFT, 143, exc)
     except Exception as exc:  # an internal error: still one line unless --verbose
-        if args.verbose:
-            log.exception("internal error")
-        print(
-            f"pooljob: internal error: {type(exc).__name__}: {exc} "
-            "(run again with --verbose for the traceback)",
-            file=sys.stderr,
-        )
-        return 70
+        text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        hint = " (run again with --verbose for the traceback)" if not args.verbose else ""
+        return _fail(args, "internal_error", text + hint, 70, exc)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

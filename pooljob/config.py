@@ -19,6 +19,7 @@ Example:
     path = "out/income"
     interval = 0.95
     keep_runs = 5
+    report = true            # optional: report.html (needs pooljob[report])
     [engine]                 # optional
     threads = 2
     memory_limit = "4GB"
@@ -35,11 +36,18 @@ from typing import Any
 from pooljob.api import FAMILIES, METHODS, check_options
 from pooljob.errors import ConfigError, FormulaError
 from pooljob.formula import Formula, parse_formula
+from pooljob.report_data import resolve_grouping
 
 _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "source": {"path": str, "database": str, "table": str, "query": str, "where": str},
     "model": {"formula": str, "family": str, "method": str},
-    "output": {"path": str, "interval": (float, int), "keep_runs": int},
+    "output": {
+        "path": str,
+        "interval": (float, int),
+        "keep_runs": int,
+        "report": bool,
+        "report_grouping": str,
+    },
     "engine": {"threads": int, "memory_limit": str},
 }
 _REQUIRED = {"source": (), "model": ("formula",), "output": ("path",)}
@@ -72,6 +80,8 @@ class OutputConfig:
     path: Path
     interval: float = 0.95
     keep_runs: int = 5
+    report: bool = False  # publish report.html with the run
+    report_grouping: str | None = None  # the grouping the report draws; default the finest
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,7 @@ class Config:
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number"}
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
     if isinstance(t, tuple):
         return names[t[0]]
     return names[t]
@@ -132,7 +142,9 @@ def _check_types(raw: dict[str, Any], problems: list[str]) -> None:
                 )
                 continue
             expected = _ALLOWED[section][key]
-            if isinstance(value, bool) or not isinstance(value, expected):
+            if (isinstance(value, bool) and expected is not bool) or not isinstance(
+                value, expected
+            ):
                 problems.append(f"[{section}] {key} = {value!r} must be {_type_name(expected)}")
     for section, keys in _REQUIRED.items():
         if section not in raw:
@@ -201,6 +213,13 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
     out_path = out_raw.get("path")
     if isinstance(out_path, str) and not out_path.strip():
         problems.append("[output] path is empty")
+    report_grouping = out_raw.get("report_grouping")
+    if formula is not None and isinstance(report_grouping, str):
+        try:
+            names = tuple(g.name for g in formula.groupings)
+            report_grouping = resolve_grouping(names, report_grouping)
+        except ConfigError as exc:
+            problems.append(f"[output] {exc}")
     if problems:
         raise ConfigError(f"config {str(file)!r}: " + "; ".join(problems))
     assert formula is not None and isinstance(out_path, str)
@@ -212,6 +231,8 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             path=Path(_resolve(base, out_path)),
             interval=float(interval),
             keep_runs=int(keep_runs),
+            report=out_raw.get("report") is True,
+            report_grouping=report_grouping if isinstance(report_grouping, str) else None,
         ),
         engine=EngineConfig(threads=threads, memory_limit=eng_raw.get("memory_limit")),
         raw=raw,

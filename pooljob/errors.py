@@ -40,6 +40,10 @@ class NotNestedError(InputError):
     """Groupings that should form a hierarchy are crossed in the data."""
 
 
+class SourceChangedError(InputError):
+    """A source file was written, added or removed while the job read it."""
+
+
 class PublishError(PooljobError):
     """The outputs could not be written or published."""
 

@@ -15,7 +15,11 @@ from typing import Any
 
 from pooljob.api import fit_source
 from pooljob.config import Config
+from pooljob.fingerprint import check_unchanged, fingerprint, snapshot
+from pooljob.logs import log_context, log_event
 from pooljob.publish import new_run_id, output_lock, publish
+from pooljob.report import REPORT, write_report
+from pooljob.report_figures import require_matplotlib
 from pooljob.results import FitResult
 from pooljob.source import open_config_source
 
@@ -52,15 +56,22 @@ def _iso(ts: float) -> str:
 
 
 def build_manifest(
-    config: Config, result: FitResult, run_id: str, started: float, timings: dict[str, float]
+    config: Config,
+    result: FitResult,
+    run_id: str,
+    started: float,
+    timings: dict[str, float],
+    input_fingerprint: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The manifest: the fit's numbers, row accounting, config, versions, timings."""
+    """The manifest: the fit's numbers, row accounting, input, config, versions, timings."""
     return {
         "run_id": run_id,
         **result.summary(),
+        "input_fingerprint": input_fingerprint,
         "components": result.components.to_dicts(),
         "coefficients": result.coefficients.to_dicts(),
-        "outputs": [f"{name}.parquet" for name in OUTPUT_TABLES],
+        "outputs": [f"{name}.parquet" for name in OUTPUT_TABLES]
+        + ([REPORT] if config.output.report else []),
         "config": config.raw,
         "config_file": str(config.file),
         "versions": dict(versions()),
@@ -70,14 +81,28 @@ def build_manifest(
     }
 
 
-def run(config: Config) -> RunOutcome:
-    """Run the job described by ``config`` and publish its outputs."""
+def _stage(name: str, seconds: float) -> dict[str, Any]:
+    """The structured fields of a stage's log record."""
+    return {"stage": name, "seconds": round(seconds, 6)}
+
+
+def run(config: Config, progress: bool = False) -> RunOutcome:
+    """Run the job described by ``config`` and publish its outputs.
+
+    Holds the output lock throughout; fails with SourceChangedError (nothing
+    published) if a source file is written, added or removed during the scan.
+    ``progress`` shows DuckDB's progress bar on long scans (a terminal only).
+    """
     started = time.time()
     t0 = time.perf_counter()
     run_id = new_run_id()
     src = config.source
-    with output_lock(config.output.path):
-        log.info("run %s: reading %s", run_id, src.path or src.table or "query")
+    if config.output.report:
+        require_matplotlib()  # fail before the scan, not after the fit
+    with output_lock(config.output.path, run_id), log_context(run_id=run_id):
+        what = src.path or src.table or "query"
+        log_event("start", "run %s: reading %s", run_id, what, source=what)
+        before = snapshot(src)
         with open_config_source(
             path=src.path,
             database=src.database,
@@ -86,8 +111,16 @@ def run(config: Config) -> RunOutcome:
             where=src.where,
             threads=config.engine.threads,
             memory_limit=config.engine.memory_limit,
+            progress=progress,
         ) as source:
             t_open = time.perf_counter()
+            log_event(
+                "open",
+                "open: %s (%.3f s)",
+                source.description,
+                t_open - t0,
+                **_stage("open", t_open - t0),
+            )
             result = fit_source(
                 config.model.formula,
                 source,
@@ -95,16 +128,23 @@ def run(config: Config) -> RunOutcome:
                 config.model.method,
                 config.output.interval,
             )
+        check_unchanged(before, snapshot(src))
         rows = result.rows
         dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in rows["dropped"].items() if v)
-        log.info(
+        log_event(
+            "scan",
             "scan: %d rows read, %d used%s (%.3f s)",
             rows["read"],
             rows["used"],
             f"; dropped {dropped}" if dropped else "",
             result.timings["scan"],
+            **_stage("scan", result.timings["scan"]),
+            rows_read=rows["read"],
+            rows_used=rows["used"],
+            dropped=rows["dropped"],
         )
-        log.info(
+        log_event(
+            "fit",
             "fit: %s %s, objective %.6f, %s%s (%d evaluations, %.3f s)",
             config.model.method.upper(),
             config.model.formula.text,
@@ -113,8 +153,16 @@ def run(config: Config) -> RunOutcome:
             ", singular" if result.singular else "",
             result.optimizer["evaluations"],
             result.timings["fit"],
+            **_stage("fit", result.timings["fit"]),
+            objective=result.objective,
+            converged=result.converged,
+            singular=result.singular,
+            evaluations=result.optimizer["evaluations"],
         )
+        t_tables = result.timings.get("tables", 0.0)
+        log_event("tables", "tables: built (%.3f s)", t_tables, **_stage("tables", t_tables))
         timings = {"open": t_open - t0, **result.timings}
+        input_fingerprint = fingerprint(before)
 
         def write(directory: Path) -> None:
             t_w = time.perf_counter()
@@ -122,12 +170,38 @@ def run(config: Config) -> RunOutcome:
                 getattr(result, name).write_parquet(directory / f"{name}.parquet")
             timings["write"] = time.perf_counter() - t_w
             timings["total"] = time.perf_counter() - t0
-            manifest.update(build_manifest(config, result, run_id, started, timings))
+            manifest.update(
+                build_manifest(config, result, run_id, started, timings, input_fingerprint)
+            )
             (directory / "manifest.json").write_text(
                 json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8"
             )
+            t_write = time.perf_counter() - t_w
+            log_event("write", "write: %s (%.3f s)", directory, t_write, **_stage("write", t_write))
+            if config.output.report:  # inside the partial run: a failed report publishes nothing
+                t_r = time.perf_counter()
+                write_report(directory, config.output.report_grouping)
+                log.info("report: %s (%.3f s)", REPORT, time.perf_counter() - t_r)
 
         manifest: dict[str, Any] = {}
-        run_dir = publish(config.output.path, run_id, write, config.output.keep_runs)
-        log.info("published %s (%.3f s in all)", run_dir, time.perf_counter() - t0)
+        written: list[float] = []
+
+        def write_all(directory: Path) -> None:
+            write(directory)
+            written.append(time.perf_counter())
+
+        run_dir = publish(config.output.path, run_id, write_all, config.output.keep_runs)
+        t_end = time.perf_counter()
+        t_pub = t_end - written[0]  # sync, rename, swap of current, pruning
+        log_event(
+            "publish", "publish: current -> %s (%.3f s)", run_dir, t_pub, **_stage("publish", t_pub)
+        )
+        log_event(
+            "done",
+            "published %s (%.3f s in all)",
+            run_dir,
+            t_end - t0,
+            seconds=round(t_end - t0, 6),
+            run_dir=str(run_dir),
+        )
     return RunOutcome(run_id=run_id, run_dir=run_dir, result=result, manifest=manifest)

@@ -5,34 +5,38 @@ Layout under ``[output] path``::
     current -> runs/<run_id>        the published result (a relative symlink)
     runs/<run_id>/                  complete runs, newest last by name
     runs/.<run_id>.partial/         a run being written (never read)
-    .lock                           held while a run publishes
+    .lock                           held for the whole run (see pooljob.lock)
 
 A run writes everything into its ``.partial`` directory, syncs it, renames it
 to ``runs/<run_id>`` and then replaces ``current`` with ``rename(2)`` of a new
 symlink, which is atomic: readers see the old run or the new one, never a
-mix.  A run that fails or is killed before the rename leaves ``current`` as
-it was; its partial directory is removed by the next run.
+mix.  A run that fails before the swap removes what it wrote; one that is
+killed leaves ``current`` as it was, and the next run removes its partial
+directory.  Errors of the operating system (no space, no permission, a
+read-only file system), from Python or from polars, become one-line
+:class:`~pooljob.errors.PublishError` messages (exit code 5).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
+import logging
 import os
 import shutil
-import socket
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pooljob.errors import LockHeldError, PublishError
+from pooljob.errors import PooljobError, PublishError
+from pooljob.lock import LOCK, output_lock
+from pooljob.oserror import errno_of, os_error
+
+__all__ = ["CURRENT", "LOCK", "RUNS", "new_run_id", "output_lock", "prune", "publish"]
 
 CURRENT = "current"
 RUNS = "runs"
-LOCK = ".lock"
+
+log = logging.getLogger("pooljob")
 
 
 def new_run_id(now: datetime | None = None) -> str:
@@ -41,17 +45,7 @@ def new_run_id(now: datetime | None = None) -> str:
     return now.strftime("%Y%m%dT%H%M%S%fZ") + f"-{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -59,69 +53,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _os_error(action: str, path: Path, exc: OSError) -> PublishError:
-    reason = {
-        errno.ENOSPC: "no space left on the device",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "operation not permitted",
-        errno.EROFS: "read-only file system",
-        errno.EDQUOT: "disk quota exceeded",
-    }.get(exc.errno or 0, exc.strerror or str(exc))
-    return PublishError(
-        f"cannot {action} {str(path)!r}: {reason}; the published output was left as it was"
-    )
-
-
-@contextmanager
-def output_lock(output: Path) -> Iterator[None]:
-    """Hold ``<output>/.lock`` for the duration of a run.
-
-    A lock whose holder process is gone (same host) is stale and is taken
-    over; a live holder makes this fail fast, naming it.
-    """
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _os_error("create the output directory", output, exc) from None
-    lock = output / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = json.loads(lock.read_text(encoding="utf-8") or "{}")
-            except (OSError, ValueError):
-                holder = {}
-            same_host = holder.get("host") == me["host"]
-            pid = holder.get("pid")
-            if same_host and isinstance(pid, int) and not _pid_alive(pid):
-                with contextlib.suppress(FileNotFoundError):
-                    lock.unlink()
-                continue
-            started = holder.get("started")
-            when = (
-                datetime.fromtimestamp(started, UTC).isoformat(timespec="seconds")
-                if isinstance(started, int | float)
-                else "unknown time"
-            )
-            raise LockHeldError(
-                f"output {str(output)!r} is locked by process {pid} on host "
-                f"{holder.get('host', '?')} since {when}; wait for that run to finish "
-                f"(or, if it is gone, remove {str(lock)!r})"
-            ) from None
-        except OSError as exc:
-            raise _os_error("lock the output directory", output, exc) from None
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(me, fh)
-        break
-    else:  # pragma: no cover - only under a race with another stale-lock taker
-        raise LockHeldError(f"could not take the lock {str(lock)!r}; try again")
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
+def _discard(*paths: Path) -> None:
+    """Remove what a failed run wrote (files, folders or symlinks), quietly."""
+    for path in paths:
+        if path.is_symlink() or path.is_file():
+            with contextlib.suppress(OSError):
+                path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def publish(output: Path, run_id: str, write: Callable[[Path], None], keep_runs: int) -> Path:
@@ -144,37 +83,39 @@ def publish(output: Path, run_id: str, write: Callable[[Path], None], keep_runs:
     """
     runs = output / RUNS
     current = output / CURRENT
-    if current.exists() and not current.is_symlink():
+    if os.path.lexists(current) and not current.is_symlink():
         raise PublishError(
             f"{str(current)!r} exists and is not a symlink made by pooljob; "
             "move it away or choose another [output] path"
         )
     partial = runs / f".{run_id}.partial"
     final = runs / run_id
+    tmp_link = output / f".{CURRENT}.{run_id}"
+    made: list[Path] = []  # what this run created, removed if it fails before the swap
     try:
         runs.mkdir(parents=True, exist_ok=True)
         _remove_partials(runs)
         partial.mkdir()
+        made.append(partial)
         write(partial)
         for f in partial.iterdir():
-            fd = os.open(f, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(partial)
+            _fsync(f)
+        _fsync(partial)
         os.rename(partial, final)
-        _fsync_dir(runs)
-        tmp_link = output / f".{CURRENT}.{run_id}"
+        made.append(final)
+        _fsync(runs)
         os.symlink(os.path.join(RUNS, run_id), tmp_link)
+        made.append(tmp_link)
         os.replace(tmp_link, current)
-        _fsync_dir(output)
-    except OSError as exc:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise _os_error("write the run to", partial, exc) from None
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+    except BaseException as exc:
+        _discard(*reversed(made))
+        if errno_of(exc) is not None and not isinstance(exc, PooljobError):
+            raise os_error("write the run to", partial, exc) from None
         raise
+    try:
+        _fsync(output)
+    except OSError as exc:  # published: only the sync of the directory entry failed
+        log.warning("published %s, but syncing %r failed: %s", run_id, str(output), exc)
     prune(runs, keep_runs, keep=run_id)
     return final
 

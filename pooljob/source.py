@@ -98,6 +98,16 @@ class Source:
             f"available columns: {', '.join(self.columns)}"
         )
 
+    def view_sql(self) -> list[str]:
+        """The ``create view`` statements of ``source_raw`` and ``source``, as DuckDB holds them."""
+        if self._con is None:
+            return []
+        rows = self._con.execute(
+            "select sql from duckdb_views() where view_name in ('source_raw', 'source') "
+            "order by view_name desc"
+        ).fetchall()
+        return [str(r[0]).strip().rstrip(";") + ";" for r in rows]
+
 
 def _read_schema(src: Source) -> None:
     rel = src.relation("select * from source limit 0")
@@ -149,13 +159,26 @@ def _apply_where(con: duckdb.DuckDBPyConnection, where: str | None, description:
         ) from exc
 
 
-def _connect(threads: int | None, memory_limit: str | None) -> duckdb.DuckDBPyConnection:
+def _connect(
+    threads: int | None, memory_limit: str | None, progress: bool = False
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory connection; DuckDB's progress bar on only if ``progress``.
+
+    The bar is drawn on stdout after ``progress_bar_time`` ms; these are
+    session settings (DuckDB refuses them in ``connect``'s config), set one
+    statement at a time.
+    """
     config: dict[str, Any] = {}
     if threads:
         config["threads"] = threads
     if memory_limit:
         config["memory_limit"] = memory_limit
-    return duckdb.connect(":memory:", config=config)
+    con = duckdb.connect(":memory:", config=config)
+    con.execute(f"set enable_progress_bar_print = {str(progress).lower()}")
+    con.execute(f"set enable_progress_bar = {str(progress).lower()}")
+    if progress:
+        con.execute("set progress_bar_time = 2000")
+    return con
 
 
 @contextmanager
@@ -168,9 +191,14 @@ def open_config_source(
     where: str | None = None,
     threads: int | None = None,
     memory_limit: str | None = None,
+    progress: bool = False,
 ) -> Iterator[Source]:
-    """Open the source of a config: exactly one of path, database+table, query."""
-    con = _connect(threads, memory_limit)
+    """Open the source of a config: exactly one of path, database+table, query.
+
+    ``progress`` turns on DuckDB's progress bar for long scans (for an
+    interactive terminal only); it is off otherwise.
+    """
+    con = _connect(threads, memory_limit, progress)
     try:
         if path is not None:
             description = path

@@ -1,0 +1,65 @@
+"""``pooljob explain CONFIG``: the SQL a run would send to DuckDB, without running the scan.
+
+Opening the source reads only its schema (Parquet footers, a CSV sample, a
+catalog), never its rows.  The output is the definitions of the two views
+(``source_raw``, the input; ``source``, with the ``[source] where`` filter)
+as DuckDB holds them, and the statistics query with the model's identifiers
+quoted and filled in, so that it can be pasted into a DuckDB shell.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from pooljob.config import Config
+from pooljob.source import open_config_source
+from pooljob.statistics import check_schema, group_stats_sql
+
+
+def explain(config: Config) -> str:
+    """The SQL of a run of ``config``, as text ready for a DuckDB shell.
+
+    Parameters
+    ----------
+    config : Config
+
+    Returns
+    -------
+    str
+        Commented SQL: the view definitions, then the statistics query.
+
+    Raises
+    ------
+    InputError
+        The source cannot be opened or lacks a column of the formula.
+    """
+    s = config.source
+    with open_config_source(
+        path=s.path, database=s.database, table=s.table, query=s.query, where=s.where
+    ) as source:
+        check_schema(source, config.model.formula)
+        views = source.view_sql()
+        description = source.description
+        columns = dict(source.columns)
+    formula = config.model.formula
+    if "columns" in inspect.signature(group_stats_sql).parameters:
+        stats_sql = group_stats_sql(formula, columns=columns)  # types tell categorical columns
+    else:
+        stats_sql = group_stats_sql(formula)
+    lines = [
+        f"-- pooljob explain {config.file}",
+        f"-- model: {formula.text} ({config.model.family}, {config.model.method.upper()})",
+        f"-- source: {description}",
+    ]
+    if s.database is not None:
+        quoted = s.database.replace("'", "''")
+        lines.append(f"attach '{quoted}' as warehouse (read_only);")
+    lines += [
+        *views,
+        "",
+        "-- per-group statistics, one scan; the centring shifts (its $ parameters) are bound",
+        "-- to 0 (a second scan, made only for NaN or infinite values or a mean far from 0,",
+        "-- skips those rows or binds a shift)",
+        stats_sql.strip().rstrip(";") + ";",
+    ]
+    return "\n".join(lines) + "\n"
