@@ -98,15 +98,36 @@ def format_summary(result: FitResult, top: int = 6) -> str:
         f"fit: {'converged' if result.converged else 'NOT converged'}"
         f"{' (singular: a variance is 0)' if result.singular else ''}, "
         f"objective {result.objective:.6f}, {result.optimizer['evaluations']} evaluations",
-        f"intercept: {_fmt(result.coefficients['estimate'][0])} "
-        f"(se {_fmt(result.coefficients['std_error'][0])})",
+        "fixed effects: "
+        + ", ".join(
+            f"{t} {_fmt(e)} (se {_fmt(s)})" for t, e, s in result.coefficients.head(top).iter_rows()
+        )
+        + (" …" if result.coefficients.height > top else ""),
         "standard deviations: "
-        + ", ".join(f"{g} {_fmt(s)}" for g, s in result.components.select("grouping", "sd").rows()),
+        + ", ".join(
+            f"{g} {t or ''} {_fmt(s)}".replace("  ", " ")
+            for g, t, t2, s in result.components.select("grouping", "term1", "term2", "sd").rows()
+            if t2 is None
+        ),
     ]
     est = result.estimates
-    overall = result.coefficients["estimate"][0]
-    for k in range(len(result.hierarchy) - 1, -1, -1):
-        lines.extend(_pulled(est, result.hierarchy, k, overall, top if k else 3))
+    if result.nested:
+        overall = result.coefficients["estimate"][0]
+        for k in range(len(result.hierarchy) - 1, -1, -1):
+            lines.extend(_pulled(est, result.hierarchy, k, overall, top if k else 3))
+        return "\n".join(lines)
+    for grouping in result.hierarchy:
+        rows = est.filter(pl.col("grouping") == grouping.name)
+        rows = rows.sort((pl.col("estimate") - pl.col("raw_mean")).abs(), descending=True)
+        lines.append(f"{grouping.name}: groups whose estimate moved furthest from their raw mean:")
+        for r in rows.head(3).iter_rows(named=True):
+            label = ":".join(str(r[c]) for c in grouping.columns)
+            shrink = r["shrinkage"]
+            tail = f"  (shrinkage {shrink:.2f})" if shrink is not None and shrink == shrink else ""
+            lines.append(
+                f"  {label:<18} n={r['n']:<6} {_fmt(r['raw_mean']):>8} -> "
+                f"{_fmt(r['estimate']):>8}{tail}"
+            )
     return "\n".join(lines)
 
 
