@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pooljob.cells import scan_cells
+from pooljob.cells import CellTable, scan_cells
 from pooljob.errors import ConfigError, NotNestedError
 from pooljob.formula import Formula, parse_formula
 from pooljob.model import fit_nested
 from pooljob.results import FitResult, build, build_general
-from pooljob.source import Source, open_data
-from pooljob.statistics import check_schema, nested_statistics
+from pooljob.source import TableSource, open_data
+from pooljob.statistics import ScanSpec, check_schema, nested_statistics
 
 FAMILIES = ("gaussian",)
 METHODS = ("reml", "ml")
@@ -34,7 +34,7 @@ def check_options(family: str, method: str, interval: float) -> list[str]:
 
 
 def fit_source(
-    formula: Formula, source: Source, family: str, method: str, interval: float
+    formula: Formula, source: TableSource, family: str, method: str, interval: float
 ) -> FitResult:
     """Fit ``formula`` to an open source: one scan, then the solver.
 
@@ -46,12 +46,39 @@ def fit_source(
     t0 = time.perf_counter()
     spec = check_schema(source, formula)
     cells = scan_cells(source, spec.keys, spec.variables)
+    return fit_cells(
+        formula,
+        cells,
+        spec,
+        family,
+        method,
+        interval,
+        source.description,
+        scan_seconds=time.perf_counter() - t0,
+    )
+
+
+def fit_cells(
+    formula: Formula,
+    cells: CellTable,
+    spec: ScanSpec,
+    family: str,
+    method: str,
+    interval: float,
+    description: str,
+    scan_seconds: float = 0.0,
+) -> FitResult:
+    """Fit ``formula`` to cell statistics, scanned or merged from a store.
+
+    ``description`` names the data in messages; ``scan_seconds`` is recorded
+    as the ``scan`` timing.  The solver is chosen as in :func:`fit_source`.
+    """
     t1 = time.perf_counter()
     reml = method == "reml"
     result: FitResult | None = None
     if formula.nested_intercepts:
         try:
-            gs = nested_statistics(cells, formula, source.description)
+            gs = nested_statistics(cells, formula, description)
         except NotNestedError:
             gs = None
         if gs is not None:
@@ -66,7 +93,7 @@ def fit_source(
         t2 = time.perf_counter()
         result = build_general(formula, general, interval, family, method)
     t3 = time.perf_counter()
-    result.timings.update({"scan": t1 - t0, "fit": t2 - t1, "tables": t3 - t2})
+    result.timings.update({"scan": scan_seconds, "fit": t2 - t1, "tables": t3 - t2})
     return result
 
 

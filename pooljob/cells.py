@@ -5,7 +5,9 @@ categorical variables).  Every row of a cell shares its levels, so for a
 Gaussian model the cross-products ``[Z X y]'[Z X y]`` are sums over cells of
 the cells' counts, means and co-moments of the numeric variables.  The query
 is ``sql/cell_stats.sql``; this module fills it with quoted identifiers,
-binds the centring shifts, and accounts for the rows it cannot use.
+binds the centring shifts, and accounts for the rows it cannot use.  The
+same query, transpiled by sqlglot, runs on Spark (:mod:`pooljob.spark_sql`):
+one definition of each statistic serves both engines.
 """
 
 from __future__ import annotations
@@ -18,13 +20,17 @@ import polars as pl
 from numpy.typing import NDArray
 
 from pooljob.errors import InputError
-from pooljob.source import Source, quote_identifier
+from pooljob.source import TableSource, quote_identifier
 
 #: Largest ratio of |mean| to the spread of a variable for which uncentred
 #: sums lose less than ~1e-12 relative (doubles carry ~1e-16).
 CENTRING_RATIO = 1e4
 
 DROP_REASONS = ("null_group_key", "null_response", "nonfinite_response", "unusable_covariate")
+
+#: The column naming each row's source file in the per-file scan
+#: (``sql/file_cell_stats.sql``, :mod:`pooljob.refresh`).
+FILE_COLUMN = "__pooljob_file"
 
 
 def sql_text(name: str) -> str:
@@ -59,8 +65,14 @@ def cell_stats_sql(
     variables: tuple[NumericVariable, ...],
     finite_only: bool,
     count_finite_response: bool = False,
+    by: str | None = None,
 ) -> str:
-    """The cell query with identifiers quoted; shifts are the parameters ``$s<i>``."""
+    """The cell query with identifiers quoted; shifts are the parameters ``$s<i>``.
+
+    With ``by``, the column naming each row's source file, it is the per-file
+    query ``sql/file_cell_stats.sql``: the same statistics, one row per file
+    and cell.
+    """
     key_sql = ", ".join(quote_identifier(k) for k in keys)
     exprs = []
     for i, v in enumerate(variables):
@@ -80,13 +92,18 @@ def cell_stats_sql(
         if finite_only
         else ""
     )
-    return sql_text("cell_stats").format(
-        key_list=key_sql + "," if keys else "",
-        group_keys=key_sql if keys else "()",
-        variables=",\n        ".join(exprs),
-        aggregates=",\n        ".join(aggs),
-        filter=filt,
-    )
+    fields = {
+        "key_list": key_sql + "," if keys else "",
+        "group_by": f"group by {key_sql}" if keys else "",
+        "variables": ",\n        ".join(exprs),
+        "aggregates": ",\n        ".join(aggs),
+        "filter": filt,
+    }
+    if by is None:
+        return sql_text("cell_stats").format(**fields)
+    file_sql = quote_identifier(by)
+    fields["group_by"] = f"group by {file_sql}" + (f", {key_sql}" if keys else "")
+    return sql_text("file_cell_stats").format(file_column=file_sql, **fields)
 
 
 @dataclass(frozen=True)
@@ -129,14 +146,15 @@ class CellTable:
 
 
 def _run(
-    source: Source,
+    source: TableSource,
     keys: tuple[str, ...],
     variables: tuple[NumericVariable, ...],
     shifts: NDArray[np.float64],
     finite_only: bool,
     count_finite_response: bool = False,
+    by: str | None = None,
 ) -> pl.DataFrame:
-    sql = cell_stats_sql(keys, variables, finite_only, count_finite_response)
+    sql = cell_stats_sql(keys, variables, finite_only, count_finite_response, by)
     params = {f"s{i}": float(s) for i, s in enumerate(shifts)}
     table = pl.from_arrow(source.arrow(sql, params))
     assert isinstance(table, pl.DataFrame)
@@ -183,9 +201,10 @@ def centring_shifts(
     return shifts
 
 
-def _arrays(
+def cell_arrays(
     table: pl.DataFrame, m: int
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Counts, means and co-moments (``var_pop · n``) of the query's rows, as arrays."""
     n = table["n_0"].to_numpy().astype(np.float64)
     mean = np.column_stack([table[f"mean_{i}"].to_numpy() for i in range(m)]).astype(np.float64)
     cov = np.empty((table.height, m, m))
@@ -195,8 +214,133 @@ def _arrays(
     return n, mean, cov * n[:, None, None]
 
 
+@dataclass(frozen=True)
+class MomentScan:
+    """The usable cells a scan found, and what it did with every row.
+
+    Attributes
+    ----------
+    good : polars.DataFrame
+        The query's rows (:func:`cell_stats_sql`) of the cells with usable
+        rows: no null key, at least one row, and, when ``finite_only``,
+        only the rows whose every variable is finite.
+    counts : polars.DataFrame
+        One row per value of the ``by`` column (one row in all without it):
+        ``read``, ``used`` and one column per entry of ``DROP_REASONS``.
+    finite_only : bool
+        Whether some value was null, NaN or infinite, so that rows had to be
+        left out; a rescan at other shifts must leave them out too.
+    """
+
+    good: pl.DataFrame
+    counts: pl.DataFrame
+    finite_only: bool
+
+
+def scan_moments(
+    source: TableSource,
+    keys: tuple[str, ...],
+    variables: tuple[NumericVariable, ...],
+    shifts: NDArray[np.float64],
+    by: str | None = None,
+) -> MomentScan:
+    """Scan at the given shifts; again, keeping the finite rows, only if some value is not.
+
+    Variable 0 is the response.  Rows with a null key, or a null, NaN or
+    infinite value in any variable, are dropped and counted by reason, per
+    value of ``by`` (the column naming each row's source file) when given.
+    """
+    m = len(variables)
+    multi = m > 1
+    table = _run(source, keys, variables, shifts, False, count_finite_response=multi, by=by)
+    keyed = table.filter(~_null_key(keys))
+    complete = keyed.height > 0 and all(
+        (keyed[f"n_{i}"] == keyed["n_rows"]).all() for i in range(m)
+    )
+    finite = complete and all(
+        keyed[f"mean_{i}"].is_finite().all() and keyed[f"cov_{i}_{i}"].is_finite().all()
+        for i in range(m)
+    )
+    good = keyed.filter(pl.col("n_rows") > 0)
+    if not finite and keyed.height:
+        good = rescan_moments(source, keys, variables, shifts, True, by)
+    return MomentScan(good, _row_counts(table, good, keys, multi, by), not finite)
+
+
+def rescan_moments(
+    source: TableSource,
+    keys: tuple[str, ...],
+    variables: tuple[NumericVariable, ...],
+    shifts: NDArray[np.float64],
+    finite_only: bool,
+    by: str | None = None,
+) -> pl.DataFrame:
+    """One scan at ``shifts``: the usable cells (``MomentScan.good``), no accounting."""
+    table = _run(source, keys, variables, shifts, finite_only, by=by)
+    return table.filter(~_null_key(keys)).filter(pl.col("n_rows") > 0)
+
+
+def _row_counts(
+    table: pl.DataFrame, good: pl.DataFrame, keys: tuple[str, ...], multi: bool, by: str | None
+) -> pl.DataFrame:
+    """Rows read, used and dropped by reason (``MomentScan.counts``), per value of ``by``."""
+    group = by if by is not None else "__all"
+    if by is None:
+        table = table.with_columns(pl.lit(0).alias(group))
+        good = good.with_columns(pl.lit(0).alias(group))
+    keyed = pl.col("__keyed")
+    sums = [
+        pl.col("n_rows").sum().alias("read"),
+        pl.col("n_rows").filter(keyed).sum().alias("keyed"),
+        pl.col("n_0").filter(keyed).sum().alias("non_null"),
+    ]
+    if multi:
+        sums.append(pl.col("n_finite_0").filter(keyed).sum().alias("finite"))
+    used = good.group_by(group).agg(pl.col("n_rows").sum().alias("used"))
+    counts = (
+        table.with_columns((~_null_key(keys)).alias("__keyed"))
+        .group_by(group)
+        .agg(sums)
+        .join(used, on=group, how="left")
+        .with_columns(pl.col("used").fill_null(0))
+    )
+    nonfinite = pl.col("non_null") - (pl.col("finite") if multi else pl.col("used"))
+    return counts.select(
+        group,
+        "read",
+        "used",
+        null_group_key=pl.col("read") - pl.col("keyed"),
+        null_response=pl.col("keyed") - pl.col("non_null"),
+        nonfinite_response=nonfinite,
+        unusable_covariate=pl.col("non_null") - pl.col("used") - nonfinite,
+    )
+
+
+def row_totals(counts: pl.DataFrame) -> dict[str, object]:
+    """``read``, ``used`` and ``dropped`` by reason, summed over the rows of ``counts``."""
+    total = {c: int(counts[c].sum()) for c in ("read", "used", *DROP_REASONS)}
+    return {
+        "read": total["read"],
+        "used": total["used"],
+        "dropped": {r: total[r] for r in DROP_REASONS},
+    }
+
+
+def require_rows(counts: pl.DataFrame, description: str) -> None:
+    """Raise InputError, naming what was dropped, when ``counts`` has no usable row."""
+    if int(counts["used"].sum()) > 0:
+        return
+    dropped = {r: int(counts[r].sum()) for r in DROP_REASONS}
+    detail = ", ".join(f"{v} with {k.replace('_', ' ')}" for k, v in dropped.items() if v)
+    raise InputError(
+        f"no usable rows in {description}: {int(counts['read'].sum())} rows read"
+        + (f" ({detail})" if detail else "")
+        + "; check the [source] where filter and the model's columns"
+    )
+
+
 def scan_cells(
-    source: Source, keys: tuple[str, ...], variables: tuple[NumericVariable, ...]
+    source: TableSource, keys: tuple[str, ...], variables: tuple[NumericVariable, ...]
 ) -> CellTable:
     """Scan the source once (more only when the data need it) into a CellTable.
 
@@ -206,58 +350,21 @@ def scan_cells(
     rows) and a third only if a variable must be centred.
     """
     m = len(variables)
-    multi = m > 1
     shifts = np.zeros(m)
-    table = _run(source, keys, variables, shifts, False, count_finite_response=multi)
-    null_key = _null_key(keys)
-    read = int(table["n_rows"].sum()) if table.height else 0
-    keyed = table.filter(~null_key)
-    keyed_rows = int(keyed["n_rows"].sum()) if keyed.height else 0
-    non_null_y = int(keyed["n_0"].sum()) if keyed.height else 0
-    complete = keyed.height > 0 and all(
-        (keyed[f"n_{i}"] == keyed["n_rows"]).all() for i in range(m)
-    )
-    finite = complete and all(
-        keyed[f"mean_{i}"].is_finite().all() and keyed[f"cov_{i}_{i}"].is_finite().all()
-        for i in range(m)
-    )
-    finite_only = not finite
-    good = keyed
-    if finite_only and keyed.height:
-        good = _run(source, keys, variables, shifts, True).filter(~null_key)
-    good = good.filter(pl.col("n_rows") > 0)
-    used = int(good["n_rows"].sum()) if good.height else 0
-    nonfinite_y = (
-        non_null_y - (int(keyed["n_finite_0"].sum()) if keyed.height else 0)
-        if multi
-        else non_null_y - used
-    )
-    dropped = {
-        "null_group_key": read - keyed_rows,
-        "null_response": keyed_rows - non_null_y,
-        "nonfinite_response": nonfinite_y,
-        "unusable_covariate": keyed_rows - used - (keyed_rows - non_null_y) - nonfinite_y,
-    }
-    rows: dict[str, object] = {"read": read, "used": used, "dropped": dropped}
-    if used == 0:
-        detail = ", ".join(f"{v} with {k.replace('_', ' ')}" for k, v in dropped.items() if v)
-        raise InputError(
-            f"no usable rows in {source.description}: {read} rows read"
-            + (f" ({detail})" if detail else "")
-            + "; check the [source] where filter and the model's columns"
-        )
-    n, mean, comoment = _arrays(good, m)
+    scan = scan_moments(source, keys, variables, shifts)
+    require_rows(scan.counts, source.description)
+    good = scan.good
+    n, mean, comoment = cell_arrays(good, m)
     new_shifts = centring_shifts(n, mean, comoment, [v.centrable for v in variables])
     if np.any(new_shifts != 0.0):
         shifts = new_shifts
-        good = _run(source, keys, variables, shifts, finite_only).filter(~null_key)
-        good = good.filter(pl.col("n_rows") > 0)
-        n, mean, comoment = _arrays(good, m)
+        good = rescan_moments(source, keys, variables, shifts, scan.finite_only)
+        n, mean, comoment = cell_arrays(good, m)
     return CellTable(
         keys=good.select(list(keys)),
         n=n,
         mean=mean,
         comoment=comoment,
         shifts=shifts,
-        rows=rows,
+        rows=row_totals(scan.counts),
     )

@@ -163,7 +163,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pooljob.job import run
 
     config = load_config(args.config)
-    outcome = run(config, progress=_progress(args))
+    outcome = run(config, progress=_progress(args), full=args.full)
     if not args.quiet:
         print(format_summary(outcome.result))
         print(f"published: {config.output.path / 'current'} -> runs/{outcome.run_id}")
@@ -172,14 +172,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from pooljob.config import load_config
-    from pooljob.source import open_config_source
+    from pooljob.engine import open_source
     from pooljob.statistics import check_schema
 
     config = load_config(args.config)
-    s = config.source
-    with open_config_source(
-        path=s.path, database=s.database, table=s.table, query=s.query, where=s.where
-    ) as source:
+    with open_source(config) as source:  # on the config's engine: Spark reads its own schema
         check_schema(source, config.model.formula)
     print(
         f"config {args.config!r} is valid; columns found: "
@@ -232,6 +229,12 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="fit the model of CONFIG and publish its outputs")
     p_run.add_argument("config")
+    p_run.add_argument(
+        "--full",
+        action="store_true",
+        help="scan every source file and rebuild the statistics store (default: refresh "
+        "a [source] path incrementally, scanning only new and changed files)",
+    )
     p_run.set_defaults(func=_cmd_run)
     p_val = sub.add_parser("validate", help="check CONFIG and the source schema, without fitting")
     p_val.add_argument("config")

@@ -20,16 +20,20 @@ Example:
     interval = 0.95
     keep_runs = 5
     report = true            # optional: report.html (needs pooljob[report])
+    incremental = true       # default: a path source is refreshed from <path>/state
     [engine]                 # optional
     threads = 2
     memory_limit = "4GB"
+    # kind = "spark"         # or: the scan on Spark (needs pooljob[spark]); then
+    # master = "yarn"        # Spark's master, and Spark settings instead of threads:
+    # conf = { "spark.executor.memory" = "8g" }
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +51,12 @@ _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
         "keep_runs": int,
         "report": bool,
         "report_grouping": str,
+        "incremental": bool,
     },
-    "engine": {"threads": int, "memory_limit": str},
+    "engine": {"threads": int, "memory_limit": str, "kind": str, "master": str, "conf": dict},
 }
 _REQUIRED = {"source": (), "model": ("formula",), "output": ("path",)}
+ENGINES = ("duckdb", "spark")
 
 
 @dataclass(frozen=True)
@@ -82,14 +88,24 @@ class OutputConfig:
     keep_runs: int = 5
     report: bool = False  # publish report.html with the run
     report_grouping: str | None = None  # the grouping the report draws; default the finest
+    incremental: bool = True  # path sources: refresh from the statistics store in <path>/state
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """DuckDB settings: threads (default: all cores) and memory limit."""
+    """The engine of the scan, and its settings.
+
+    ``kind = "duckdb"`` (default) takes ``threads`` (default: all cores) and
+    ``memory_limit``; ``kind = "spark"`` takes ``master`` (default: what
+    ``spark-submit`` or an active session says) and ``conf``, Spark settings
+    as strings (nested TOML tables are joined with dots).
+    """
 
     threads: int | None = None
     memory_limit: str | None = None
+    kind: str = "duckdb"
+    master: str | None = None
+    conf: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -113,7 +129,13 @@ class Config:
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        dict: "a table",
+    }
     if isinstance(t, tuple):
         return names[t[0]]
     return names[t]
@@ -179,6 +201,66 @@ def _source(raw: dict[str, Any], base: Path, problems: list[str]) -> SourceConfi
     )
 
 
+def _flat_conf(table: dict[str, Any], prefix: str, problems: list[str]) -> dict[str, str]:
+    """Spark settings as strings; ``[engine.conf] spark.x.y = 1`` nests in TOML, joined here."""
+    out: dict[str, str] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_conf(value, f"{name}.", problems))
+        elif isinstance(value, bool):
+            out[name] = str(value).lower()
+        elif isinstance(value, str | int | float):
+            out[name] = str(value)
+        else:
+            problems.append(f"[engine] conf {name} = {value!r} must be a string, number or boolean")
+    return out
+
+
+def _engine(eng_raw: dict[str, Any], source: SourceConfig, problems: list[str]) -> EngineConfig:
+    """The [engine] section; Spark reads only a [source] path and takes Spark settings."""
+    kind = eng_raw.get("kind", "duckdb")
+    threads = eng_raw.get("threads")
+    if isinstance(threads, int) and threads < 1:
+        problems.append(f"[engine] threads = {threads} must be at least 1")
+    conf = eng_raw.get("conf")
+    flat = _flat_conf(conf, "", problems) if isinstance(conf, dict) else {}
+    if not isinstance(kind, str) or kind not in ENGINES:
+        if isinstance(kind, str):
+            problems.append(
+                f"[engine] kind = {kind!r} is not supported; use one of {', '.join(ENGINES)}"
+            )
+        kind = "duckdb"
+    elif kind == "spark":
+        if source.database is not None or source.query is not None:
+            given = "database" if source.database is not None else "query"
+            problems.append(
+                f'[source] {given} cannot be read by [engine] kind = "spark"; give a [source] '
+                'path (Parquet or CSV files), or use kind = "duckdb"'
+            )
+        duck = [k for k in ("threads", "memory_limit") if k in eng_raw]
+        if duck:
+            problems.append(
+                f'[engine] {" and ".join(duck)} set DuckDB; with kind = "spark" give Spark '
+                'settings in [engine] conf instead (e.g. "spark.executor.memory" = "8g")'
+            )
+    else:
+        spark_only = [k for k in ("master", "conf") if k in eng_raw]
+        if spark_only:
+            problems.append(
+                f"[engine] {' and '.join(spark_only)}: Spark settings; add "
+                'kind = "spark" to run the scan on Spark'
+            )
+    master = eng_raw.get("master")
+    return EngineConfig(
+        threads=threads if isinstance(threads, int) else None,
+        memory_limit=eng_raw.get("memory_limit"),
+        kind=kind,
+        master=master if isinstance(master, str) else None,
+        conf=flat,
+    )
+
+
 def parse_config(raw: dict[str, Any], file: Path) -> Config:
     """Validate a parsed TOML document; raise one ConfigError listing every problem."""
     problems: list[str] = []
@@ -207,9 +289,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
     keep_runs = out_raw.get("keep_runs", 5)
     if isinstance(keep_runs, int) and not isinstance(keep_runs, bool) and keep_runs < 1:
         problems.append(f"[output] keep_runs = {keep_runs} must be at least 1")
-    threads = eng_raw.get("threads")
-    if isinstance(threads, int) and threads < 1:
-        problems.append(f"[engine] threads = {threads} must be at least 1")
+    engine = _engine(eng_raw, source, problems)
     out_path = out_raw.get("path")
     if isinstance(out_path, str) and not out_path.strip():
         problems.append("[output] path is empty")
@@ -233,8 +313,9 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             keep_runs=int(keep_runs),
             report=out_raw.get("report") is True,
             report_grouping=report_grouping if isinstance(report_grouping, str) else None,
+            incremental=out_raw.get("incremental") is not False,
         ),
-        engine=EngineConfig(threads=threads, memory_limit=eng_raw.get("memory_limit")),
+        engine=engine,
         raw=raw,
     )
 
@@ -255,4 +336,4 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return parse_config(raw, file)
 
 
-__all__ = ["FAMILIES", "METHODS", "Config", "load_config", "parse_config"]
+__all__ = ["ENGINES", "FAMILIES", "METHODS", "Config", "load_config", "parse_config"]

@@ -288,9 +288,13 @@ def categorical_columns(formula: Formula, numeric_columns: set[str]) -> list[str
     return list(seen)
 
 
-def indicator(keys: pl.DataFrame, spec: Spec) -> NDArray[np.float64]:
-    """Per cell: 1.0 where the cell has every (column, level) of ``spec``."""
-    out = np.ones(keys.height)
+def indicator(keys: pl.DataFrame, n_cells: int, spec: Spec) -> NDArray[np.float64]:
+    """Per cell: 1.0 where the cell has every (column, level) of ``spec``.
+
+    ``n_cells`` is given, not read from ``keys``: a model with no key column
+    has one cell and a key frame with no columns.
+    """
+    out = np.ones(n_cells)
     for col, level in spec:
         out *= (keys[col] == level).to_numpy().astype(np.float64)
     return out

@@ -33,6 +33,8 @@ def explain(config: Config) -> str:
     InputError
         The source cannot be opened or lacks a column of the formula.
     """
+    if config.engine.kind == "spark":
+        return _explain_spark(config)
     s = config.source
     with open_config_source(
         path=s.path, database=s.database, table=s.table, query=s.query, where=s.where
@@ -61,5 +63,36 @@ def explain(config: Config) -> str:
         "-- to 0 (a second scan, made only for NaN or infinite values or a mean far from 0,",
         "-- skips those rows or binds a shift)",
         stats_sql.strip().rstrip(";") + ";",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _explain_spark(config: Config) -> str:
+    """The Spark SQL of a run with ``[engine] kind = "spark"``: the transpiled statistics query.
+
+    Starts (or uses) a Spark session to read the schema of ``[source] path``
+    (Parquet footers; a CSV source is read to infer its types).
+    """
+    from pooljob.engine import open_source
+    from pooljob.spark_sql import spark_sql
+    from pooljob.statistics import group_stats_sql
+
+    formula = config.model.formula
+    with open_source(config) as source:
+        check_schema(source, formula)
+        columns = dict(source.columns)
+    e, s = config.engine, config.source
+    lines = [
+        f"-- pooljob explain {config.file}",
+        f"-- model: {formula.text} ({config.model.family}, {config.model.method.upper()})",
+        f"-- engine: spark (master {e.master or 'from spark-submit or the active session'})",
+        f"-- source: temp view `source` over {s.path}"
+        + (f", filtered by the Spark SQL: {s.where}" if s.where else ""),
+        "",
+        "-- per-cell statistics, one scan: sql/cell_stats.sql (see its comments) transpiled",
+        "-- from DuckDB by sqlglot (pooljob/spark_sql.py); the centring shifts (its :s",
+        "-- parameters) are bound to 0 (a second scan, made only for NaN or infinite values",
+        "-- or a mean far from 0, skips those rows or binds a shift)",
+        spark_sql(group_stats_sql(formula, columns=columns), pretty=True).strip() + ";",
     ]
     return "\n".join(lines) + "\n"

@@ -33,15 +33,16 @@ from pooljob.errors import InputError
 from pooljob.formula import Formula
 from pooljob.lmm import MAX_DENSE, Solution, objective, prediction_variance, solve
 from pooljob.optimize import SINGULAR_TOL, OptSummary
+from pooljob.polish import newton_polish
 
 Array = NDArray[np.float64]
 
 
-def _weights(keys: pl.DataFrame, columns: tuple[Column, ...]) -> ColumnWeights:
+def _weights(keys: pl.DataFrame, n_cells: int, columns: tuple[Column, ...]) -> ColumnWeights:
     w = (
-        np.column_stack([indicator(keys, c.spec) for c in columns])
+        np.column_stack([indicator(keys, n_cells, c.spec) for c in columns])
         if columns
-        else np.zeros((keys.height, 0))
+        else np.zeros((n_cells, 0))
     )
     return ColumnWeights(w, np.array([c.variable for c in columns], dtype=np.int64))
 
@@ -66,7 +67,7 @@ def prepare(
     levels = {c: sorted(cells.keys[c].drop_nulls().unique().to_list()) for c in categorical}
     design = build_design(formula, numeric, levels)
     s = cells.moments()
-    fixed = _weights(cells.keys, design.fixed)
+    fixed = _weights(cells.keys, len(cells.n), design.fixed)
     random, codes, spec = [], [], []
     for block in design.blocks:
         code = dense_codes(cells.keys, block.grouping.columns)
@@ -76,7 +77,7 @@ def prepare(
                 f"grouping {block.grouping.name!r} has a single group; a variance between "
                 "groups needs at least two: check the where filter, or drop the term"
             )
-        cw = _weights(cells.keys, block.columns)
+        cw = _weights(cells.keys, len(cells.n), block.columns)
         random.append(cw)
         codes.append(code)
         spec.append((code, q, cw, block.free_entries()))
@@ -177,16 +178,35 @@ def optimize(blocks: Blocks, reml: bool) -> tuple[Array, OptSummary]:
             ft = fun(trial)
             if ft <= fmin + 1e-10 * max(1.0, abs(fmin)):
                 theta, fmin = trial, ft
+    theta, fmin, polish_evaluations = newton_polish(fun, theta, _interior(blocks, theta))
     summary = OptSummary(
-        optimizer="COBYQA (derivative-free, quadratic models)",
+        optimizer="COBYQA (derivative-free, quadratic models), then a Newton polish",
         initial=[float(x) for x in x0],
         final=[float(x) for x in theta],
         fmin=float(fmin),
         evaluations=evaluations,
-        message="; restart: ".join(messages),
+        message="; restart: ".join(messages)
+        + f"; Newton polish by finite differences ({polish_evaluations} evaluations)",
         converged=converged,
     )
     return theta, summary
+
+
+def _interior(blocks: Blocks, theta: Array) -> list[int]:
+    """Entries of θ away from the boundary: the polish refines these.
+
+    A diagonal entry of ``T_k`` below ``10 × SINGULAR_TOL`` stays where the
+    search left it, and so does every entry of its column (the criterion is
+    flat in them when the diagonal is 0).
+    """
+    out, pos = [], 0
+    for entries in blocks.free:
+        diagonal = {j: pos + a for a, (i, j) in enumerate(entries) if i == j}
+        for a, (_, j) in enumerate(entries):
+            if j in diagonal and theta[diagonal[j]] >= 10 * SINGULAR_TOL:
+                out.append(pos + a)
+        pos += len(entries)
+    return out
 
 
 @dataclass(frozen=True)

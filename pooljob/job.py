@@ -13,15 +13,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pooljob.api import fit_source
 from pooljob.config import Config
+from pooljob.engine import open_source
 from pooljob.fingerprint import check_unchanged, fingerprint, snapshot
 from pooljob.logs import log_context, log_event
 from pooljob.publish import new_run_id, output_lock, publish
+from pooljob.refresh import fit_refreshed
 from pooljob.report import REPORT, write_report
 from pooljob.report_figures import require_matplotlib
 from pooljob.results import FitResult
-from pooljob.source import open_config_source
 
 log = logging.getLogger("pooljob")
 
@@ -62,12 +62,14 @@ def build_manifest(
     started: float,
     timings: dict[str, float],
     input_fingerprint: dict[str, Any] | None = None,
+    refresh: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest: the fit's numbers, row accounting, input, config, versions, timings."""
     return {
         "run_id": run_id,
         **result.summary(),
         "input_fingerprint": input_fingerprint,
+        "refresh": refresh,
         "components": result.components.to_dicts(),
         "coefficients": result.coefficients.to_dicts(),
         "outputs": [f"{name}.parquet" for name in OUTPUT_TABLES]
@@ -86,12 +88,15 @@ def _stage(name: str, seconds: float) -> dict[str, Any]:
     return {"stage": name, "seconds": round(seconds, 6)}
 
 
-def run(config: Config, progress: bool = False) -> RunOutcome:
+def run(config: Config, progress: bool = False, full: bool = False) -> RunOutcome:
     """Run the job described by ``config`` and publish its outputs.
 
     Holds the output lock throughout; fails with SourceChangedError (nothing
     published) if a source file is written, added or removed during the scan.
     ``progress`` shows DuckDB's progress bar on long scans (a terminal only).
+    A path source is refreshed incrementally from the statistics store under
+    ``<output>/state/`` (:mod:`pooljob.refresh`), saved once the run is
+    published; ``full`` scans every file and rebuilds the store.
     """
     started = time.time()
     t0 = time.perf_counter()
@@ -99,20 +104,15 @@ def run(config: Config, progress: bool = False) -> RunOutcome:
     src = config.source
     if config.output.report:
         require_matplotlib()  # fail before the scan, not after the fit
+    if config.engine.kind == "spark":
+        from pooljob.spark import require_spark
+
+        require_spark()
     with output_lock(config.output.path, run_id), log_context(run_id=run_id):
         what = src.path or src.table or "query"
         log_event("start", "run %s: reading %s", run_id, what, source=what)
         before = snapshot(src)
-        with open_config_source(
-            path=src.path,
-            database=src.database,
-            table=src.table,
-            query=src.query,
-            where=src.where,
-            threads=config.engine.threads,
-            memory_limit=config.engine.memory_limit,
-            progress=progress,
-        ) as source:
+        with open_source(config, progress=progress) as source:
             t_open = time.perf_counter()
             log_event(
                 "open",
@@ -121,13 +121,7 @@ def run(config: Config, progress: bool = False) -> RunOutcome:
                 t_open - t0,
                 **_stage("open", t_open - t0),
             )
-            result = fit_source(
-                config.model.formula,
-                source,
-                config.model.family,
-                config.model.method,
-                config.output.interval,
-            )
+            result, refresh = fit_refreshed(config, source, before, full)
         check_unchanged(before, snapshot(src))
         rows = result.rows
         dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in rows["dropped"].items() if v)
@@ -171,7 +165,15 @@ def run(config: Config, progress: bool = False) -> RunOutcome:
             timings["write"] = time.perf_counter() - t_w
             timings["total"] = time.perf_counter() - t0
             manifest.update(
-                build_manifest(config, result, run_id, started, timings, input_fingerprint)
+                build_manifest(
+                    config,
+                    result,
+                    run_id,
+                    started,
+                    timings,
+                    input_fingerprint,
+                    refresh.manifest(),
+                )
             )
             (directory / "manifest.json").write_text(
                 json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8"
@@ -196,6 +198,8 @@ def run(config: Config, progress: bool = False) -> RunOutcome:
         log_event(
             "publish", "publish: current -> %s (%.3f s)", run_dir, t_pub, **_stage("publish", t_pub)
         )
+        refresh.save(config.output.path, run_id)  # only now: the store follows `current`
+        t_end = time.perf_counter()
         log_event(
             "done",
             "published %s (%.3f s in all)",

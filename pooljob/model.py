@@ -18,6 +18,7 @@ from pooljob.nested import (
     NestedStats,
     downward,
     level_totals,
+    moment_start,
     objective_and_gradient_r,
     upward,
 )
@@ -125,7 +126,7 @@ def fit_nested(stats: NestedStats, method: Method = "reml") -> NestedFit:
     reml = method == "reml"
     n_levels = len(stats.parents)
     theta, summary = minimize_theta(
-        lambda r: objective_and_gradient_r(stats, r, reml), np.ones(n_levels)
+        lambda r: objective_and_gradient_r(stats, r, reml), moment_start(stats)
     )
     r = theta**2
     up = upward(stats, r)

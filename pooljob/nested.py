@@ -143,6 +143,44 @@ def upward(stats: NestedStats, r: Array) -> Upward:
     )
 
 
+def moment_start(stats: NestedStats) -> Array:
+    """A starting θ for the optimizer, from moments (one pass up the tree).
+
+    With ``σ̂² = S / (N − G)`` (the pooled within-group variance) and, at
+    each level from the leaves up, children with means ``m_i`` and sampling
+    variances ``v_i`` (in units of σ²; ``1/n`` for a leaf) around the
+    unweighted means ``m̄_p`` of their parents (``k_p`` children each)::
+
+        r = Σ (m_i − m̄_p)² / (σ̂² Σ_p (k_p − 1)) − mean(v)
+
+    since ``E (m_i − m̄_p)² = (1 − 1/k_p)(τ² + σ² v_i)``; the parent then
+    carries ``m̄_p`` with variance ``Σ_i (v_i + r) / k_p²``.  Returns
+    ``θ = √max(r, 0.01)`` (θ = 0 would stall the search: the θ-gradient
+    vanishes there), and 1 where a level has one child per parent or the
+    data give no within-group variance.
+    """
+    n_levels = len(stats.parents)
+    r = np.ones(n_levels)
+    within_dof = stats.nobs - len(stats.n)
+    sigma2 = float(stats.within_ss.sum()) / within_dof if within_dof > 0 else 0.0
+    if not sigma2 > 0.0:
+        return r
+    m = stats.mean
+    v = 1.0 / stats.n
+    for lev in range(n_levels - 1, -1, -1):
+        parent = stats.parents[lev]
+        size = len(stats.parents[lev - 1]) if lev > 0 else 1
+        k = _sum_by(parent, np.ones(len(parent)), size)
+        m_bar = _sum_by(parent, m, size) / k
+        spread = float(np.sum((m - m_bar[parent]) ** 2))
+        pairs = float(np.sum(k - 1.0))
+        if pairs > 0.0:
+            r[lev] = spread / (sigma2 * pairs) - float(v.mean())
+        v = _sum_by(parent, v + r[lev], size) / k**2
+        m = m_bar
+    return np.asarray(np.sqrt(np.maximum(r, 0.01)), dtype=np.float64)
+
+
 def dof(stats: NestedStats, reml: bool) -> float:
     """Degrees of freedom ν of the profiled residual variance: N − 1 or N."""
     return stats.nobs - (1.0 if reml else 0.0)
@@ -193,13 +231,22 @@ def objective_and_gradient_r(stats: NestedStats, r: Array, reml: bool) -> tuple[
     grad_r = np.zeros(len(stats.parents))
     for lev, level in enumerate(up.levels):
         parent = stats.parents[lev]
-        big_w = level.big_w[parent]
-        g_w = 1.0 / big_w + gamma * level.d**2 + g_m[parent] * level.d / big_w
-        g_w -= g_v[parent] / big_w**2
-        g_u = level.w - level.w**2 * g_w
-        grad_r[lev] = g_u.sum()
-        g_m = 2.0 * gamma * level.w * level.d + g_m[parent] * level.w / big_w
-        g_v = g_u
+        inv_w = 1.0 / level.big_w
+        a = inv_w - g_v * inv_w**2  # per parent: ḡ_w = a + γ d² + b d
+        b = g_m * inv_w
+        w2 = level.w**2
+        w2d = w2 * level.d
+        # Σ ḡ_u = Σ w − Σ w² ḡ_w, the per-parent terms summed over parents first
+        size = len(inv_w)
+        grad_r[lev] = float(level.w.sum()) - (
+            float(np.dot(a, _sum_by(parent, w2, size)))
+            + gamma * float(np.dot(w2d, level.d))
+            + float(np.dot(b, _sum_by(parent, w2d, size)))
+        )
+        if lev + 1 < len(up.levels):  # the leaves' own adjoints are not needed
+            g_w = a[parent] + gamma * level.d**2 + b[parent] * level.d
+            g_v = level.w - w2 * g_w
+            g_m = 2.0 * gamma * level.w * level.d + b[parent] * level.w
     return f, grad_r
 
 

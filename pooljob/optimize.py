@@ -53,15 +53,20 @@ class OptSummary:
         return asdict(self)
 
 
-def _hessian(grad: Callable[[Array], Array], x: Array) -> Array:
-    """Symmetric Hessian by central differences of the exact gradient."""
+def _hessian(grad: Callable[[Array], Array], x: Array, g: Array) -> Array:
+    """Symmetric Hessian by forward differences of the exact gradient ``g`` at ``x``.
+
+    One gradient per parameter (central differences take two); the error,
+    ~1e-6 relative, slows Newton's quadratic convergence by no more than
+    that factor per step.
+    """
     d = len(x)
-    h = 1e-5 * np.maximum(1.0, np.abs(x))
+    h = 1e-6 * np.maximum(1.0, np.abs(x))
     hess = np.empty((d, d))
     for j in range(d):
         step = np.zeros(d)
         step[j] = h[j]
-        hess[:, j] = (grad(x + step) - grad(x - step)) / (2.0 * h[j])
+        hess[:, j] = (grad(x + step) - g) / h[j]
     return 0.5 * (hess + hess.T)
 
 
@@ -100,7 +105,7 @@ def _newton(
         scale = max(1.0, abs(f))
         if float(np.max(np.abs(g))) <= 1e-9 * scale:
             return x, f, True, f"gradient 0 after {it} iterations", evals
-        step = _newton_direction(_hessian(grad, x), g)
+        step = _newton_direction(_hessian(grad, x, g), g)
         t = 1.0
         while t > 1e-12:
             trial = x + t * step
@@ -128,7 +133,7 @@ def minimize_theta(
     """Minimise ``f(θ²)`` over ``θ ≥ 0``, given ``fun_r(r) = (f(r), ∂f/∂r)``.
 
     Newton's method works in lme4's θ with the exact gradient ``2θ ∂f/∂r``
-    and a Hessian from central differences of it; with a handful of
+    and a Hessian from forward differences of it; with a handful of
     parameters it reaches the optimum to machine precision in a few
     iterations.  Since ``f`` depends on θ only through θ², the search runs
     over all of ``ℝ^d`` and reports ``|θ|``: the bound needs no projection.

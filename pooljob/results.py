@@ -143,7 +143,7 @@ def build(
                     keys,
                     pl.DataFrame(
                         {
-                            "term": [INTERCEPT] * len(res.effect),
+                            "term": pl.repeat(INTERCEPT, len(res.effect), eager=True),
                             "estimate": res.effect,
                             "cond_sd": res.cond_sd,
                         }

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import pyarrow as pa
@@ -39,6 +39,42 @@ def _is_remote(path: str) -> bool:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+class TableSource(Protocol):
+    """What the scan needs of an input, whatever engine reads it.
+
+    :class:`Source` (DuckDB) and :class:`pooljob.spark.SparkSource` both
+    provide it: the statistics query of :mod:`pooljob.cells` is written once,
+    for DuckDB, and an engine runs it on its view named ``source``.
+    """
+
+    description: str
+    columns: dict[str, str]
+
+    def arrow(self, sql: str, params: dict[str, float] | None = None) -> pa.Table:
+        """Run ``sql`` (DuckDB SQL reading ``source``; ``$name`` parameters) as Arrow."""
+        ...
+
+    def require(self, names: tuple[str, ...]) -> None:
+        """Raise MissingColumnError unless every name is a column."""
+        ...
+
+
+def require_columns(description: str, columns: dict[str, str], names: tuple[str, ...]) -> None:
+    """Check that every name is a column; the error lists what exists."""
+    missing = [n for n in names if n not in columns]
+    if not missing:
+        return
+    name = missing[0]
+    close = difflib.get_close_matches(name, list(columns), n=1)
+    lowered = [c for c in columns if c.lower() == name.lower()]
+    hint = lowered or close
+    did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+    raise MissingColumnError(
+        f"column {name!r} named in the formula is not in {description}{did_you_mean}; "
+        f"available columns: {', '.join(columns)}"
+    )
 
 
 @dataclass
@@ -85,18 +121,7 @@ class Source:
 
     def require(self, names: tuple[str, ...]) -> None:
         """Check that every name is a column; the error lists what exists."""
-        missing = [n for n in names if n not in self.columns]
-        if not missing:
-            return
-        name = missing[0]
-        close = difflib.get_close_matches(name, list(self.columns), n=1)
-        lowered = [c for c in self.columns if c.lower() == name.lower()]
-        hint = lowered or close
-        did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
-        raise MissingColumnError(
-            f"column {name!r} named in the formula is not in {self.description}{did_you_mean}; "
-            f"available columns: {', '.join(self.columns)}"
-        )
+        require_columns(self.description, self.columns, names)
 
     def view_sql(self) -> list[str]:
         """The ``create view`` statements of ``source_raw`` and ``source``, as DuckDB holds them."""
@@ -114,7 +139,8 @@ def _read_schema(src: Source) -> None:
     src.columns = {c: str(t) for c, t in zip(rel.columns, rel.types, strict=True)}
 
 
-def _file_format(pattern: str) -> str:
+def file_format(pattern: str) -> str:
+    """``csv`` or ``parquet``, from the name of a path or glob; InputError otherwise."""
     lower = pattern.lower()
     if lower.endswith(_CSV_SUFFIXES):
         return "csv"
@@ -137,7 +163,7 @@ def _file_relation(con: duckdb.DuckDBPyConnection, pattern: str) -> duckdb.DuckD
             )
         if not glob.has_magic(pattern) and os.path.isdir(pattern):
             pattern = os.path.join(pattern, "**", "*.parquet")
-    kind = _file_format(pattern)
+    kind = file_format(pattern)
     try:
         if kind == "csv":
             return con.read_csv(pattern, hive_partitioning=True, union_by_name=True)
@@ -238,6 +264,60 @@ def open_config_source(
                 raise InputError(f"[source] query failed: {_first_line(exc)}") from exc
         else:  # pragma: no cover - the config validator rules this out
             raise InputError("no source given")
+        _apply_where(con, where, description)
+        src = Source(description=description, _con=con)
+        _read_schema(src)
+        yield src
+    finally:
+        con.close()
+
+
+@contextmanager
+def open_file_list(
+    files: list[str],
+    *,
+    path: str,
+    columns: dict[str, str],
+    file_column: str,
+    where: str | None = None,
+    threads: int | None = None,
+    memory_limit: str | None = None,
+) -> Iterator[Source]:
+    """Open only ``files`` of the ``[source] path`` ``path``, naming each row's file.
+
+    The view ``source`` has the schema ``columns`` of the whole source (as
+    :func:`open_config_source` found it over every file), so that the
+    statistics of these files are their share of a scan of all of them: a
+    column these files lack is null, one typed otherwise in them is cast.
+    The column ``file_column`` holds each row's path as given in ``files``
+    (bound as a parameter, never pasted).  Hive partitions and the
+    ``where`` filter apply as for the whole source.
+    """
+    kind = "parquet" if os.path.isdir(path) and not glob.has_magic(path) else file_format(path)
+    name = "'" + file_column.replace("'", "''") + "'"
+    reader = (
+        f"read_{kind}($files, hive_partitioning = true, union_by_name = true, filename = {name})"
+    )
+    description = f"{len(files)} file{'' if len(files) == 1 else 's'} of {path}"
+    con = _connect(threads, memory_limit)
+    try:
+        try:
+            found = con.sql(f"select * from {reader} limit 0", params={"files": files})
+            have = {c: str(t) for c, t in zip(found.columns, found.types, strict=True)}
+            select = []
+            for column, ctype in columns.items():
+                q = quote_identifier(column)
+                if column not in have:
+                    select.append(f"cast(null as {ctype}) as {q}")
+                elif have[column] != ctype:
+                    select.append(f"cast({q} as {ctype}) as {q}")
+                else:
+                    select.append(q)
+            select.append(quote_identifier(file_column))
+            rel = con.sql(f"select {', '.join(select)} from {reader}", params={"files": files})
+            rel.create_view("source_raw")
+        except duckdb.Error as exc:
+            raise InputError(f"cannot read {description} as {kind}: {_first_line(exc)}") from exc
         _apply_where(con, where, description)
         src = Source(description=description, _con=con)
         _read_schema(src)

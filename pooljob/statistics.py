@@ -20,7 +20,7 @@ from pooljob.design import build_design, categorical_columns
 from pooljob.errors import InputError, NotNestedError
 from pooljob.formula import Formula, Grouping
 from pooljob.nested import NestedStats
-from pooljob.source import Source
+from pooljob.source import TableSource
 
 _NUMERIC = re.compile(
     r"^(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|UBIGINT|UHUGEINT"
@@ -124,7 +124,7 @@ class GroupStatistics:
     rows: dict[str, object]
 
 
-def check_schema(source: Source, formula: Formula) -> ScanSpec:
+def check_schema(source: TableSource, formula: Formula) -> ScanSpec:
     """Check that the model's columns exist and have usable types."""
     source.require(formula.columns)
     numeric_needed = [formula.response, *formula.offsets]
@@ -166,9 +166,9 @@ def nested_statistics(cells: CellTable, formula: Formula, where: str) -> GroupSt
         pl.Series("__mean", cells.mean[:, 0]),
         pl.Series("__ss", cells.comoment[:, 0, 0]),
     )
-    unsorted, order = _build_levels(frame, formula)
+    tree, order = _build_levels(frame, formula)
     frame = frame[order]
-    levels = tuple(_relabel(lev.grouping, lev.codes[order]) for lev in unsorted)
+    levels = tuple(tree)
     parents = [np.zeros(levels[0].size, dtype=np.int64)]
     for upper, lower in pairwise(levels):
         parents.append(upper.codes[lower.first].astype(np.int64))
@@ -188,7 +188,7 @@ def nested_statistics(cells: CellTable, formula: Formula, where: str) -> GroupSt
     )
 
 
-def compute(source: Source, formula: Formula) -> GroupStatistics:
+def compute(source: TableSource, formula: Formula) -> GroupStatistics:
     """Scan the source and return the tree of a nested random-intercept model."""
     spec = check_schema(source, formula)
     cells = scan_cells(source, spec.keys, spec.variables)
@@ -223,18 +223,26 @@ def _check_identifiable(stats: NestedStats, levels: tuple[Level, ...], where: st
         )
 
 
-def _relabel(grouping: Grouping, sorted_codes: np.ndarray) -> Level:
-    """Number the groups in order of appearance (groups are contiguous after the sort)."""
-    change = np.empty(len(sorted_codes), dtype=bool)
-    change[0] = True
-    np.not_equal(sorted_codes[1:], sorted_codes[:-1], out=change[1:])
-    codes = np.cumsum(change) - 1
-    return Level(grouping=grouping, codes=codes.astype(np.int64), first=np.flatnonzero(change))
+def _ordinal(series: pl.Series) -> tuple[np.ndarray, int]:
+    """Per row, the rank of its value among the column's distinct values (0.., sorted)."""
+    distinct = series.unique().sort()
+    return distinct.search_sorted(series).to_numpy().astype(np.int64), distinct.len()
 
 
-def _dense_codes(frame: pl.DataFrame, columns: tuple[str, ...]) -> np.ndarray:
-    series = frame.select(pl.struct(list(columns)).rank("dense").alias("c"))["c"]
-    return series.to_numpy().astype(np.int64) - 1
+def _tuple_key(columns: list[str], ordinals: dict[str, tuple[np.ndarray, int]]) -> np.ndarray:
+    """One int64 per row, ordered as the rows' tuples of ``columns`` (lexicographically).
+
+    Mixed radix over the columns' ordinals; where the radix would pass 2⁶²
+    the partial key is ranked densely first (a sort), which keeps its order.
+    """
+    key, size = ordinals[columns[0]]
+    for column in columns[1:]:
+        codes, k = ordinals[column]
+        if size * k >= 2**62:
+            _, inverse = np.unique(key, return_inverse=True)
+            key, size = inverse.astype(np.int64), int(inverse.max()) + 1
+        key, size = key * k + codes, size * k
+    return key
 
 
 def _build_levels(frame: pl.DataFrame, formula: Formula) -> tuple[list[Level], np.ndarray]:
@@ -244,21 +252,40 @@ def _build_levels(frame: pl.DataFrame, formula: Formula) -> tuple[list[Level], n
     fewer columns).  Each must nest in the one above it: every group of the
     finer grouping lies in exactly one group of the coarser.  The finest
     must identify the leaf rows.
+
+    Linear in the cells but for one sort: every key column is coded by the
+    rank of its value (a sort of its distinct values), a grouping's key is
+    one int64 made of them, the cells are sorted once by the tree's columns
+    (top level first), and then a cell starts a new group of a level where
+    its key, or an ancestor's, differs from the previous cell's.  A finer
+    grouping nests when its groups are as many as the runs so counted.
     """
+    columns = list(dict.fromkeys(c for g in formula.groupings for c in g.columns))
+    ordinals = {c: _ordinal(frame[c]) for c in columns}
     coded = []
     for g in formula.groupings:
-        codes = _dense_codes(frame, g.columns)
-        coded.append((int(codes.max()) + 1, len(g.columns), g, codes))
+        key = _tuple_key(list(g.columns), ordinals)
+        coded.append((pl.Series(key).n_unique(), len(g.columns), g, key))
     coded.sort(key=lambda t: (t[0], t[1]))
-    for (n_up, _, g_up, c_up), (n_low, _, g_low, c_low) in pairwise(coded):
-        pairs = np.unique(c_low * n_up + c_up).size
-        if pairs != n_low:
+    tree_columns = list(dict.fromkeys(c for *_, g, _ in coded for c in g.columns))
+    order = np.argsort(_tuple_key(tree_columns, ordinals), kind="stable")
+    levels = []
+    starts = np.zeros(frame.height, dtype=bool)
+    starts[:1] = True
+    for k, (n_low, _, g_low, key) in enumerate(coded):
+        ordered = key[order]
+        starts[1:] |= ordered[1:] != ordered[:-1]
+        pairs = int(starts.sum())  # distinct (ancestors, group): sorted, each is one run
+        if k > 0 and pairs != n_low:
+            g_up = coded[k - 1][2]
             raise NotNestedError(
                 f"groupings {g_low.name!r} and {g_up.name!r} are crossed in the data: "
                 f"{pairs - n_low} of the {n_low} {g_low.name!r} groups span more than one "
                 f"{g_up.name!r} group; write the nesting as (1 | {g_up.name}/{g_low.name}) "
                 "to read the finer grouping within the coarser one (crossed models come later)"
             )
+        codes = (np.cumsum(starts) - 1).astype(np.int64)
+        levels.append(Level(grouping=g_low, codes=codes, first=np.flatnonzero(starts)))
     n_leaf, _, g_leaf, _ = coded[-1]
     if n_leaf != frame.height:
         raise NotNestedError(
@@ -266,9 +293,4 @@ def _build_levels(frame: pl.DataFrame, formula: Formula) -> tuple[list[Level], n
             f"form {frame.height} combinations: the groupings are crossed; nest them as "
             "(1 | a/b) (crossed models come later)"
         )
-    sort_keys = np.lexsort([c for *_, c in reversed(coded)])
-    levels = [
-        Level(grouping=g, codes=codes, first=np.zeros(n, dtype=np.int64))
-        for n, _, g, codes in coded
-    ]
-    return levels, sort_keys
+    return levels, order

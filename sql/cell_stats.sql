@@ -19,7 +19,8 @@
 -- Template fields (in braces below), filled by pooljob from quoted
 -- identifiers only:
 --   key_list    the key columns followed by a comma, or nothing
---   group_keys  the key columns, or () when there are none
+--   group_by    group by the key columns, or nothing when there are none
+--               (then the aggregates make one row for the whole source)
 --   variables   cast("col" as double) [* cast("col2" as double)] - $s<i> as v<i>, ...
 --   aggregates  the aggregates above
 --   filter      nothing on the first scan; a second scan, made only when
@@ -47,7 +48,7 @@ cell_stats as (
         count(*) as n_rows,
         {aggregates}
     from usable_rows
-    group by {group_keys}
+    {group_by}
 )
 
 select * from cell_stats

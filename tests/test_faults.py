@@ -81,7 +81,8 @@ def rebind(original, new):
 
 {patch}
 from pooljob.cli import main
-main(["--quiet", "run", sys.argv[1]])
+# --full: scan every file, though none changed since the published run
+main(["--quiet", "run", "--full", sys.argv[1]])
 """
 
 
@@ -196,7 +197,7 @@ def test_source_file_rewritten_during_the_scan_is_exit_3(
     rewritten: list[bool] = []
     monkeypatch.setattr(Source, "arrow", rewrite_then_read)
     capsys.readouterr()
-    assert main(["--quiet", "run", str(published)]) == 3
+    assert main(["--quiet", "run", "--full", str(published)]) == 3  # --full: scan, nothing new
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0, err
     assert f"source file {str(part)!r} was modified" in err and "nothing was published" in err
@@ -216,5 +217,5 @@ def test_source_file_added_during_the_scan_is_exit_3(published: Path, monkeypatc
 
     monkeypatch.setattr(Source, "arrow", add_then_read)
     capsys.readouterr()
-    assert main(["--quiet", "run", str(published)]) == 3
+    assert main(["--quiet", "run", "--full", str(published)]) == 3  # --full: scan, nothing new
     assert f"source file {str(late)!r} appeared" in capsys.readouterr().err

@@ -149,7 +149,7 @@ def test_exit_codes(job: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     assert main(["--quiet", "run", str(job)]) == 5
     write_config(job.parent)
     monkeypatch.setattr(Source, "arrow", lambda *a, **k: 1 / 0)
-    assert main(["--quiet", "run", str(job)]) == 70
+    assert main(["--quiet", "run", "--full", str(job)]) == 70  # --full: scan, nothing new
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 5 and all(e.startswith("pooljob: ") for e in errors)
 
@@ -249,7 +249,9 @@ def test_progress_bar_only_on_a_terminal_in_text_mode(
     seen: list[bool] = []
     real_run = pooljob.job.run
     monkeypatch.setattr(
-        pooljob.job, "run", lambda config, progress=False: seen.append(progress) or real_run(config)
+        pooljob.job,
+        "run",
+        lambda config, progress=False, **kw: seen.append(progress) or real_run(config, **kw),
     )
     monkeypatch.setattr(sys, "stderr", io.StringIO())
     monkeypatch.setattr(sys, "stdout", io.StringIO())

@@ -1,0 +1,332 @@
+"""The Spark engine against the DuckDB engine on the same files.
+
+Spark runs in local mode (``local[2]``), one session for the module.  The
+statistics query is the DuckDB one transpiled by sqlglot; the fits on the
+driver must then equal DuckDB's to 1e-9 relative: a nested model (with null
+keys, null, NaN and infinite responses, and a response near 1e9, so the
+rescans for non-finite values and for centring run on Spark too) and a crossed
+model with a covariate far from 0 and a categorical fixed effect.  Tests that
+need Spark are skipped, with the reason, where Java or pyspark is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from pooljob.api import fit_source
+from pooljob.config import load_config
+from pooljob.errors import ConfigError, InputError
+from pooljob.formula import parse_formula
+from pooljob.results import FitResult
+from pooljob.source import open_config_source
+
+RTOL = 1e-9
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:PySpark does not yet fully support pandas:FutureWarning"
+)
+
+
+def _missing() -> str | None:
+    if importlib.util.find_spec("pyspark") is None or importlib.util.find_spec("sqlglot") is None:
+        return "pyspark or sqlglot is not installed (pip install 'pooljob[spark]')"
+    java_home = os.environ.get("JAVA_HOME")
+    if shutil.which("java") is None and not (java_home and Path(java_home, "bin", "java").exists()):
+        return "no Java runtime (java not on PATH, no JAVA_HOME): Spark needs one"
+    return None
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[Any]:
+    reason = _missing()
+    if reason:
+        pytest.skip(reason)
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("pooljob-tests")
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", "1g")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+# --- data ---------------------------------------------------------------------------
+
+
+def nested_rows(seed: int = 3) -> pl.DataFrame:
+    """Three levels, uneven groups, response near 1e9, and rows lme4 would drop."""
+    rng = np.random.default_rng(seed)
+    n = 3000
+    state = rng.choice(["DC", "MD", "VA", "WV", "PA"], n, p=[0.02, 0.3, 0.3, 0.18, 0.2])
+    county = rng.integers(0, 9, n)
+    zipc = rng.integers(0, 7, n)
+    s_eff = {s: e for s, e in zip(["DC", "MD", "VA", "WV", "PA"], rng.normal(0, 3, 5), strict=True)}
+    c_eff = rng.normal(0, 2, (5, 9))
+    z_eff = rng.normal(0, 1, (5, 9, 7))
+    si = np.searchsorted(np.array(["DC", "MD", "PA", "VA", "WV"]), state)
+    y = (
+        1e9
+        + np.array([s_eff[s] for s in state])
+        + c_eff[si, county]
+        + z_eff[si, county, zipc]
+        + rng.normal(0, 4, n)
+    )
+    frame = pl.DataFrame({"state": state, "county": county, "zip": zipc, "y": y})
+    dirty = pl.DataFrame(
+        {
+            "state": ["MD", "VA", "VA", "PA", "WV"],
+            "county": [None, 1, 2, 3, 4],
+            "zip": [1, 1, 2, 3, 4],
+            "y": [1e9, None, float("nan"), float("inf"), float("-inf")],
+        },
+        schema=frame.schema,
+    )
+    return pl.concat([frame, dirty])
+
+
+def crossed_rows(seed: int = 4) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    n = 2500
+    a = rng.integers(0, 25, n)
+    b = rng.integers(0, 15, n)
+    x = 1e6 + rng.normal(0, 1, n)  # far from 0: read again centred
+    urban = rng.choice(["N", "Y"], n)
+    y = (
+        3.0
+        + 2.0 * (x - 1e6)
+        + np.where(urban == "Y", 1.5, 0.0)
+        + rng.normal(0, 1.5, 25)[a]
+        + rng.normal(0, 0.7, 15)[b]
+        + rng.normal(0, 2, n)
+    )
+    return pl.DataFrame(
+        {"a": [f"a{i}" for i in a], "b": [f"b{i}" for i in b], "x": x, "urban": urban, "y": y}
+    )
+
+
+def write_hive(frame: pl.DataFrame, root: Path, by: str) -> None:
+    for (value,), part in frame.group_by(by):
+        folder = root / f"{by}={value}"
+        folder.mkdir(parents=True)
+        part.drop(by).write_parquet(folder / "part-0.parquet")
+
+
+# --- comparison ---------------------------------------------------------------------
+
+
+def assert_same_fit(duck: FitResult, spark_fit: FitResult) -> None:
+    """Same rows, groups and keys; every number within RTOL (relative)."""
+    assert spark_fit.rows == duck.rows
+    assert spark_fit.groups == duck.groups
+    assert spark_fit.nobs == duck.nobs
+    assert spark_fit.objective == pytest.approx(duck.objective, rel=RTOL)
+    for name in ("components", "coefficients", "estimates", "effects"):
+        a, b = getattr(duck, name), getattr(spark_fit, name)
+        assert a.columns == b.columns, name
+        numbers = [c for c, t in a.schema.items() if t == pl.Float64]
+        keys = [c for c in a.columns if c not in numbers]
+        a, b = a.sort(keys, nulls_last=True), b.sort(keys, nulls_last=True)
+        assert_frame_equal(a.select(keys), b.select(keys))
+        for column in numbers:
+            want, got = a[column].to_numpy(), b[column].to_numpy()
+            scale = float(np.nanmax(np.abs(want))) if len(want) else 0.0
+            np.testing.assert_allclose(
+                got, want, rtol=RTOL, atol=1e-12 * scale, err_msg=f"{name}.{column}"
+            )
+
+
+def fit_both(pattern: str, formula: str) -> tuple[FitResult, FitResult, list[str]]:
+    from pooljob.spark import SparkSource, open_spark_source
+
+    parsed = parse_formula(formula)
+    with open_config_source(path=pattern) as source:
+        duck = fit_source(parsed, source, "gaussian", "reml", 0.95)
+    queries: list[str] = []
+    original = SparkSource.arrow
+
+    def spy(self: SparkSource, sql: str, params: dict[str, float] | None = None) -> Any:
+        queries.append(sql)
+        return original(self, sql, params)
+
+    SparkSource.arrow = spy  # type: ignore[method-assign]
+    try:
+        with open_spark_source(path=pattern) as source:
+            spark_fit = fit_source(parsed, source, "gaussian", "reml", 0.95)
+    finally:
+        SparkSource.arrow = original  # type: ignore[method-assign]
+    return duck, spark_fit, queries
+
+
+# --- tests with Spark ---------------------------------------------------------------
+
+
+def test_nested_model_equals_duckdb(spark: Any, tmp_path: Path) -> None:
+    write_hive(nested_rows(), tmp_path / "data", "state")
+    duck, spark_fit, queries = fit_both(
+        str(tmp_path / "data" / "**" / "*.parquet"), "y ~ 1 + (1 | state/county/zip)"
+    )
+    assert spark_fit.nested and duck.nested
+    assert duck.rows["dropped"] == {
+        "null_group_key": 1,
+        "null_response": 1,
+        "nonfinite_response": 3,
+        "unusable_covariate": 0,
+    }
+    assert len(queries) == 3  # first scan, finite rows only, centred at ~1e9
+    assert_same_fit(duck, spark_fit)
+
+
+def test_crossed_model_with_covariate_equals_duckdb(spark: Any, tmp_path: Path) -> None:
+    path = tmp_path / "crossed.csv"
+    crossed_rows().write_csv(path)
+    duck, spark_fit, queries = fit_both(str(path), "y ~ x + urban + (1 | a) + (1 | b)")
+    assert not spark_fit.nested
+    assert len(queries) == 2  # the covariate near 1e6 is read again centred
+    assert set(spark_fit.coefficients["term"]) == {"(Intercept)", "x", "urbanY"}
+    assert_same_fit(duck, spark_fit)
+
+
+def _job(folder: Path, name: str, engine: str = "") -> Path:
+    cfg = folder / f"{name}.toml"
+    cfg.write_text(
+        '[source]\npath = "data/**/*.parquet"\nwhere = "zip <> 3"\n'
+        '[model]\nformula = "y ~ 1 + (1 | state/county)"\n'
+        f'[output]\npath = "out-{name}"\n' + engine
+    )
+    return cfg
+
+
+def test_job_with_spark_engine_publishes_what_duckdb_does(spark: Any, tmp_path: Path) -> None:
+    from pooljob.job import run
+
+    write_hive(nested_rows(5), tmp_path / "data", "state")
+    duck_cfg = _job(tmp_path, "duckdb")
+    spark_cfg = _job(
+        tmp_path,
+        "spark",
+        '[engine]\nkind = "spark"\nmaster = "local[2]"\n'
+        "[engine.conf]\nspark.sql.shuffle.partitions = 4\n",
+    )
+    duck = run(load_config(duck_cfg))
+    on_spark = run(load_config(spark_cfg))
+    assert spark.sparkContext._jsc is not None  # the module's session was used, not stopped
+    assert_same_fit(duck.result, on_spark.result)
+    manifest = json.loads((on_spark.run_dir / "manifest.json").read_text())
+    assert manifest["config"]["engine"]["kind"] == "spark"
+    assert manifest["rows"]["read"] < nested_rows(5).height  # the where filter ran on Spark
+    published = pl.read_parquet(tmp_path / "out-spark" / "current" / "estimates.parquet")
+    assert published.height == on_spark.result.estimates.height
+
+
+def test_explain_and_validate_on_spark(spark: Any, tmp_path: Path, capsys: Any) -> None:
+    from pooljob.cli import main
+
+    write_hive(nested_rows(), tmp_path / "data", "state")
+    cfg = _job(tmp_path, "spark", '[engine]\nkind = "spark"\n')
+    assert main(["explain", str(cfg)]) == 0
+    text = capsys.readouterr().out
+    assert "-- engine: spark" in text and "zip <> 3" in text
+    assert "VAR_POP(v0)" in text and ":s0" in text and "`county`" in text and "$" not in text
+    assert main(["validate", str(cfg)]) == 0
+    assert "is valid" in capsys.readouterr().out
+    assert not (tmp_path / "out-spark").exists()
+
+
+def test_bad_where_is_one_line_input_error(spark: Any, tmp_path: Path) -> None:
+    from pooljob.spark import open_spark_source
+
+    write_hive(nested_rows(), tmp_path / "data", "state")
+    pattern = str(tmp_path / "data" / "**" / "*.parquet")
+    with (
+        pytest.raises(InputError, match=r"not a valid Spark SQL filter") as info,
+        open_spark_source(path=pattern, where="no_such_column > 1"),
+    ):
+        pass
+    assert "\n" not in str(info.value)
+    with (
+        pytest.raises(InputError, match="matches no file"),
+        open_spark_source(path=str(tmp_path / "nothing" / "*.parquet")),
+    ):
+        pass
+
+
+# --- without Spark: the transpiled SQL and the config -------------------------------
+
+
+def test_statistics_sql_transpiles_to_spark_with_parameters() -> None:
+    pytest.importorskip("sqlglot")
+    from pooljob.cells import NumericVariable, cell_stats_sql
+    from pooljob.spark_sql import duckdb_type, spark_sql
+
+    duck = cell_stats_sql(
+        ("state", 'odd"na`me'), (NumericVariable(("y",)), NumericVariable(("x", "z"))), True, True
+    )
+    text = spark_sql(duck)
+    assert '`odd"na``me`' in text  # quoted for Spark, the backtick doubled
+    assert ":s0" in text and ":s1" in text and "$" not in text
+    assert "isfinite" not in text.lower() and "ISNAN(v0)" in text
+    assert "VAR_POP(v0)" in text and "COVAR_POP(v0, v1)" in text
+    no_keys = spark_sql(cell_stats_sql((), (NumericVariable(("y",)),), False))
+    assert "GROUP BY" not in no_keys
+    assert duckdb_type("bigint") == "BIGINT" and duckdb_type("decimal(10,2)") == "DECIMAL(10,2)"
+    assert duckdb_type("array<string>") == "VARCHAR[]"
+
+
+def _config(tmp_path: Path, source: str, engine: str) -> Path:
+    cfg = tmp_path / "job.toml"
+    cfg.write_text(
+        f'[source]\n{source}\n[model]\nformula = "y ~ 1 + (1 | g)"\n'
+        f'[output]\npath = "out"\n[engine]\n{engine}\n'
+    )
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("source", "engine", "message"),
+    [
+        ('database = "w.duckdb"\ntable = "t"', 'kind = "spark"', r"database cannot be read by"),
+        ('query = "select 1"', 'kind = "spark"', r"query cannot be read by"),
+        ('path = "d/*.parquet"', 'kind = "spark"\nthreads = 2', r"threads set DuckDB"),
+        ('path = "d/*.parquet"', 'master = "local[2]"', r"master: Spark settings"),
+        ('path = "d/*.parquet"', 'kind = "flink"', r"kind = 'flink' is not supported"),
+        ('path = "d/*.parquet"', 'kind = "spark"\nconf = { a = [1] }', r"conf a = \[1\]"),
+    ],
+)
+def test_engine_config_errors(tmp_path: Path, source: str, engine: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(_config(tmp_path, source, engine))
+    assert "\n" not in str(info.value)
+
+
+def test_spark_conf_tables_are_joined_with_dots(tmp_path: Path) -> None:
+    cfg = _config(
+        tmp_path,
+        'path = "d/*.parquet"',
+        'kind = "spark"\nmaster = "yarn"\n[engine.conf]\n"spark.executor.memory" = "8g"\n'
+        "spark.sql.shuffle.partitions = 400\nspark.sql.adaptive.enabled = true",
+    )
+    engine = load_config(cfg).engine
+    assert engine.kind == "spark" and engine.master == "yarn"
+    assert engine.conf == {
+        "spark.executor.memory": "8g",
+        "spark.sql.shuffle.partitions": "400",
+        "spark.sql.adaptive.enabled": "true",
+    }
