@@ -122,8 +122,9 @@ def optimize(blocks: Blocks, reml: bool) -> tuple[Array, OptSummary]:
 
     COBYQA (Powell's derivative-free trust-region method with quadratic
     models, the successor of the BOBYQA that lme4 uses) from lme4's start
-    (1 on the diagonal, 0 elsewhere), to a trust-region radius of 1e-7.  The
-    criterion is even in each column of ``T_k``, so it is flat to first order
+    (1 on the diagonal, 0 elsewhere), to a trust-region radius of 1e-7, then
+    a finite-difference Newton polish (:mod:`pooljob.polish`).  The criterion
+    is even in each column of ``T_k``, so it is flat to first order
     where a diagonal entry is 0: a point there is accepted only if moving the
     entry off 0 does not lower the criterion; otherwise the search restarts
     from there.
