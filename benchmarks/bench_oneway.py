@@ -103,7 +103,7 @@ def main() -> None:
         config.write_text(
             f'[source]\npath = "{path}"\n'
             '[model]\nformula = "y ~ 1 + (1 | g)"\n'
-            f'[output]\npath = "{Path(tmp) / "out"}"\nkeep_runs = 2\n'
+            f'[output]\npath = "{Path(tmp) / "out"}"\nkeep_runs = 2\nincremental = false\n'
         )
         reference_once(path)  # warm the file cache for both
         pooljob_once(config)

@@ -61,9 +61,19 @@ def _pattern(path: str) -> str:
 
 
 def source_files(path: str) -> list[str]:
-    """The local files a ``[source] path`` matches, as DuckDB expands the glob."""
+    """The files a ``[source] path`` matches, as DuckDB expands the glob.
+
+    Local patterns are expanded by Python's recursive glob (the same rules for
+    ``*``, ``?`` and ``**``) without opening a DuckDB connection, which costs
+    ~20 ms and is paid twice a run; remote ones by DuckDB's ``glob``.
+    """
+    pattern = _pattern(path)
+    if "://" not in pattern:
+        if not glob.has_magic(pattern):
+            return [pattern] if os.path.isfile(pattern) else []
+        return sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
     with duckdb.connect(":memory:") as con:
-        rows = con.execute("select file from glob(?)", [_pattern(path)]).fetchall()
+        rows = con.execute("select file from glob(?)", [pattern]).fetchall()
     return [str(r[0]) for r in rows]
 
 
