@@ -32,7 +32,7 @@ from pooljob.design import (
 from pooljob.errors import InputError
 from pooljob.formula import Formula
 from pooljob.lmm import MAX_DENSE, Solution, objective, prediction_variance, solve
-from pooljob.optimize import SINGULAR_TOL, OptSummary
+from pooljob.optimize import SINGULAR_TOL, OptSummary, snap_to_zero
 from pooljob.polish import newton_polish
 
 Array = NDArray[np.float64]
@@ -172,13 +172,7 @@ def optimize(blocks: Blocks, reml: bool) -> tuple[Array, OptSummary]:
         if restart is None:
             break
         start = restart
-    for i in diag:
-        if 0.0 < theta[i] < SINGULAR_TOL:
-            trial = theta.copy()
-            trial[i] = 0.0
-            ft = fun(trial)
-            if ft <= fmin + 1e-10 * max(1.0, abs(fmin)):
-                theta, fmin = trial, ft
+    theta, fmin, _ = snap_to_zero(fun, theta, fmin, diag)  # fun counts its evaluations
     theta, fmin, polish_evaluations = newton_polish(fun, theta, _interior(blocks, theta))
     summary = OptSummary(
         optimizer="COBYQA (derivative-free, quadratic models), then a Newton polish",

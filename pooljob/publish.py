@@ -45,7 +45,8 @@ def new_run_id(now: datetime | None = None) -> str:
     return now.strftime("%Y%m%dT%H%M%S%fZ") + f"-{os.getpid()}"
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file or a directory to disk (a directory, so a rename in it is durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -99,11 +100,11 @@ def publish(output: Path, run_id: str, write: Callable[[Path], None], keep_runs:
         made.append(partial)
         write(partial)
         for f in partial.iterdir():
-            _fsync(f)
-        _fsync(partial)
+            fsync_path(f)
+        fsync_path(partial)
         os.rename(partial, final)
         made.append(final)
-        _fsync(runs)
+        fsync_path(runs)
         os.symlink(os.path.join(RUNS, run_id), tmp_link)
         made.append(tmp_link)
         os.replace(tmp_link, current)
@@ -113,7 +114,7 @@ def publish(output: Path, run_id: str, write: Callable[[Path], None], keep_runs:
             raise os_error("write the run to", partial, exc) from None
         raise
     try:
-        _fsync(output)
+        fsync_path(output)
     except OSError as exc:  # published: only the sync of the directory entry failed
         log.warning("published %s, but syncing %r failed: %s", run_id, str(output), exc)
     prune(runs, keep_runs, keep=run_id)

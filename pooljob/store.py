@@ -44,6 +44,7 @@ import polars as pl
 from numpy.typing import NDArray
 
 from pooljob.cells import DROP_REASONS
+from pooljob.publish import fsync_path
 
 STATE = "state"
 RECORD = "store.json"
@@ -187,14 +188,6 @@ def load_store(output: Path, identity: dict[str, Any]) -> Store:
     return Store(identity=stored, shifts=shifts, files=files, cells=cells, run_id=run_id)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
@@ -248,7 +241,7 @@ def save_store(output: Path, run_id: str, store: Store) -> Path:
                 path.unlink()
         raise
     with contextlib.suppress(OSError):
-        _fsync(folder)
+        fsync_path(folder)
     keep = {t["file"] for t in tables.values()}
     for entry in folder.iterdir():
         old_table = entry.name.startswith(("cells-", "files-")) and entry.suffix == ".parquet"
