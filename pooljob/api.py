@@ -6,6 +6,7 @@ import time
 from typing import Any, Literal
 
 from pooljob.cells import CellTable, scan_cells
+from pooljob.counts import COUNT_FAMILIES
 from pooljob.errors import ConfigError, NotNestedError
 from pooljob.formula import Formula, parse_formula
 from pooljob.model import fit_nested
@@ -13,8 +14,15 @@ from pooljob.results import FitResult, build, build_general
 from pooljob.source import TableSource, open_data
 from pooljob.statistics import ScanSpec, check_schema, nested_statistics
 
-FAMILIES = ("gaussian",)
-METHODS = ("reml", "ml")
+FAMILIES = ("gaussian", "binomial", "poisson")
+METHODS = ("reml", "ml", "laplace")
+#: The estimation methods of each family; the first is the default.
+FAMILY_METHODS = {"gaussian": ("reml", "ml"), "binomial": ("laplace",), "poisson": ("laplace",)}
+
+
+def default_method(family: str) -> str:
+    """The default method of ``family``: REML for gaussian, Laplace otherwise."""
+    return FAMILY_METHODS.get(family, ("reml",))[0]
 
 
 def check_options(family: str, method: str, interval: float) -> list[str]:
@@ -22,8 +30,15 @@ def check_options(family: str, method: str, interval: float) -> list[str]:
     problems = []
     if family not in FAMILIES:
         problems.append(f"family = {family!r} is not supported; use one of {', '.join(FAMILIES)}")
-    if method not in METHODS:
-        problems.append(f"method = {method!r} is not supported; use one of {', '.join(METHODS)}")
+        if method not in METHODS:
+            problems.append(
+                f"method = {method!r} is not supported; use one of {', '.join(METHODS)}"
+            )
+    elif method not in FAMILY_METHODS[family]:
+        allowed = ", ".join(repr(m) for m in FAMILY_METHODS[family])
+        problems.append(
+            f"method = {method!r} is not supported for family = {family!r}; use {allowed}"
+        )
     if (
         isinstance(interval, bool)
         or not isinstance(interval, int | float)
@@ -44,7 +59,11 @@ def fit_source(
     start from the same cell statistics.
     """
     t0 = time.perf_counter()
-    spec = check_schema(source, formula)
+    spec = check_schema(source, formula, family)
+    if family in COUNT_FAMILIES:
+        from pooljob.rates import fit_count_source
+
+        return fit_count_source(formula, source, spec, family, interval)
     cells = scan_cells(source, spec.keys, spec.variables)
     return fit_cells(
         formula,
@@ -100,11 +119,15 @@ def fit_cells(
 def fit(
     formula: str,
     data: Any,
-    family: Literal["gaussian"] = "gaussian",
-    method: Literal["reml", "ml"] = "reml",
+    family: Literal["gaussian", "binomial", "poisson"] = "gaussian",
+    method: Literal["reml", "ml", "laplace"] | None = None,
     interval: float = 0.95,
 ) -> FitResult:
-    """Fit a multilevel model by REML or ML from DuckDB sufficient statistics.
+    """Fit a multilevel model from DuckDB sufficient statistics.
+
+    Gaussian models by REML or ML from per-cell moments; binomial (logit)
+    and Poisson (log) models by Laplace's approximation, as glmer, from
+    per-cell counts.
 
     Parameters
     ----------
@@ -113,8 +136,12 @@ def fit(
     data : str, path, DuckDB relation, or polars / pandas / Arrow table
         A Parquet or CSV path or glob is scanned by DuckDB; tables are read
         in place.  Rows never come into Python.
-    family : {"gaussian"}
-    method : {"reml", "ml"}
+    family : {"gaussian", "binomial", "poisson"}
+        A binomial response is a 0/1 (or boolean) column, or
+        ``cbind(successes, failures)``; a Poisson response a count column,
+        with ``offset(log(exposure))`` for rates.
+    method : {"reml", "ml", "laplace"}, optional
+        Default: ``"reml"`` for gaussian, ``"laplace"`` otherwise.
     interval : float
         Coverage of the ``lower``/``upper`` interval of the estimates.
 
@@ -126,6 +153,9 @@ def fit(
         ``.singular``.
     """
     parsed = parse_formula(formula)
+    if method is None:
+        method = default_method(family)  # type: ignore[assignment]
+    assert method is not None
     problems = check_options(family, method, interval)
     if problems:
         raise ConfigError("; ".join(problems))

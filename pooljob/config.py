@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pooljob.api import FAMILIES, METHODS, check_options
+from pooljob.api import FAMILIES, METHODS, check_options, default_method
 from pooljob.errors import ConfigError, FormulaError
 from pooljob.formula import Formula, parse_formula
 from pooljob.report_data import resolve_grouping
@@ -96,9 +96,10 @@ class EngineConfig:
     """The engine of the scan, and its settings.
 
     ``kind = "duckdb"`` (default) takes ``threads`` (default: all cores) and
-    ``memory_limit``; ``kind = "spark"`` takes ``master`` (default: what
-    ``spark-submit`` or an active session says) and ``conf``, Spark settings
-    as strings (nested TOML tables are joined with dots).
+    ``memory_limit`` (default: a quarter of RAM, at most 3 GiB);
+    ``kind = "spark"`` takes ``master`` (default: what ``spark-submit`` or an
+    active session says) and ``conf``, Spark settings as strings (nested TOML
+    tables are joined with dots).
     """
 
     threads: int | None = None
@@ -277,7 +278,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
         except FormulaError as exc:
             problems.append(f"[model] formula: {exc}")
     family = model_raw.get("family", "gaussian")
-    method = model_raw.get("method", "reml")
+    method = model_raw.get("method", default_method(family) if isinstance(family, str) else "reml")
     interval = out_raw.get("interval", 0.95)
     if isinstance(family, str) and isinstance(method, str):
         problems.extend(

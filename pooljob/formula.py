@@ -117,6 +117,12 @@ class Formula:
         Columns added to the linear predictor with coefficient 1.
     random : tuple of RandomTerm
         Random-effect terms, nested ones expanded (``a/b`` is ``a + b:a``).
+    log_offsets : tuple of str
+        Columns whose logarithm is an offset: ``offset(log(exposure))``.
+    cbind : (str, bool) or None
+        A binomial response ``cbind(s, f)``: ``response`` is the successes
+        column ``s`` and this is ``(f, False)``; for ``cbind(s, n - s)`` it is
+        ``(n, True)``, the column of trials.
     """
 
     text: str
@@ -125,6 +131,8 @@ class Formula:
     random: tuple[RandomTerm, ...]
     fixed: tuple[Term, ...] = ()
     offsets: tuple[str, ...] = ()
+    log_offsets: tuple[str, ...] = ()
+    cbind: tuple[str, bool] | None = None
 
     @property
     def groupings(self) -> tuple[Grouping, ...]:
@@ -141,6 +149,8 @@ class Formula:
             self.intercept
             and not self.fixed
             and not self.offsets
+            and not self.log_offsets
+            and self.cbind is None
             and bool(self.random)
             and all(rt.intercept_only for rt in self.random)
         )
@@ -171,9 +181,11 @@ class Formula:
     def columns(self) -> tuple[str, ...]:
         """Every source column the model reads: the response first."""
         seen: dict[str, None] = {self.response: None}
+        if self.cbind is not None:
+            seen.setdefault(self.cbind[0], None)
         for v in self.variables:
             seen.setdefault(v.column, None)
-        for c in (*self.offsets, *self.key_columns):
+        for c in (*self.offsets, *self.log_offsets, *self.key_columns):
             seen.setdefault(c, None)
         return tuple(seen)
 
@@ -343,9 +355,16 @@ def _variable(text: str, toks: list[_Tok], where: str) -> Variable | str:
             return Variable(toks[2].value, as_factor=True)
         if values[0] == "offset":
             return "offset"
+    if (
+        len(toks) == 7
+        and values[:4] == ["offset", "(", "log", "("]
+        and toks[4].kind == "name"
+        and values[5:] == [")", ")"]
+    ):
+        return "log_offset"
     raise UnsupportedTermError(
         f"term '{_source(text, toks)}' in {where} is not supported: use column names, "
-        "factor(col), interactions a:b and a*b, or offset(col)"
+        "factor(col), interactions a:b and a*b, offset(col) or offset(log(col))"
     )
 
 
@@ -384,11 +403,12 @@ def _same_term(a: Term, b: Term) -> bool:
 
 def _linear_part(
     text: str, toks: list[_Tok], where: str, allow_random: bool
-) -> tuple[bool, list[Term], list[str], list[list[_Tok]]]:
-    """Parse ``1 + a + b:c - d``: intercept, terms, offsets, random parts."""
+) -> tuple[bool, list[Term], list[str], list[list[_Tok]], list[str]]:
+    """Parse ``1 + a + b:c - d``: intercept, terms, offsets, random parts, log offsets."""
     intercept = True
     terms: list[Term] = []
     offsets: list[str] = []
+    log_offsets: list[str] = []
     random: list[list[_Tok]] = []
     for sign, part in _split_top(toks, {"+", "-"}):
         if not part:
@@ -413,11 +433,18 @@ def _linear_part(
                 f"term '{_source(text, part)}' in {where} is not supported: write the "
                 "terms out without parentheses"
             )
-        v = _variable(text, part, where) if len(part) in (1, 4) else None
-        if v == "offset":
+        v = (
+            _variable(text, part, where)
+            if len(part) in (1, 4) or (len(part) == 7 and part[0].value == "offset")
+            else None
+        )
+        if v in ("offset", "log_offset"):
             if sign == "-":
                 raise FormulaError(f"formula {text!r}: an offset cannot be subtracted")
-            offsets.append(part[2].value)
+            if v == "offset":
+                offsets.append(part[2].value)
+            else:
+                log_offsets.append(part[4].value)
             continue
         expanded = _term_products(text, part, where)
         if sign == "-":
@@ -426,7 +453,7 @@ def _linear_part(
         for e in expanded:
             if not any(_same_term(e, t) for t in terms):
                 terms.append(e)
-    return intercept, terms, offsets, random
+    return intercept, terms, offsets, random, log_offsets
 
 
 def _random_term(text: str, toks: list[_Tok]) -> list[RandomTerm]:
@@ -441,8 +468,8 @@ def _random_term(text: str, toks: list[_Tok]) -> list[RandomTerm]:
     correlated = toks[bars[0]].value == "|"
     if not lhs:
         raise FormulaError(f"formula {text!r}: '({term})' has nothing before the '|'")
-    intercept, terms, offsets, _ = _linear_part(text, lhs, f"'({term})'", allow_random=False)
-    if offsets:
+    intercept, terms, offsets, _, logs = _linear_part(text, lhs, f"'({term})'", allow_random=False)
+    if offsets or logs:
         raise UnsupportedTermError(f"random-effect term '({term})': offset() is not allowed here")
     terms.sort(key=len)
     if not intercept and not terms:
@@ -475,6 +502,30 @@ def _name_random(random: list[RandomTerm]) -> tuple[RandomTerm, ...]:
     return tuple(named)
 
 
+def _response(text: str, lhs: list[_Tok]) -> tuple[str, tuple[str, bool] | None]:
+    """The left of ``~``: a column, ``cbind(s, f)`` or ``cbind(s, n - s)``."""
+    if len(lhs) == 1 and lhs[0].kind == "name":
+        return lhs[0].value, None
+    values = [t.value for t in lhs]
+    if len(lhs) >= 6 and values[:2] == ["cbind", "("] and values[-1] == ")":
+        args = [part for _, part in _split_top(lhs[2:-1], {","})]
+        if len(args) == 2 and len(args[0]) == 1 and args[0][0].kind == "name":
+            s, second = args[0][0].value, args[1]
+            if len(second) == 1 and second[0].kind == "name":
+                return s, (second[0].value, False)
+            if (
+                [t.kind for t in second] == ["name", "op", "name"]
+                and second[1].value == "-"
+                and second[2].value == s
+            ):
+                return s, (second[0].value, True)
+    raise UnsupportedTermError(
+        f"response {_source(text, lhs)!r} is not supported: the left of '~' must be one "
+        "numeric column, or for a binomial model cbind(successes, failures) or "
+        "cbind(successes, trials - successes) (backticks for unusual names)"
+    )
+
+
 def parse_formula(text: str) -> Formula:
     """Parse an lme4 formula.
 
@@ -504,14 +555,10 @@ def parse_formula(text: str) -> Formula:
             f"formula {text!r} needs one response on the left of '~', e.g. 'y ~ 1 + (1 | g)'"
         )
     lhs, rhs = toks[: tildes[0]], toks[tildes[0] + 1 :]
-    if len(lhs) != 1 or lhs[0].kind != "name":
-        raise UnsupportedTermError(
-            f"response {_source(text, lhs)!r} is not supported: the left of '~' "
-            "must be one numeric column (backticks for unusual names)"
-        )
+    response, cbind = _response(text, lhs)
     if not rhs:
         raise FormulaError(f"formula {text!r} has nothing on the right of '~'")
-    intercept, terms, offsets, random_parts = _linear_part(
+    intercept, terms, offsets, random_parts, log_offsets = _linear_part(
         text, rhs, "the fixed part", allow_random=True
     )
     random: list[RandomTerm] = []
@@ -534,9 +581,11 @@ def parse_formula(text: str) -> Formula:
         raise FormulaError(f"formula {text!r} has no terms on the right of '~'")
     return Formula(
         text=text,
-        response=lhs[0].value,
+        response=response,
         intercept=intercept,
         random=_name_random(random),
         fixed=_sort_terms(terms),
         offsets=tuple(offsets),
+        log_offsets=tuple(log_offsets),
+        cbind=cbind,
     )

@@ -47,6 +47,7 @@ from pooljob.cells import (
     scan_cells,
     scan_moments,
 )
+from pooljob.counts import COUNT_FAMILIES
 from pooljob.fingerprint import FileStamp, InputSnapshot
 from pooljob.logs import log_event
 from pooljob.moments import merge_moments
@@ -156,7 +157,20 @@ def fit_refreshed(
     """
     t0 = time.perf_counter()
     formula = config.model.formula
-    spec = check_schema(source, formula)
+    family = config.model.family
+    spec = check_schema(source, formula, family)
+    if family in COUNT_FAMILIES:
+        from pooljob.rates import fit_count_source
+
+        log_event(
+            "refresh",
+            "refresh: full scan, no statistics store: family = %r is fitted from one count scan",
+            family,
+            mode="full",
+        )
+        result = fit_count_source(formula, source, spec, family, config.output.interval)
+        reason = f"family = {family!r} is fitted from one count scan (no statistics store)"
+        return result, Refresh("full", reason, scanned=len(snap.files))
     cells, refresh = refresh_cells(config, source, spec, snap, full)
     result = fit_cells(
         formula,

@@ -124,21 +124,34 @@ class GroupStatistics:
     rows: dict[str, object]
 
 
-def check_schema(source: TableSource, formula: Formula) -> ScanSpec:
-    """Check that the model's columns exist and have usable types."""
+def check_schema(source: TableSource, formula: Formula, family: str = "gaussian") -> ScanSpec:
+    """Check that the model's columns exist and have usable types for ``family``."""
     source.require(formula.columns)
-    numeric_needed = [formula.response, *formula.offsets]
-    numeric_needed += [
-        v.column
-        for v in formula.variables
-        if not v.as_factor and _NUMERIC.match(source.columns[v.column])
-    ]
-    for col in dict.fromkeys(numeric_needed):
+    if family == "gaussian":
+        if formula.cbind is not None:
+            raise InputError(
+                f"formula {formula.text!r}: a cbind(successes, failures) response needs "
+                "family = 'binomial'"
+            )
+        if formula.log_offsets:
+            raise InputError(
+                f"formula {formula.text!r}: offset(log(...)) is supported for family = "
+                "'poisson' and 'binomial'; for a gaussian model compute the column in a "
+                "[source] query and use offset(col)"
+            )
+    roles = {formula.response: "response"}
+    if formula.cbind is not None:
+        roles.setdefault(formula.cbind[0], "response")
+    for col in (*formula.offsets, *formula.log_offsets):
+        roles.setdefault(col, "offset")
+    for v in formula.variables:
+        if not v.as_factor and _NUMERIC.match(source.columns[v.column]):
+            roles.setdefault(v.column, "covariate")
+    for col, role in roles.items():
         ctype = source.columns[col]
         if not _NUMERIC.match(ctype):
-            role = "response" if col == formula.response else "offset"
             raise InputError(
-                f"{role} column {col!r} has type {ctype}; a gaussian model needs a "
+                f"{role} column {col!r} has type {ctype}; a {family} model needs a "
                 "numeric column (integer, decimal, floating point or boolean): cast it in a "
                 "[source] query or fix the data"
             )

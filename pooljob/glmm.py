@@ -1,0 +1,498 @@
+"""Binomial and Poisson mixed models by Laplace's approximation, from per-cell counts.
+
+The model for cell ``c`` (every row of a cell shares its linear predictor)::
+
+    η_c = x_cᵀβ + z_cᵀ Λ_θ u + o_c,        u ~ N(0, I)
+    binomial (logit):  y_c ~ Binomial(t_c, expit η_c)
+    Poisson (log):     y_c ~ Poisson(t_c e^{η_c})     (t_c = Σ_rows e^{offset})
+
+with ``y_c``, ``t_c`` per-cell sums (:mod:`pooljob.counts`).  As in glmer
+(nAGQ = 1), the criterion is the Laplace approximation of −2 log-likelihood::
+
+    d(θ, β) = −2 Σ_c ℓ_c(η̂_c) + ‖û‖² + log|L|²,     L Lᵀ = Λ'Z'WZΛ + I
+
+where ``û`` minimises the penalised deviance ``−2 Σ ℓ_c + ‖u‖²`` at
+(θ, β) — found by penalised iteratively reweighted least squares (PIRLS;
+for canonical links, Newton's method), with the blocked Cholesky of
+:mod:`pooljob.lmm` — and ``W = diag(∂μ/∂η)`` is evaluated at ``û``.
+``ℓ_c`` includes the per-row constants, so ``−d/2`` is glmer's ``logLik``.
+glmer minimises ``d`` over (θ, β) jointly after a first pass over θ with β
+and u found together (nAGQ = 0); so does :func:`fit_counts`.
+
+Pure numerics (numpy, scipy): no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import scipy.linalg as sla
+from numpy.typing import NDArray
+from scipy.optimize import minimize
+from scipy.special import expit
+
+from pooljob.blocks import Blocks, Pair
+from pooljob.lmm import Factor, Solution, factorize, solve, templates
+from pooljob.optimize import SINGULAR_TOL, OptSummary, snap_to_zero
+from pooljob.polish import _hessian, newton_polish
+
+Array = NDArray[np.float64]
+Codes = NDArray[np.int64]
+
+#: PIRLS stops once a Newton step moves no coordinate of (β, u) by more than
+#: this (relative to 1 + |value|); the step is then taken and the criterion
+#: evaluated there, ~1e-14 from the mode (Newton converges quadratically).
+PIRLS_TOL = 1e-7
+PIRLS_MAX = 60
+
+
+@dataclass(frozen=True)
+class CountModel:
+    """The data and layout of a count model, fixed for a fit.
+
+    Attributes
+    ----------
+    family : {"binomial", "poisson"}
+    y, t, offset : ndarray, shape (C,)
+        Per cell: successes or events; trials or exposure; offset (binomial).
+    constant : float
+        Σ over rows of the log-likelihood constants.
+    x : ndarray, shape (C, p)
+        Fixed-effect design per cell.
+    z : list of ndarray, shape (C, p_k)
+        Random-effect design per cell, one per block, in block order
+        (``order[k]`` is the design's index of block k).
+    codes : list of ndarray, shape (C,)
+        Level of each cell in each block (block order).
+    levels : list of int
+    free : list of list of (int, int)
+        Lower-triangle entries of each template ``T_k`` that θ sets.
+    order : list of int
+    pairs : dict
+        ``(a, b) → (codes_a, codes_b, inverse)``: the pairs of levels that
+        share a cell, and each cell's pair.
+    """
+
+    family: str
+    y: Array
+    t: Array
+    offset: Array
+    constant: float
+    x: Array
+    z: list[Array]
+    codes: list[Codes]
+    levels: list[int]
+    free: list[list[tuple[int, int]]]
+    order: list[int]
+    pairs: dict[tuple[int, int], tuple[Codes, Codes, Codes]]
+
+    @property
+    def n_theta(self) -> int:
+        """Length of θ."""
+        return sum(len(f) for f in self.free)
+
+    @property
+    def widths(self) -> list[int]:
+        """Columns per block."""
+        return [int(z.shape[1]) for z in self.z]
+
+
+def count_model(
+    family: str,
+    y: Array,
+    t: Array,
+    offset: Array,
+    constant: float,
+    x: Array,
+    random: list[tuple[Codes, int, Array, list[tuple[int, int]]]],
+) -> CountModel:
+    """Lay out a count model; ``random`` is (codes, levels, z, free entries) in design order.
+
+    The block with the most columns (levels × width) comes first, as in
+    :func:`pooljob.blocks.build_blocks`.
+    """
+    order = sorted(range(len(random)), key=lambda k: -random[k][1] * random[k][2].shape[1])
+    codes = [random[k][0] for k in order]
+    levels = [random[k][1] for k in order]
+    pairs: dict[tuple[int, int], tuple[Codes, Codes, Codes]] = {}
+    for a in range(len(order)):
+        for b in range(a + 1, len(order)):
+            key = codes[a] * levels[b] + codes[b]
+            uniq, inv = np.unique(key, return_inverse=True)
+            pairs[(a, b)] = (uniq // levels[b], uniq % levels[b], inv.astype(np.int64).ravel())
+    return CountModel(
+        family=family,
+        y=y,
+        t=t,
+        offset=offset,
+        constant=constant,
+        x=x,
+        z=[random[k][2] for k in order],
+        codes=codes,
+        levels=levels,
+        free=[random[k][3] for k in order],
+        order=order,
+        pairs=pairs,
+    )
+
+
+def mean_link(family: str, eta: Array) -> tuple[Array, Array]:
+    """Per unit of ``t``: the mean ``m(η)`` and its derivative ``m'(η)``."""
+    if family == "binomial":
+        p = expit(eta)
+        return p, p * (1.0 - p)
+    mu = np.exp(eta)
+    return mu, mu
+
+
+def link(family: str, mean: Array) -> Array:
+    """The link: ``logit`` (binomial) or ``log`` (Poisson)."""
+    with np.errstate(divide="ignore"):
+        if family == "binomial":
+            return np.asarray(np.log(mean) - np.log1p(-mean))
+        return np.asarray(np.log(mean))
+
+
+def deviance_terms(model: CountModel, eta: Array) -> float:
+    """``−2 Σ_c ℓ_c(η_c)`` without the constant."""
+    if model.family == "binomial":
+        ll = model.y * eta - model.t * np.logaddexp(0.0, eta)
+    else:
+        ll = model.y * eta - model.t * np.exp(eta)
+    return float(-2.0 * ll.sum())
+
+
+def _sum_by(codes: Codes, values: Array, size: int) -> Array:
+    return np.stack(
+        [np.bincount(codes, values[:, j], minlength=size) for j in range(values.shape[1])],
+        axis=1,
+    ).astype(np.float64, copy=False)
+
+
+def weighted_blocks(model: CountModel, w: Array, x: Array, r: Array) -> Blocks:
+    """``[ZΛ X r]' W [ZΛ X r]`` as :class:`pooljob.blocks.Blocks` (the cells weighted by w)."""
+    xr = np.column_stack([x, r])
+    p = x.shape[1]
+    wxr = w[:, None] * xr
+    ztz, ztxy = [], []
+    for z, codes, q in zip(model.z, model.codes, model.levels, strict=True):
+        pk = z.shape[1]
+        wz = w[:, None] * z
+        zz = (wz[:, :, None] * z[:, None, :]).reshape(len(w), -1)
+        ztz.append(_sum_by(codes, zz, q).reshape(q, pk, pk))
+        zxy = (z[:, :, None] * wxr[:, None, :]).reshape(len(w), -1)
+        ztxy.append(_sum_by(codes, zxy, q).reshape(q, pk, p + 1))
+    pairs = {}
+    for (a, b), (ca, cb, inv) in model.pairs.items():
+        za, zb = model.z[a], model.z[b]
+        zz = (w[:, None, None] * za[:, :, None] * zb[:, None, :]).reshape(len(w), -1)
+        vals = _sum_by(inv, zz, len(ca)).reshape(len(ca), za.shape[1], zb.shape[1])
+        pairs[(a, b)] = Pair(ca, cb, vals)
+    offsets = [0, 0]
+    for q, wd in zip(model.levels[1:], model.widths[1:], strict=True):
+        offsets.append(offsets[-1] + q * wd)
+    return Blocks(
+        n=float(w.sum()),
+        xtx=xr.T @ wxr,
+        ztz=ztz,
+        ztxy=ztxy,
+        pairs=pairs,
+        levels=list(model.levels),
+        widths=model.widths,
+        free=model.free,
+        order=model.order,
+        offsets=offsets[: len(model.levels)],
+    )
+
+
+def spherical_solution(blocks: Blocks, f: Factor, beta: Array | None) -> tuple[Array, Array]:
+    """Penalised least squares from the factor: (β, u), u stacked in block order.
+
+    With ``beta`` given (the blocks then carry no fixed columns) only ``u``
+    is solved for; otherwise β and u jointly.
+    """
+    p = f.lxy.shape[0] - 1
+    if beta is None:
+        rl, cx = f.lxy[:p, :p], f.lxy[p, :p]
+        beta = sla.solve_triangular(rl.T, cx, lower=False, check_finite=False) if p else cx[:0]
+        coef = beta
+    else:
+        coef = np.zeros(0)
+    q1, p1 = blocks.levels[0], blocks.widths[0]
+    c1 = f.lx1[:, p] - f.lx1[:, :p] @ coef
+    parts = []
+    if f.l22 is not None and f.lx2 is not None and f.l21 is not None:
+        c2 = f.lx2[:, p] - f.lx2[:, :p] @ coef
+        u2 = sla.solve_triangular(f.l22.T, c2, lower=False, check_finite=False)
+        c1 = c1 - f.l21.T @ u2
+        parts.append(u2)
+    u1 = np.linalg.solve(f.l11.transpose(0, 2, 1), c1.reshape(q1, p1, 1)).ravel()
+    return np.asarray(beta, dtype=np.float64), np.concatenate([u1, *parts])
+
+
+def random_part(model: CountModel, t: list[Array], u: Array) -> tuple[Array, list[Array]]:
+    """``ZΛu`` per cell and ``b_k = u_k T_kᵀ`` per block (block order)."""
+    zb = np.zeros(len(model.y))
+    bs, pos = [], 0
+    for z, codes, q, tk in zip(model.z, model.codes, model.levels, t, strict=True):
+        pk = z.shape[1]
+        b = u[pos : pos + q * pk].reshape(q, pk) @ tk.T
+        pos += q * pk
+        bs.append(b)
+        zb += (z * b[codes]).sum(axis=1)
+    return zb, bs
+
+
+@dataclass
+class Mode:
+    """The conditional mode at (θ, β) and the Laplace criterion there."""
+
+    beta: Array
+    u: Array
+    eta: Array
+    blocks: Blocks
+    factor: Factor
+    deviance: float  # Laplace: −2 log-likelihood, constants included
+    iterations: int
+
+
+def pirls(model: CountModel, theta: Array, beta: Array | None, u0: Array | None = None) -> Mode:
+    """The conditional mode of u (and β when ``beta`` is None) at θ, by PIRLS.
+
+    Newton steps on the penalised deviance ``−2 Σ ℓ_c(η) + ‖u‖²`` with
+    step halving; the weights ``W = t m'(η)`` and the working response are
+    those of Fisher scoring, exact Newton for the canonical links.  The
+    returned factor is evaluated at the returned mode.
+    """
+    t = templates(_shape(model), theta)
+    q_total = sum(q * w for q, w in zip(model.levels, model.widths, strict=True))
+    u = np.zeros(q_total) if u0 is None else u0.copy()
+    joint = beta is None
+    b = np.zeros(model.x.shape[1]) if beta is None else beta
+    fixed = model.offset if joint else model.offset + model.x @ b
+
+    def predictor(bb: Array, uu: Array) -> Array:
+        zb, _ = random_part(model, t, uu)
+        return zb + fixed + (model.x @ bb if joint else 0.0)
+
+    def pdev(eta: Array, uu: Array) -> float:
+        return deviance_terms(model, eta) + float(uu @ uu)
+
+    eta = predictor(b, u)
+    current = pdev(eta, u)
+    final = False
+    for it in range(1, PIRLS_MAX + 1):
+        mean, deriv = mean_link(model.family, eta)
+        w = np.maximum(model.t * deriv, 1e-300)
+        resid = (model.y - model.t * mean) / w
+        x = model.x if joint else model.x[:, :0]
+        r = eta - fixed + resid
+        blocks = weighted_blocks(model, w, x, r)
+        f = factorize(blocks, theta)
+        if final:
+            return Mode(b, u, eta, blocks, f, current + f.logdet_l - 2 * model.constant, it)
+        new_b, new_u = spherical_solution(blocks, f, None if joint else b)
+        step_b, step_u = new_b - b, new_u - u
+        for _ in range(30):
+            cand_b, cand_u = b + step_b, u + step_u
+            cand_eta = predictor(cand_b, cand_u)
+            value = pdev(cand_eta, cand_u)
+            if value <= current + 1e-12 * abs(current):
+                break
+            step_b, step_u = step_b / 2.0, step_u / 2.0
+        else:
+            # no decrease along the Newton direction: at the mode to rounding
+            final = True
+            continue
+        small = np.all(np.abs(step_u) <= PIRLS_TOL * (1.0 + np.abs(u))) and np.all(
+            np.abs(step_b) <= PIRLS_TOL * (1.0 + np.abs(b))
+        )
+        b, u, eta, current = cand_b, cand_u, cand_eta, value
+        final = bool(small)
+    raise np.linalg.LinAlgError("PIRLS did not converge")
+
+
+def _shape(model: CountModel) -> Blocks:
+    """A Blocks shell with the layout only (for :func:`pooljob.lmm.templates`)."""
+    return Blocks(
+        n=0.0,
+        xtx=np.zeros((1, 1)),
+        ztz=[],
+        ztxy=[],
+        pairs={},
+        levels=list(model.levels),
+        widths=model.widths,
+        free=model.free,
+        order=model.order,
+    )
+
+
+def _diag_positions(model: CountModel) -> list[int]:
+    pos, out = 0, []
+    for entries in model.free:
+        for i, j in entries:
+            if i == j:
+                out.append(pos)
+            pos += 1
+    return out
+
+
+@dataclass(frozen=True)
+class CountFit:
+    """A fitted count model, in block order.
+
+    Attributes
+    ----------
+    theta, beta : the estimates.
+    vcov : covariance of β̂: the β block of ``2 H⁻¹``, ``H`` the Hessian of
+        the Laplace criterion in (θ, β) (glmer's default for ``vcov``), or
+        of ``H_ββ`` alone when θ is on the boundary.
+    mode : the conditional mode at the estimates.
+    henderson : the blocks weighted at the mode, fixed columns included.
+    solution : β, conditional modes ``b`` and ``Var(b | y)`` (σ = 1).
+    deviance : the Laplace criterion, −2 log-likelihood.
+    """
+
+    theta: Array
+    beta: Array
+    vcov: Array
+    mode: Mode
+    henderson: Blocks
+    solution: Solution
+    covariance: list[Array]
+    deviance: float
+    optimizer: OptSummary
+
+
+def fit_counts(model: CountModel) -> CountFit:
+    """Minimise the Laplace criterion over (θ, β), as glmer does with nAGQ = 1.
+
+    Stage 1 minimises over θ with β found by PIRLS along with u (glmer's
+    nAGQ = 0 start); stage 2 over (θ, β) jointly from there, with COBYQA to
+    a trust-region radius of 1e-7 and a finite-difference Newton polish
+    (:mod:`pooljob.polish`).  Diagonal entries of θ are bounded below by 0.
+    """
+    n_theta, p = model.n_theta, model.x.shape[1]
+    diag = _diag_positions(model)
+    evaluations = 0
+    warm: dict[str, Array] = {}
+
+    def stage1(theta: Array) -> float:
+        nonlocal evaluations
+        evaluations += 1
+        try:
+            mode = pirls(model, theta, None, warm.get("u1"))
+        except np.linalg.LinAlgError:
+            return float("inf")
+        warm["u1"], warm["b1"] = mode.u, mode.beta
+        return mode.deviance
+
+    def stage2(xb: Array) -> float:
+        nonlocal evaluations
+        evaluations += 1
+        try:
+            mode = pirls(model, xb[:n_theta], xb[n_theta:], warm.get("u2"))
+        except np.linalg.LinAlgError:
+            return float("inf")
+        if np.isfinite(mode.deviance):
+            warm["u2"] = mode.u
+        return mode.deviance
+
+    theta0 = np.zeros(n_theta)
+    theta0[diag] = 1.0
+    bounds1: list[tuple[float | None, float | None]] = [(None, None)] * n_theta
+    for i in diag:
+        bounds1[i] = (0.0, None)
+    res1 = minimize(
+        stage1,
+        theta0,
+        method="COBYQA",
+        bounds=bounds1,
+        options={"final_tr_radius": 1e-4, "maxfev": 100 * (n_theta + 1) ** 2},
+    )
+    theta1 = np.asarray(res1.x, dtype=np.float64)
+    start_mode = pirls(model, theta1, None)
+    x0 = np.concatenate([theta1, start_mode.beta])
+    warm["u2"] = start_mode.u
+    bounds2 = bounds1 + [(None, None)] * p
+    res2 = minimize(
+        stage2,
+        x0,
+        method="COBYQA",
+        bounds=bounds2,
+        options={"final_tr_radius": 1e-7, "maxfev": 200 * (n_theta + p + 1) ** 2},
+    )
+    xb, fmin = np.asarray(res2.x, dtype=np.float64), float(res2.fun)
+    xb, fmin, _ = snap_to_zero(stage2, xb, fmin, diag)
+    interior = [i for i in range(n_theta) if i not in diag or xb[i] >= 10 * SINGULAR_TOL]
+    interior = [i for i in interior if _column_free(model, xb, i)] + list(
+        range(n_theta, n_theta + p)
+    )
+    xb, fmin, polish_evals = newton_polish(stage2, xb, interior)
+    theta, beta = xb[:n_theta], xb[n_theta:]
+    mode = pirls(model, theta, beta)
+    vcov = _beta_vcov(stage2, xb, mode.deviance, interior, n_theta, p)
+    sol, henderson = _solution(model, theta, beta, mode)
+    cov = [tk @ tk.T for tk in templates(_shape(model), theta)]
+    summary = OptSummary(
+        optimizer=(
+            "COBYQA over θ with β by PIRLS (nAGQ = 0), then COBYQA over (θ, β) "
+            "(Laplace), then a Newton polish"
+        ),
+        initial=[float(v) for v in theta0],
+        final=[float(v) for v in xb],
+        fmin=float(mode.deviance),
+        evaluations=evaluations,
+        message=f"stage 1: {res1.message}; stage 2: {res2.message}; "
+        f"Newton polish by finite differences ({polish_evals} evaluations)",
+        converged=bool(res2.success),
+    )
+    return CountFit(theta, beta, vcov, mode, henderson, sol, cov, float(mode.deviance), summary)
+
+
+def _column_free(model: CountModel, xb: Array, index: int) -> bool:
+    """False for an entry in the column of a diagonal θ that sits at the boundary."""
+    pos = 0
+    for entries in model.free:
+        diagonal = {j: pos + a for a, (i, j) in enumerate(entries) if i == j}
+        for a, (_, j) in enumerate(entries):
+            if pos + a == index:
+                return bool(xb[diagonal[j]] >= 10 * SINGULAR_TOL)
+        pos += len(entries)
+    return True
+
+
+def _beta_vcov(
+    fun: object, xb: Array, f0: float, interior: list[int], n_theta: int, p: int
+) -> Array:
+    """``2 H⁻¹`` restricted to β, ``H`` by central differences over the interior."""
+    if not p:
+        return np.zeros((0, 0))
+    assert callable(fun)
+    h = 3e-3 * np.maximum(np.abs(xb[interior]), 1e-1)
+    hess = _hessian(fun, xb, f0, interior, h)
+    try:
+        inv = np.linalg.inv(hess)
+    except np.linalg.LinAlgError:
+        return np.full((p, p), np.nan)
+    where = [interior.index(n_theta + j) for j in range(p)]
+    return np.asarray(2.0 * inv[np.ix_(where, where)], dtype=np.float64)
+
+
+def _solution(model: CountModel, theta: Array, beta: Array, mode: Mode) -> tuple[Solution, Blocks]:
+    """β, b and ``Var(b | y)`` with σ = 1, from the blocks weighted at the mode.
+
+    The blocks carry the fixed columns (Henderson's matrix includes X) so
+    that :func:`pooljob.lmm.prediction_variance` covers β's uncertainty.
+    """
+    mean, deriv = mean_link(model.family, mode.eta)
+    w = np.maximum(model.t * deriv, 1e-300)
+    r = mode.eta - model.offset + (model.y - model.t * mean) / w
+    blocks = weighted_blocks(model, w, model.x, r)
+    sol = solve(blocks, theta, reml=False)
+    # solve() scales the conditional variances by its σ̂²; a GLMM has σ = 1
+    cond_var = [cv / sol.sigma2 for cv in sol.cond_var]
+    t = templates(blocks, theta)
+    _, b = random_part(model, t, mode.u)
+    return replace(sol, beta=beta, b=b, cond_var=cond_var, sigma2=1.0), blocks

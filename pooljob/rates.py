@@ -1,0 +1,356 @@
+"""Binomial and Poisson models end to end: counts in, output tables out.
+
+The scan is :func:`pooljob.counts.scan_counts`, the fit
+:func:`pooljob.glmm.fit_counts`.  The tables follow the output contract
+(docs/outputs.md): ``estimates`` on the response scale (a proportion, or a
+rate per unit of exposure), ``effects`` and ``coefficients`` on the link
+scale, ``components`` as lme4's ``as.data.frame(VarCorr(m))`` (no residual
+row: a binomial or Poisson model has none).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from pooljob.counts import CountTable, scan_counts
+from pooljob.design import Design, RandomBlock, build_design, check_rank, dense_codes, indicator
+from pooljob.errors import InputError
+from pooljob.formula import Formula
+from pooljob.glmm import CountFit, CountModel, count_model, fit_counts, link, mean_link
+from pooljob.lmm import MAX_DENSE, prediction_variance
+from pooljob.optimize import SINGULAR_TOL
+from pooljob.results import FitResult
+from pooljob.source import TableSource
+from pooljob.statistics import ScanSpec
+
+Array = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class PreparedCounts:
+    """The design laid out on the cells of a count table."""
+
+    design: Design
+    counts: CountTable
+    model: CountModel
+    codes: list[NDArray[np.int64]]  # design order
+
+
+def _columns(counts: CountTable, columns: tuple[Any, ...]) -> Array:
+    c = len(counts.n)
+    if not columns:
+        return np.zeros((c, 0))
+    out = []
+    for col in columns:
+        v = indicator(counts.keys, c, col.spec)
+        if col.variable:
+            v = v * counts.values[:, col.variable - 1]
+        out.append(v)
+    return np.column_stack(out)
+
+
+def prepare_counts(
+    formula: Formula, family: str, counts: CountTable, numeric: set[str], categorical: list[str]
+) -> PreparedCounts:
+    """Lay out the design on the cells; check rank, groups and size."""
+    levels = {c: sorted(counts.keys[c].drop_nulls().unique().to_list()) for c in categorical}
+    design = build_design(formula, numeric, levels)
+    x = _columns(counts, design.fixed)
+    names = [c.name for c in design.fixed]
+    if names:
+        check_rank(x.T @ (counts.t[:, None] * x), names)
+    random, codes = [], []
+    for block in design.blocks:
+        code = dense_codes(counts.keys, block.grouping.columns)
+        q = int(code.max()) + 1 if len(code) else 0
+        if q < 2:
+            raise InputError(
+                f"grouping {block.grouping.name!r} has a single group; a variance between "
+                "groups needs at least two: check the where filter, or drop the term"
+            )
+        codes.append(code)
+        random.append((code, q, _columns(counts, block.columns), block.free_entries()))
+    model = count_model(family, counts.y, counts.t, counts.offset, counts.constant, x, random)
+    dense = sum(q * w for q, w in zip(model.levels[1:], model.widths[1:], strict=True))
+    if dense > MAX_DENSE:
+        raise InputError(
+            f"crossed groupings too large for the exact dense solver: all but the largest "
+            f"grouping form a dense {dense:,} × {dense:,} block (limit {MAX_DENSE:,}); see "
+            "docs/crossed-at-scale.md"
+        )
+    return PreparedCounts(design, counts, model, codes)
+
+
+def _components(prep: PreparedCounts, fit: CountFit) -> pl.DataFrame:
+    rows: list[dict[str, Any]] = []
+    design = prep.design
+    by_design = {d: k for k, d in enumerate(prep.model.order)}
+    for k, d in enumerate(prep.model.order):
+        del k
+        block: RandomBlock = design.blocks[d]
+        cov = fit.covariance[by_design[d]]
+        for t, name in enumerate(block.term_names):
+            cols = [i for i, term in enumerate(block.term_of) if term == t]
+            for i in cols:
+                rows.append(
+                    {
+                        "grouping": name,
+                        "term1": block.columns[i].name,
+                        "term2": None,
+                        "variance": float(cov[i, i]),
+                        "sd": float(np.sqrt(max(cov[i, i], 0.0))),
+                    }
+                )
+            for a, i in enumerate(cols):
+                for j in cols[a + 1 :]:
+                    sd = np.sqrt(max(cov[i, i], 0.0) * max(cov[j, j], 0.0))
+                    rows.append(
+                        {
+                            "grouping": name,
+                            "term1": block.columns[i].name,
+                            "term2": block.columns[j].name,
+                            "variance": float(cov[i, j]),
+                            "sd": float(cov[i, j] / sd) if sd > 0 else float("nan"),
+                        }
+                    )
+    return pl.DataFrame(
+        rows,
+        schema={
+            "grouping": pl.String,
+            "term1": pl.String,
+            "term2": pl.String,
+            "variance": pl.Float64,
+            "sd": pl.Float64,
+        },
+        orient="row",
+    )
+
+
+def _key_frames(prep: PreparedCounts) -> list[pl.DataFrame]:
+    """Per design block: the key columns of its levels (from the first cell of each)."""
+    out = []
+    for d, block in enumerate(prep.design.blocks):
+        code = prep.codes[d]
+        first = np.zeros(int(code.max()) + 1, dtype=np.int64)
+        first[code[::-1]] = np.arange(len(code))[::-1]
+        out.append(prep.counts.keys.select(list(block.grouping.columns))[first])
+    return out
+
+
+def _label(columns: tuple[str, ...]) -> pl.Expr:
+    return pl.concat_str([pl.col(c).cast(pl.String) for c in columns], separator=":")
+
+
+def _align(
+    parts: list[pl.DataFrame], keys: list[str], schema: Any, lead: list[str], tail: list[str]
+) -> pl.DataFrame:
+    out = []
+    for frame in parts:
+        frame = frame.with_columns(
+            [pl.lit(None, dtype=schema[k]).alias(k) for k in keys if k not in frame.columns]
+        )
+        out.append(frame.select(lead + keys + tail))
+    return pl.concat(out, how="vertical")
+
+
+def count_tables(prep: PreparedCounts, fit: CountFit, interval: float) -> dict[str, pl.DataFrame]:
+    """Estimates, effects, coefficients and components of a count fit."""
+    design, model, counts = prep.design, prep.model, prep.counts
+    all_keys = [
+        c for c in counts.keys.columns if any(c in b.grouping.columns for b in design.blocks)
+    ]
+    schema = counts.keys.schema
+    by_design = {d: k for k, d in enumerate(model.order)}
+    coefficients = pl.DataFrame(
+        {
+            "term": [c.name for c in design.fixed],
+            "estimate": fit.beta,
+            "std_error": np.sqrt(np.maximum(np.diag(fit.vcov), 0.0)),
+        },
+        schema={"term": pl.String, "estimate": pl.Float64, "std_error": pl.Float64},
+    )
+    frames = _key_frames(prep)
+    eff_parts = []
+    for d, (block, keys) in enumerate(zip(design.blocks, frames, strict=True)):
+        k = by_design[d]
+        label = keys.select(_label(block.grouping.columns).alias("level"))["level"]
+        for i, col in enumerate(block.columns):
+            eff_parts.append(
+                keys.with_columns(
+                    pl.lit(block.grouping.name).alias("grouping"),
+                    label.alias("level"),
+                    pl.lit(col.name).alias("term"),
+                    pl.Series("estimate", fit.solution.b[k][:, i]),
+                    pl.Series(
+                        "cond_sd", np.sqrt(np.maximum(fit.solution.cond_var[k][:, i, i], 0.0))
+                    ),
+                )
+            )
+    effects = _align(
+        eff_parts, all_keys, schema, ["grouping", "level"], ["term", "estimate", "cond_sd"]
+    )
+    estimates = _estimates(prep, fit, frames, interval, all_keys, schema)
+    return {
+        "estimates": estimates,
+        "effects": effects,
+        "coefficients": coefficients,
+        "components": _components(prep, fit),
+    }
+
+
+def _estimates(
+    prep: PreparedCounts,
+    fit: CountFit,
+    frames: list[pl.DataFrame],
+    interval: float,
+    keys: list[str],
+    schema: Any,
+) -> pl.DataFrame:
+    """Per group: ``Σ t_c m(η_c) / Σ t_c`` over its cells, with a delta-method SE.
+
+    ``m`` is the inverse link per unit of ``t`` (a probability, or a rate
+    per unit of exposure).  Its variance is ``gᵀ M⁻¹ g`` with ``g`` the
+    gradient in (β, b) and ``M`` Henderson's matrix at the mode
+    (:func:`pooljob.lmm.prediction_variance`); the interval is symmetric on
+    the link scale and mapped back, so it stays inside the mean's range.
+    """
+    design, model, counts = prep.design, prep.model, prep.counts
+    eta = fit.mode.eta - model.offset
+    mean, deriv = mean_link(model.family, eta)
+    family = model.family
+    z = NormalDist().inv_cdf(0.5 + interval / 2.0)
+    g_total = sum(f.height for f in frames)
+    p = model.x.shape[1]
+    a_fixed = np.zeros((p, g_total))
+    a_random: list[tuple[list[Any], list[Any], list[Any]]] = [([], [], []) for _ in model.order]
+    info = []
+    start = 0
+    by_design = {d: k for k, d in enumerate(model.order)}
+    for d, keyframe in enumerate(frames):
+        code = prep.codes[d]
+        q = keyframe.height
+        tsum = np.bincount(code, counts.t, minlength=q)
+        est = np.bincount(code, counts.t * mean, minlength=q) / tsum
+        raw = np.bincount(code, counts.y, minlength=q) / tsum
+        n = np.bincount(code, counts.n, minlength=q)
+        grad = counts.t * deriv / tsum[code]  # ∂est/∂η_c
+        for j in range(p):
+            a_fixed[j, start : start + q] = np.bincount(code, grad * model.x[:, j], minlength=q)
+        for k in range(len(model.order)):
+            zk, other = model.z[k], model.codes[k]
+            pk = zk.shape[1]
+            rows, cols, vals = a_random[k]
+            for a in range(pk):
+                rows.append(other * pk + a)
+                cols.append(start + code)
+                vals.append(grad * zk[:, a])
+        info.append((d, keyframe, n, est, raw, start))
+        start += q
+    sparse = []
+    for k in range(len(model.order)):
+        rows, cols, vals = a_random[k]
+        size = model.levels[k] * model.widths[k]
+        sparse.append(
+            sp.csr_matrix(
+                (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                shape=(size, g_total),
+            )
+        )
+    pev = prediction_variance(fit.henderson, fit.solution, a_fixed, sparse)
+    parts = []
+    for d, keyframe, n, est, raw, st in info:
+        block = design.blocks[d]
+        se = np.sqrt(np.maximum(pev[st : st + len(n)], 0.0))
+        centre = link(family, est)
+        _, slope = mean_link(family, centre)
+        se_link = se / np.maximum(slope, 1e-300)
+        lower = mean_link(family, centre - z * se_link)[0]
+        upper = mean_link(family, centre + z * se_link)[0]
+        k = by_design[d]
+        intercept = [i for i, c in enumerate(block.columns) if c.variable == 0 and not c.spec]
+        if intercept:
+            i = intercept[0]
+            prior = fit.covariance[k][i, i]
+            shrink = fit.solution.cond_var[k][:, i, i] / prior if prior > 0 else np.ones(len(n))
+        else:
+            shrink = np.full(len(n), np.nan)
+        parts.append(
+            keyframe.with_columns(
+                pl.lit(block.grouping.name).alias("grouping"),
+                pl.Series("n", n.round().astype(np.int64)),
+                pl.Series("raw_mean", raw),
+                pl.Series("estimate", est),
+                pl.Series("std_error", se),
+                pl.Series("lower", lower),
+                pl.Series("upper", upper),
+                pl.Series("shrinkage", shrink),
+            )
+        )
+    tail = ["n", "raw_mean", "estimate", "std_error", "lower", "upper", "shrinkage"]
+    return _align(parts, keys, schema, ["grouping"], tail)
+
+
+def fit_count_source(
+    formula: Formula,
+    source: TableSource,
+    spec: ScanSpec,
+    family: str,
+    interval: float,
+) -> FitResult:
+    """Scan ``source`` into per-cell counts and fit ``formula`` by Laplace."""
+    t0 = time.perf_counter()
+    if not formula.random:
+        raise InputError(
+            f"formula {formula.text!r} has no random-effect term; pooljob fits multilevel "
+            "models: add one, e.g. '+ (1 | group)'"
+        )
+    levels_placeholder: dict[str, list[object]] = {c: [0, 1] for c in spec.categorical}
+    layout = build_design(formula, spec.numeric, levels_placeholder)
+    counts = scan_counts(source, formula, family, layout.keys, layout.variables, layout.offsets)
+    t1 = time.perf_counter()
+    prep = prepare_counts(formula, family, counts, spec.numeric, spec.categorical)
+    fit = fit_counts(prep.model)
+    t2 = time.perf_counter()
+    frames = count_tables(prep, fit, interval)
+    t3 = time.perf_counter()
+    singular = False
+    pos = 0
+    for entries in prep.model.free:
+        for i, j in entries:
+            if i == j and fit.theta[pos] < SINGULAR_TOL:
+                singular = True
+            pos += 1
+    groups = {
+        b.grouping.name: int(prep.codes[d].max()) + 1 for d, b in enumerate(prep.design.blocks)
+    }
+    result = FitResult(
+        formula=formula,
+        family=family,
+        method="laplace",
+        interval=interval,
+        estimates=frames["estimates"],
+        effects=frames["effects"],
+        coefficients=frames["coefficients"],
+        components=frames["components"],
+        objective=fit.deviance,
+        loglik=-0.5 * fit.deviance,
+        converged=fit.optimizer.converged,
+        singular=singular,
+        nobs=int(counts.n.sum()),
+        sigma=1.0,
+        groups=groups,
+        rows=counts.rows,
+        optimizer=fit.optimizer.to_dict(),
+        hierarchy=tuple(b.grouping for b in prep.design.blocks),
+        nested=False,
+    )
+    result.timings.update({"scan": t1 - t0, "fit": t2 - t1, "tables": t3 - t2})
+    return result
