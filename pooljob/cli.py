@@ -177,7 +177,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     with open_source(config) as source:  # on the config's engine: Spark reads its own schema
-        check_schema(source, config.model.formula)
+        check_schema(source, config.model.formula, config.model.family)
     print(
         f"config {args.config!r} is valid; columns found: "
         + ", ".join(config.model.formula.columns)

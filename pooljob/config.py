@@ -27,6 +27,12 @@ Example:
     # kind = "spark"         # or: the scan on Spark (needs pooljob[spark]); then
     # master = "yarn"        # Spark's master, and Spark settings instead of threads:
     # conf = { "spark.executor.memory" = "8g" }
+    [poststratify]           # optional, binomial and poisson models: MRP
+    path = "population.parquet"  # cells: the model's columns and a count
+    weight = "population"
+    by = ["state"]           # groups to report; [] for one overall figure
+    draws = 1000             # posterior draws for the uncertainty
+    seed = 0
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from typing import Any
 from pooljob.api import FAMILIES, METHODS, check_options, default_method
 from pooljob.errors import ConfigError, FormulaError
 from pooljob.formula import Formula, parse_formula
+from pooljob.poststratify import PoststratifyConfig
 from pooljob.report_data import resolve_grouping
 
 _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -54,6 +61,7 @@ _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
         "incremental": bool,
     },
     "engine": {"threads": int, "memory_limit": str, "kind": str, "master": str, "conf": dict},
+    "poststratify": {"path": str, "weight": str, "by": list, "draws": int, "seed": int},
 }
 _REQUIRED = {"source": (), "model": ("formula",), "output": ("path",)}
 ENGINES = ("duckdb", "spark")
@@ -127,6 +135,7 @@ class Config:
     output: OutputConfig
     engine: EngineConfig
     raw: dict[str, Any]
+    poststratify: PoststratifyConfig | None = None
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
@@ -136,6 +145,7 @@ def _type_name(t: type | tuple[type, ...]) -> str:
         float: "a number",
         bool: "true or false",
         dict: "a table",
+        list: "a list of column names",
     }
     if isinstance(t, tuple):
         return names[t[0]]
@@ -262,6 +272,44 @@ def _engine(eng_raw: dict[str, Any], source: SourceConfig, problems: list[str]) 
     )
 
 
+def _poststratify(
+    raw: dict[str, Any], base: Path, family: object, problems: list[str]
+) -> PoststratifyConfig | None:
+    body = raw.get("poststratify")
+    if not isinstance(body, dict):
+        return None
+    for key in ("path", "weight"):
+        if key not in body:
+            problems.append(f"missing [poststratify] {key}")
+    if family not in ("binomial", "poisson"):
+        problems.append(
+            f"[poststratify] needs family = 'binomial' or 'poisson' in [model], got {family!r}"
+        )
+    by = body.get("by", [])
+    if isinstance(by, list) and not all(isinstance(c, str) and c for c in by):
+        problems.append(f"[poststratify] by = {by!r} must be a list of column names")
+    elif isinstance(by, list) and len(set(by)) != len(by):
+        problems.append(f"[poststratify] by = {by!r} names a column twice")
+    draws = body.get("draws", 1000)
+    if isinstance(draws, int) and not isinstance(draws, bool) and not 100 <= draws <= 100_000:
+        problems.append(f"[poststratify] draws = {draws} must be between 100 and 100000")
+    seed = body.get("seed", 0)
+    if isinstance(seed, int) and not isinstance(seed, bool) and seed < 0:
+        problems.append(f"[poststratify] seed = {seed} must be >= 0")
+    path, weight = body.get("path"), body.get("weight")
+    if not (isinstance(path, str) and isinstance(weight, str) and isinstance(by, list)):
+        return None
+    if not path.strip():
+        problems.append("[poststratify] path is empty")
+    return PoststratifyConfig(
+        path=_resolve(base, path),
+        weight=weight,
+        by=tuple(str(c) for c in by),
+        draws=int(draws) if isinstance(draws, int) else 1000,
+        seed=int(seed) if isinstance(seed, int) else 0,
+    )
+
+
 def parse_config(raw: dict[str, Any], file: Path) -> Config:
     """Validate a parsed TOML document; raise one ConfigError listing every problem."""
     problems: list[str] = []
@@ -291,6 +339,11 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
     if isinstance(keep_runs, int) and not isinstance(keep_runs, bool) and keep_runs < 1:
         problems.append(f"[output] keep_runs = {keep_runs} must be at least 1")
     engine = _engine(eng_raw, source, problems)
+    if engine.kind == "spark" and family in ("binomial", "poisson"):
+        problems.append(
+            f"family = {family!r} runs on [engine] kind = 'duckdb': the Spark engine computes "
+            "the statistics of gaussian models only"
+        )
     out_path = out_raw.get("path")
     if isinstance(out_path, str) and not out_path.strip():
         problems.append("[output] path is empty")
@@ -301,6 +354,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             report_grouping = resolve_grouping(names, report_grouping)
         except ConfigError as exc:
             problems.append(f"[output] {exc}")
+    post = _poststratify(raw, base, family, problems)
     if problems:
         raise ConfigError(f"config {str(file)!r}: " + "; ".join(problems))
     assert formula is not None and isinstance(out_path, str)
@@ -318,6 +372,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
         ),
         engine=engine,
         raw=raw,
+        poststratify=post,
     )
 
 

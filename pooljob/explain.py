@@ -9,9 +9,8 @@ quoted and filled in, so that it can be pasted into a DuckDB shell.
 
 from __future__ import annotations
 
-import inspect
-
 from pooljob.config import Config
+from pooljob.counts import COUNT_FAMILIES
 from pooljob.source import open_config_source
 from pooljob.statistics import check_schema, group_stats_sql
 
@@ -39,15 +38,27 @@ def explain(config: Config) -> str:
     with open_config_source(
         path=s.path, database=s.database, table=s.table, query=s.query, where=s.where
     ) as source:
-        check_schema(source, config.model.formula)
+        spec = check_schema(source, config.model.formula, config.model.family)
         views = source.view_sql()
         description = source.description
         columns = dict(source.columns)
     formula = config.model.formula
-    if "columns" in inspect.signature(group_stats_sql).parameters:
-        stats_sql = group_stats_sql(formula, columns=columns)  # types tell categorical columns
+    if config.model.family in COUNT_FAMILIES:
+        from pooljob.rates import count_sql
+
+        stats_sql = count_sql(formula, config.model.family, spec)
+        what = [
+            "-- per-cell counts, one scan (sql/count_stats.sql): every row of a cell shares",
+            "-- its linear predictor, so successes/events, trials/exposure and the per-row",
+            "-- log-likelihood constants summed per cell are sufficient for the Laplace fit",
+        ]
     else:
-        stats_sql = group_stats_sql(formula)
+        stats_sql = group_stats_sql(formula, columns=columns)  # types tell categorical columns
+        what = [
+            "-- per-group statistics, one scan; the centring shifts (its $ parameters) are bound",
+            "-- to 0 (a second scan, made only for NaN or infinite values or a mean far from 0,",
+            "-- skips those rows or binds a shift)",
+        ]
     lines = [
         f"-- pooljob explain {config.file}",
         f"-- model: {formula.text} ({config.model.family}, {config.model.method.upper()})",
@@ -59,9 +70,7 @@ def explain(config: Config) -> str:
     lines += [
         *views,
         "",
-        "-- per-group statistics, one scan; the centring shifts (its $ parameters) are bound",
-        "-- to 0 (a second scan, made only for NaN or infinite values or a mean far from 0,",
-        "-- skips those rows or binds a shift)",
+        *what,
         stats_sql.strip().rstrip(";") + ";",
     ]
     return "\n".join(lines) + "\n"

@@ -496,3 +496,48 @@ def _solution(model: CountModel, theta: Array, beta: Array, mode: Mode) -> tuple
     t = templates(blocks, theta)
     _, b = random_part(model, t, mode.u)
     return replace(sol, beta=beta, b=b, cond_var=cond_var, sigma2=1.0), blocks
+
+
+def sample_effects(
+    fit: CountFit, model: CountModel, draws: int, rng: np.random.Generator
+) -> tuple[Array, list[Array]]:
+    """Draws of (β, b) from the Laplace approximation of their posterior.
+
+    At the mode, (β, u) given θ̂ is approximately normal with precision
+    Henderson's matrix ``M = L Lᵀ`` (σ = 1), ``L`` the blocked factor with
+    rows ``[u₁, u₂, β]``::
+
+        L = [[L₁₁, 0, 0], [L₂₁, L₂₂, 0], [L_X1, L_X2, R_X]]
+
+    A draw is the mode plus ``L⁻ᵀ ε`` with ``ε ~ N(0, I)``, by back
+    substitution: β first, then the dense block, then block 1 level by level.
+
+    Returns
+    -------
+    beta : ndarray, shape (draws, p)
+    b : list of ndarray, shape (draws, q_k, p_k), one per block (block order)
+    """
+    blocks = fit.henderson
+    f = factorize(blocks, fit.theta)
+    p = f.lxy.shape[0] - 1
+    q1, p1 = blocks.levels[0], blocks.widths[0]
+    m = blocks.dense_size
+    eps = rng.standard_normal((q1 * p1 + m + p, draws))
+    e1, e2, ex = eps[: q1 * p1], eps[q1 * p1 : q1 * p1 + m], eps[q1 * p1 + m :]
+    xb = sla.solve_triangular(f.lxy[:p, :p].T, ex, lower=False, check_finite=False) if p else ex
+    rhs1 = e1 - f.lx1[:, :p] @ xb
+    parts: list[Array] = []
+    if f.l22 is not None and f.lx2 is not None and f.l21 is not None:
+        x2 = sla.solve_triangular(f.l22.T, e2 - f.lx2[:, :p] @ xb, lower=False, check_finite=False)
+        rhs1 = rhs1 - f.l21.T @ x2
+        parts.append(x2)
+    x1 = np.linalg.solve(f.l11.transpose(0, 2, 1), rhs1.reshape(q1, p1, draws))
+    u = np.concatenate([x1.reshape(q1 * p1, draws), *parts]) + fit.mode.u[:, None]
+    beta = (fit.beta[:, None] + xb).T
+    t = templates(blocks, fit.theta)
+    out, pos = [], 0
+    for q, w, tk in zip(blocks.levels, blocks.widths, t, strict=True):
+        uk = u[pos : pos + q * w].reshape(q, w, draws)
+        out.append(np.einsum("ij,ljs->sli", tk, uk))
+        pos += q * w
+    return np.asarray(beta), out

@@ -13,10 +13,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from pooljob.config import Config
 from pooljob.engine import open_source
+from pooljob.errors import ConfigError
 from pooljob.fingerprint import check_unchanged, fingerprint, snapshot
 from pooljob.logs import log_context, log_event
+from pooljob.poststratify import poststratify, read_population, require_population
 from pooljob.publish import new_run_id, output_lock, publish
 from pooljob.refresh import fit_refreshed
 from pooljob.report import REPORT, write_report
@@ -26,6 +30,8 @@ from pooljob.results import FitResult
 log = logging.getLogger("pooljob")
 
 OUTPUT_TABLES = ("estimates", "effects", "coefficients", "components")
+#: The table ``[poststratify]`` adds.
+POSTSTRATIFIED = "poststratified"
 _PACKAGES = ("pooljob", "duckdb", "polars", "numpy", "pyarrow")
 
 
@@ -73,6 +79,7 @@ def build_manifest(
         "components": result.components.to_dicts(),
         "coefficients": result.coefficients.to_dicts(),
         "outputs": [f"{name}.parquet" for name in OUTPUT_TABLES]
+        + ([f"{POSTSTRATIFIED}.parquet"] if config.poststratify is not None else [])
         + ([REPORT] if config.output.report else []),
         "config": config.raw,
         "config_file": str(config.file),
@@ -86,6 +93,32 @@ def build_manifest(
 def _stage(name: str, seconds: float) -> dict[str, Any]:
     """The structured fields of a stage's log record."""
     return {"stage": name, "seconds": round(seconds, 6)}
+
+
+def _poststratify(config: Config, result: FitResult) -> pl.DataFrame | None:
+    """The poststratified table of ``[poststratify]`` (None without the section)."""
+    post = config.poststratify
+    if post is None:
+        return None
+    if result.predictor is None:
+        raise ConfigError(
+            f"[poststratify] needs a binomial or poisson model; got family = {result.family!r}"
+        )
+    t0 = time.perf_counter()
+    table, _, _ = read_population(result.predictor, post)
+    out = poststratify(result.predictor, post, config.output.interval, table)
+    seconds = time.perf_counter() - t0
+    result.timings["poststratify"] = seconds
+    log_event(
+        "poststratify",
+        "poststratify: %d population cells, %d groups, %d draws (%.3f s)",
+        table.height,
+        out.height,
+        post.draws,
+        seconds,
+        **_stage("poststratify", seconds),
+    )
+    return out
 
 
 def run(config: Config, progress: bool = False, full: bool = False) -> RunOutcome:
@@ -104,6 +137,8 @@ def run(config: Config, progress: bool = False, full: bool = False) -> RunOutcom
     src = config.source
     if config.output.report:
         require_matplotlib()  # fail before the scan, not after the fit
+    if config.poststratify is not None:
+        require_population(config.poststratify)
     if config.engine.kind == "spark":
         from pooljob.spark import require_spark
 
@@ -123,6 +158,7 @@ def run(config: Config, progress: bool = False, full: bool = False) -> RunOutcom
             )
             result, refresh = fit_refreshed(config, source, before, full)
         check_unchanged(before, snapshot(src))
+        poststratified = _poststratify(config, result)
         rows = result.rows
         dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in rows["dropped"].items() if v)
         log_event(
@@ -162,6 +198,8 @@ def run(config: Config, progress: bool = False, full: bool = False) -> RunOutcom
             t_w = time.perf_counter()
             for name in OUTPUT_TABLES:
                 getattr(result, name).write_parquet(directory / f"{name}.parquet")
+            if poststratified is not None:
+                poststratified.write_parquet(directory / f"{POSTSTRATIFIED}.parquet")
             timings["write"] = time.perf_counter() - t_w
             timings["total"] = time.perf_counter() - t0
             manifest.update(

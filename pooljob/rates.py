@@ -20,13 +20,22 @@ import polars as pl
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from pooljob.counts import CountTable, scan_counts
+from pooljob.counts import CountTable, count_stats_sql, scan_counts
 from pooljob.design import Design, RandomBlock, build_design, check_rank, dense_codes, indicator
 from pooljob.errors import InputError
 from pooljob.formula import Formula
-from pooljob.glmm import CountFit, CountModel, count_model, fit_counts, link, mean_link
+from pooljob.glmm import (
+    CountFit,
+    CountModel,
+    count_model,
+    fit_counts,
+    link,
+    mean_link,
+    sample_effects,
+)
 from pooljob.lmm import MAX_DENSE, prediction_variance
 from pooljob.optimize import SINGULAR_TOL
+from pooljob.poststratify import Predictor
 from pooljob.results import FitResult
 from pooljob.source import TableSource
 from pooljob.statistics import ScanSpec
@@ -42,6 +51,7 @@ class PreparedCounts:
     counts: CountTable
     model: CountModel
     codes: list[NDArray[np.int64]]  # design order
+    design_formula: Formula
 
 
 def _columns(counts: CountTable, columns: tuple[Any, ...]) -> Array:
@@ -86,7 +96,7 @@ def prepare_counts(
             f"grouping form a dense {dense:,} × {dense:,} block (limit {MAX_DENSE:,}); see "
             "docs/crossed-at-scale.md"
         )
-    return PreparedCounts(design, counts, model, codes)
+    return PreparedCounts(design, counts, model, codes, formula)
 
 
 def _components(prep: PreparedCounts, fit: CountFit) -> pl.DataFrame:
@@ -298,6 +308,39 @@ def _estimates(
     return _align(parts, keys, schema, ["grouping"], tail)
 
 
+def _predictor(prep: PreparedCounts, fit: CountFit) -> Predictor:
+    """Predictions and posterior draws for new cells (:mod:`pooljob.poststratify`)."""
+    order = prep.model.order
+    by_design = {d: k for k, d in enumerate(order)}
+    n_blocks = len(order)
+
+    def sample(draws: int, rng: np.random.Generator) -> tuple[Array, list[Array]]:
+        beta, b = sample_effects(fit, prep.model, draws, rng)
+        return beta, [b[by_design[d]] for d in range(n_blocks)]
+
+    return Predictor(
+        family=prep.model.family,
+        formula=prep.design_formula,
+        design=prep.design,
+        beta=fit.beta,
+        b=[fit.solution.b[by_design[d]] for d in range(n_blocks)],
+        levels=_key_frames(prep),
+        covariance=[fit.covariance[by_design[d]] for d in range(n_blocks)],
+        keys=prep.counts.keys.schema,
+        sample=sample,
+    )
+
+
+def count_sql(formula: Formula, family: str, spec: ScanSpec) -> str:
+    """The count query of a binomial or Poisson model (for ``pooljob explain``)."""
+    placeholder: dict[str, list[object]] = {c: [0, 1] for c in spec.categorical}
+    layout = build_design(formula, spec.numeric, placeholder)
+    covariates = [
+        layout.variables[k] for k in range(1, len(layout.variables)) if k + 1 not in layout.offsets
+    ]
+    return count_stats_sql(formula, family, layout.keys, covariates)
+
+
 def fit_count_source(
     formula: Formula,
     source: TableSource,
@@ -332,6 +375,7 @@ def fit_count_source(
         b.grouping.name: int(prep.codes[d].max()) + 1 for d, b in enumerate(prep.design.blocks)
     }
     result = FitResult(
+        predictor=_predictor(prep, fit),
         formula=formula,
         family=family,
         method="laplace",

@@ -19,6 +19,7 @@ from pooljob.optimize import SINGULAR_TOL
 
 if TYPE_CHECKING:
     from pooljob.general import GeneralFit
+    from pooljob.poststratify import Predictor
 from pooljob.statistics import GroupStatistics
 
 INTERCEPT = "(Intercept)"
@@ -46,6 +47,8 @@ class FitResult:
         The groupings as fitted: for a nested model the tree, top level first.
     nested : bool
         Whether the groupings form a tree (the nested solver fitted it).
+    predictor : Predictor or None
+        For binomial and Poisson fits: what poststratification needs.
     """
 
     formula: Formula
@@ -68,6 +71,7 @@ class FitResult:
     hierarchy: tuple[Grouping, ...]
     timings: dict[str, float] = field(default_factory=dict)
     nested: bool = True
+    predictor: Predictor | None = field(default=None, repr=False)
 
     def summary(self) -> dict[str, Any]:
         """The fit's numbers for the manifest (no tables)."""

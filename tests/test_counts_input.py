@@ -1,0 +1,90 @@
+"""Bad input to binomial and Poisson models: one clear error, naming what is wrong."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+import pooljob
+from pooljob.errors import ConfigError, InputError, UnsupportedTermError
+
+
+def frame(**extra: list[object]) -> pl.DataFrame:
+    rng = np.random.default_rng(1)
+    n = 200
+    g = [f"g{i % 10}" for i in range(n)]
+    base: dict[str, list[object]] = {
+        "g": list(g),
+        "y": [int(v) for v in rng.integers(0, 2, n)],
+        "k": [int(v) for v in rng.poisson(2.0, n)],
+        "x": [float(i % 10) for i in range(n)],  # constant within g
+        "w": [float(v) for v in rng.normal(size=n)],  # varies within g
+        "e": [float(v) for v in rng.uniform(0.5, 2.0, n)],
+    }
+    base.update(extra)
+    return pl.DataFrame(base)
+
+
+@pytest.mark.parametrize(
+    ("formula", "family", "data", "message"),
+    [
+        ("y ~ 1 + (1 | g)", "binomial", {"y": [2] + [0] * 199}, "must be 0 or 1"),
+        ("k ~ 1 + (1 | g)", "poisson", {"k": [-1] + [0] * 199}, "whole number >= 0"),
+        ("k ~ 1 + (1 | g)", "poisson", {"k": [0.5] + [0] * 199}, "whole number >= 0"),
+        ("cbind(y, k) ~ 1 + (1 | g)", "binomial", {"y": [-1] + [0] * 199}, "0 <= successes"),
+        ("y ~ w + (1 | g)", "binomial", {}, "covariate 'w' varies within cells"),
+        ("y ~ 1", "binomial", {}, "no random-effect term"),
+    ],
+)
+def test_input_errors(
+    formula: str, family: str, data: dict[str, list[object]], message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        pooljob.fit(formula, frame(**data), family=family)  # type: ignore[arg-type]
+
+
+def test_constant_covariate_is_fine() -> None:
+    result = pooljob.fit("y ~ x + (1 | g)", frame(), family="binomial")
+    assert result.coefficients["term"].to_list() == ["(Intercept)", "x"]
+
+
+def test_gaussian_with_cbind_or_log_offset() -> None:
+    with pytest.raises(InputError, match="needs family = 'binomial'"):
+        pooljob.fit("cbind(y, k) ~ 1 + (1 | g)", frame())
+    with pytest.raises(InputError, match="offset\\(log"):
+        pooljob.fit("y ~ 1 + offset(log(e)) + (1 | g)", frame())
+
+
+def test_method_must_suit_the_family() -> None:
+    with pytest.raises(ConfigError, match="method = 'reml' is not supported for family"):
+        pooljob.fit("y ~ 1 + (1 | g)", frame(), family="binomial", method="reml")
+
+
+def test_unsupported_response_expression() -> None:
+    with pytest.raises(UnsupportedTermError, match="cbind"):
+        pooljob.fit("cbind(y, k, e) ~ 1 + (1 | g)", frame(), family="binomial")
+
+
+def test_dropped_rows_are_counted() -> None:
+    data = frame().with_columns(
+        pl.when(pl.int_range(pl.len()) < 3).then(None).otherwise(pl.col("k")).alias("k"),
+        pl.when(pl.int_range(pl.len()) == 5).then(None).otherwise(pl.col("g")).alias("g"),
+        pl.when(pl.int_range(pl.len()) == 7).then(0.0).otherwise(pl.col("e")).alias("e"),
+    )
+    result = pooljob.fit("k ~ 1 + offset(log(e)) + (1 | g)", data, family="poisson")
+    assert result.rows["read"] == 200
+    assert result.rows["dropped"] == {
+        "null_group_key": 1,
+        "null_response": 3,
+        "nonfinite_response": 0,
+        "unusable_covariate": 1,
+    }
+    assert result.rows["used"] == 195 == result.nobs
+
+
+def test_boolean_response() -> None:
+    data = frame()
+    a = pooljob.fit("y ~ 1 + (1 | g)", data, family="binomial")
+    b = pooljob.fit("y ~ 1 + (1 | g)", data.with_columns(pl.col("y") == 1), family="binomial")
+    assert a.loglik == b.loglik
