@@ -1,0 +1,72 @@
+"""Binomial and Poisson fits recover known parameters; and answers do not depend
+on row order or on how the rows are split into files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+import pooljob
+
+
+def simulate(family: str, seed: int, groups: int = 60, per: int = 150) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(groups), per)
+    h = rng.integers(0, 8, len(g))
+    x = rng.integers(0, 2, len(g))
+    eta = -0.4 + 0.6 * x + rng.normal(0, 0.5, groups)[g] + rng.normal(0, 0.3, 8)[h]
+    if family == "binomial":
+        y = rng.random(len(g)) < 1 / (1 + np.exp(-eta))
+        exposure = np.ones(len(g))
+    else:
+        exposure = rng.uniform(0.5, 2.0, len(g))
+        y = rng.poisson(exposure * np.exp(eta))
+    return pl.DataFrame(
+        {
+            "g": [f"g{i:03d}" for i in g],
+            "h": [f"h{i}" for i in h],
+            "x": [("no", "yes")[i] for i in x],
+            "y": y.astype(np.int64),
+            "exposure": exposure,
+        }
+    )
+
+
+FORMULA = {
+    "binomial": "y ~ x + (1 | g) + (1 | h)",
+    "poisson": "y ~ x + offset(log(exposure)) + (1 | g) + (1 | h)",
+}
+
+
+@pytest.mark.parametrize("family", ["binomial", "poisson"])
+def test_recovers_parameters(family: str) -> None:
+    sd_g, sd_h, slope = [], [], []
+    for seed in range(6):
+        r = pooljob.fit(FORMULA[family], simulate(family, seed), family=family)  # type: ignore[arg-type]
+        comp = dict(zip(r.components["grouping"], r.components["sd"], strict=True))
+        sd_g.append(comp["g"])
+        sd_h.append(comp["h"])
+        slope.append(float(r.coefficients.filter(pl.col("term") == "xyes")["estimate"][0]))
+        assert r.converged
+    assert np.mean(sd_g) == pytest.approx(0.5, abs=0.06)
+    assert np.mean(slope) == pytest.approx(0.6, abs=0.05)
+    assert 0.05 < np.mean(sd_h) < 0.6  # 8 levels: a rough estimate
+
+
+def test_row_order_and_files_do_not_matter(tmp_path: Path) -> None:
+    data = simulate("poisson", 42, groups=30, per=60)
+    one = pooljob.fit(FORMULA["poisson"], data, family="poisson")
+    shuffled = data.sample(fraction=1.0, shuffle=True, seed=1)
+    for i, part in enumerate(np.array_split(np.arange(shuffled.height), 4)):
+        shuffled[part].write_parquet(tmp_path / f"part{i}.parquet")
+    split = pooljob.fit(FORMULA["poisson"], str(tmp_path / "*.parquet"), family="poisson")
+    assert split.loglik == pytest.approx(one.loglik, rel=1e-12)
+    for name, col in (("coefficients", "estimate"), ("components", "variance")):
+        a, b = getattr(one, name)[col].to_numpy(), getattr(split, name)[col].to_numpy()
+        assert np.allclose(a, b, rtol=1e-7, atol=1e-9)
+    ea = one.estimates.sort("grouping", "g", "h")["estimate"].to_numpy()
+    eb = split.estimates.sort("grouping", "g", "h")["estimate"].to_numpy()
+    assert np.allclose(ea, eb, rtol=1e-7)
