@@ -24,6 +24,7 @@ Pure numerics (numpy, scipy): no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -35,7 +36,6 @@ from scipy.special import expit
 from pooljob.blocks import Blocks, Pair
 from pooljob.lmm import Factor, Solution, factorize, solve, templates
 from pooljob.optimize import SINGULAR_TOL, OptSummary, snap_to_zero
-from pooljob.polish import _hessian, newton_polish
 
 Array = NDArray[np.float64]
 Codes = NDArray[np.int64]
@@ -44,7 +44,16 @@ Codes = NDArray[np.int64]
 #: this (relative to 1 + |value|); the step is then taken and the criterion
 #: evaluated there, ~1e-14 from the mode (Newton converges quadratically).
 PIRLS_TOL = 1e-7
+#: A Newton step this small means the current point is the mode to rounding.
+PIRLS_EXACT = 1e-12
 PIRLS_MAX = 60
+#: Stage 1 (θ with β by PIRLS, nAGQ = 0) only gives stage 2 its start.
+STAGE1_RADIUS = 1e-1
+#: Stage 2's COBYQA stops at this trust-region radius; the Newton polish
+#: (:func:`_newton`) takes the optimum from there to ~1e-10.
+STAGE2_RADIUS = 1e-5
+#: Finite-difference step of the polish and the Hessian, relative to max(|x|, 0.1).
+POLISH_STEP = 3e-3
 
 
 @dataclass(frozen=True)
@@ -170,31 +179,51 @@ def _sum_by(codes: Codes, values: Array, size: int) -> Array:
     ).astype(np.float64, copy=False)
 
 
+def _unit(z: Array) -> bool:
+    """Whether a block's design is the intercept alone (one column of ones)."""
+    return z.shape[1] == 1 and bool(np.all(z == 1.0))
+
+
 def weighted_blocks(model: CountModel, w: Array, x: Array, r: Array) -> Blocks:
-    """``[ZΛ X r]' W [ZΛ X r]`` as :class:`pooljob.blocks.Blocks` (the cells weighted by w)."""
+    """``[Z X r]' W [Z X r]`` as :class:`pooljob.blocks.Blocks` (the cells weighted by w).
+
+    Each block is a weighted ``bincount`` over the cells: ``Z_k'WZ_k`` and
+    ``Z_k'W[X r]`` per level of block k, ``Z_a'WZ_b`` per pair of levels
+    that share a cell.  Intercept-only blocks skip the products with ones.
+    """
     xr = np.column_stack([x, r])
     p = x.shape[1]
+    c = len(w)
     wxr = w[:, None] * xr
     ztz, ztxy = [], []
-    for z, codes, q in zip(model.z, model.codes, model.levels, strict=True):
+    unit = [_unit(z) for z in model.z]
+    for z, codes, q, one in zip(model.z, model.codes, model.levels, unit, strict=True):
         pk = z.shape[1]
+        if one:
+            ztz.append(np.bincount(codes, w, minlength=q).reshape(q, 1, 1))
+            ztxy.append(_sum_by(codes, wxr, q).reshape(q, 1, p + 1))
+            continue
         wz = w[:, None] * z
-        zz = (wz[:, :, None] * z[:, None, :]).reshape(len(w), -1)
+        zz = (wz[:, :, None] * z[:, None, :]).reshape(c, -1)
         ztz.append(_sum_by(codes, zz, q).reshape(q, pk, pk))
-        zxy = (z[:, :, None] * wxr[:, None, :]).reshape(len(w), -1)
+        zxy = (z[:, :, None] * wxr[:, None, :]).reshape(c, -1)
         ztxy.append(_sum_by(codes, zxy, q).reshape(q, pk, p + 1))
     pairs = {}
     for (a, b), (ca, cb, inv) in model.pairs.items():
         za, zb = model.z[a], model.z[b]
-        zz = (w[:, None, None] * za[:, :, None] * zb[:, None, :]).reshape(len(w), -1)
-        vals = _sum_by(inv, zz, len(ca)).reshape(len(ca), za.shape[1], zb.shape[1])
+        if unit[a] and unit[b]:
+            vals = np.bincount(inv, w, minlength=len(ca)).reshape(len(ca), 1, 1)
+        else:
+            zz = (w[:, None, None] * za[:, :, None] * zb[:, None, :]).reshape(c, -1)
+            vals = _sum_by(inv, zz, len(ca)).reshape(len(ca), za.shape[1], zb.shape[1])
         pairs[(a, b)] = Pair(ca, cb, vals)
     offsets = [0, 0]
     for q, wd in zip(model.levels[1:], model.widths[1:], strict=True):
         offsets.append(offsets[-1] + q * wd)
     return Blocks(
         n=float(w.sum()),
-        xtx=xr.T @ wxr,
+        # einsum: OpenBLAS takes ~10 ms for a (1 × C)(C × 1) product on these machines
+        xtx=np.einsum("ci,cj->ij", xr, wxr) if p == 0 else xr.T @ wxr,
         ztz=ztz,
         ztxy=ztxy,
         pairs=pairs,
@@ -305,9 +334,14 @@ def pirls(model: CountModel, theta: Array, beta: Array | None, u0: Array | None 
             # no decrease along the Newton direction: at the mode to rounding
             final = True
             continue
-        small = np.all(np.abs(step_u) <= PIRLS_TOL * (1.0 + np.abs(u))) and np.all(
-            np.abs(step_b) <= PIRLS_TOL * (1.0 + np.abs(b))
+        size = max(
+            float(np.max(np.abs(step_u) / (1.0 + np.abs(u)), initial=0.0)),
+            float(np.max(np.abs(step_b) / (1.0 + np.abs(b)), initial=0.0)),
         )
+        if size <= PIRLS_EXACT:
+            # the factor at hand is at the mode to ~1e-12: no further factorization
+            return Mode(b, u, eta, blocks, f, current + f.logdet_l - 2 * model.constant, it)
+        small = size <= PIRLS_TOL
         b, u, eta, current = cand_b, cand_u, cand_eta, value
         final = bool(small)
     raise np.linalg.LinAlgError("PIRLS did not converge")
@@ -370,8 +404,9 @@ def fit_counts(model: CountModel) -> CountFit:
 
     Stage 1 minimises over θ with β found by PIRLS along with u (glmer's
     nAGQ = 0 start); stage 2 over (θ, β) jointly from there, with COBYQA to
-    a trust-region radius of 1e-7 and a finite-difference Newton polish
-    (:mod:`pooljob.polish`).  Diagonal entries of θ are bounded below by 0.
+    a trust-region radius of ``STAGE2_RADIUS`` and a finite-difference
+    Newton polish whose Hessian also gives β's standard errors.  Diagonal
+    entries of θ are bounded below by 0.
     """
     n_theta, p = model.n_theta, model.x.shape[1]
     diag = _diag_positions(model)
@@ -409,7 +444,7 @@ def fit_counts(model: CountModel) -> CountFit:
         theta0,
         method="COBYQA",
         bounds=bounds1,
-        options={"final_tr_radius": 1e-4, "maxfev": 100 * (n_theta + 1) ** 2},
+        options={"final_tr_radius": STAGE1_RADIUS, "maxfev": 100 * (n_theta + 1) ** 2},
     )
     theta1 = np.asarray(res1.x, dtype=np.float64)
     start_mode = pirls(model, theta1, None)
@@ -421,7 +456,11 @@ def fit_counts(model: CountModel) -> CountFit:
         x0,
         method="COBYQA",
         bounds=bounds2,
-        options={"final_tr_radius": 1e-7, "maxfev": 200 * (n_theta + p + 1) ** 2},
+        options={
+            "initial_tr_radius": 0.1,
+            "final_tr_radius": STAGE2_RADIUS,
+            "maxfev": 200 * (n_theta + p + 1) ** 2,
+        },
     )
     xb, fmin = np.asarray(res2.x, dtype=np.float64), float(res2.fun)
     xb, fmin, _ = snap_to_zero(stage2, xb, fmin, diag)
@@ -429,10 +468,12 @@ def fit_counts(model: CountModel) -> CountFit:
     interior = [i for i in interior if _column_free(model, xb, i)] + list(
         range(n_theta, n_theta + p)
     )
-    xb, fmin, polish_evals = newton_polish(stage2, xb, interior)
+    before = evaluations
+    xb, fmin, hess = _newton(stage2, xb, fmin, interior)
+    polish_evals = evaluations - before
     theta, beta = xb[:n_theta], xb[n_theta:]
-    mode = pirls(model, theta, beta)
-    vcov = _beta_vcov(stage2, xb, mode.deviance, interior, n_theta, p)
+    mode = pirls(model, theta, beta, warm.get("u2"))
+    vcov = _beta_vcov(hess, interior, n_theta, p)
     sol, henderson = _solution(model, theta, beta, mode)
     cov = [tk @ tk.T for tk in templates(_shape(model), theta)]
     summary = OptSummary(
@@ -444,7 +485,8 @@ def fit_counts(model: CountModel) -> CountFit:
         final=[float(v) for v in xb],
         fmin=float(mode.deviance),
         evaluations=evaluations,
-        message=f"stage 1: {res1.message}; stage 2: {res2.message}; "
+        message=f"stage 1 ({res1.nfev} evaluations): {res1.message}; "
+        f"stage 2 ({res2.nfev} evaluations): {res2.message}; "
         f"Newton polish by finite differences ({polish_evals} evaluations)",
         converged=bool(res2.success),
     )
@@ -463,15 +505,71 @@ def _column_free(model: CountModel, xb: Array, index: int) -> bool:
     return True
 
 
-def _beta_vcov(
-    fun: object, xb: Array, f0: float, interior: list[int], n_theta: int, p: int
-) -> Array:
-    """``2 H⁻¹`` restricted to β, ``H`` by central differences over the interior."""
+def _curvature(
+    fun: Callable[[Array], float], x: Array, fx: float, free: list[int], h: Array
+) -> tuple[Array, Array]:
+    """Gradient and Hessian of ``fun`` over ``free`` by central differences.
+
+    ``H_aa = (f(x + h_a) − 2f(x) + f(x − h_a)) / h_a²``,
+    ``H_ab = (f(x+h_a+h_b) − f(x+h_a−h_b) − f(x−h_a+h_b) + f(x−h_a−h_b)) / (4 h_a h_b)``,
+    and the fourth-order gradient
+    ``(f(x − 2h_a) − 8f(x − h_a) + 8f(x + h_a) − f(x + 2h_a)) / (12 h_a)``,
+    sharing the points ``x ± h_a``: ``2k² + 2k`` evaluations for ``k``
+    coordinates.
+    """
+    k = len(free)
+    steps = np.zeros((k, len(x)))
+    steps[np.arange(k), free] = h
+    grad, hess = np.empty(k), np.empty((k, k))
+    for a in range(k):
+        fp, fm = fun(x + steps[a]), fun(x - steps[a])
+        fp2, fm2 = fun(x + 2 * steps[a]), fun(x - 2 * steps[a])
+        grad[a] = (fm2 - 8 * fm + 8 * fp - fp2) / (12 * h[a])
+        hess[a, a] = (fp - 2 * fx + fm) / h[a] ** 2
+        for b in range(a + 1, k):
+            ea, eb = steps[a], steps[b]
+            cross = fun(x + ea + eb) - fun(x + ea - eb) - fun(x - ea + eb) + fun(x - ea - eb)
+            hess[a, b] = hess[b, a] = cross / (4 * h[a] * h[b])
+    return grad, hess
+
+
+def _newton(
+    fun: Callable[[Array], float], x: Array, fx: float, free: list[int]
+) -> tuple[Array, float, Array]:
+    """One Newton step over ``free`` from a COBYQA optimum; and the Hessian there.
+
+    Gradient and Hessian by central differences (:func:`_curvature`) with
+    steps ``h_i = POLISH_STEP · max(|x_i|, 0.1)``: the criterion's scale in
+    θ_i is θ_i itself, and β_i's is O(1).  The step is kept only if the
+    criterion does not rise and is small (a polish, not a search); the
+    Hessian also gives the standard errors of β.
+    """
+    if not free:
+        return x, fx, np.zeros((0, 0))
+    h = POLISH_STEP * np.maximum(np.abs(x[free]), 0.1)
+    grad, hess = _curvature(fun, x, fx, free, h)
+    try:
+        move = sla.cho_solve((np.linalg.cholesky(hess), True), grad)
+    except np.linalg.LinAlgError:
+        return x, fx, hess
+    if np.any(np.abs(move) > 1e-2 * np.maximum(np.abs(x[free]), 0.1)):
+        return x, fx, hess
+    trial = x.copy()
+    trial[free] -= move
+    ft = fun(trial)
+    if ft <= fx:
+        return trial, ft, hess
+    return x, fx, hess
+
+
+def _beta_vcov(hess: Array, interior: list[int], n_theta: int, p: int) -> Array:
+    """``2 H⁻¹`` restricted to β, ``H`` the Hessian of the criterion over ``interior``.
+
+    The criterion is −2 log-likelihood, so ``2 H⁻¹`` is the inverse observed
+    information; θ on the boundary is left out of ``H`` (held fixed).
+    """
     if not p:
         return np.zeros((0, 0))
-    assert callable(fun)
-    h = 3e-3 * np.maximum(np.abs(xb[interior]), 1e-1)
-    hess = _hessian(fun, xb, f0, interior, h)
     try:
         inv = np.linalg.inv(hess)
     except np.linalg.LinAlgError:
