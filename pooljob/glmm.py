@@ -195,12 +195,13 @@ def weighted_blocks(model: CountModel, w: Array, x: Array, r: Array) -> Blocks:
     p = x.shape[1]
     c = len(w)
     wxr = w[:, None] * xr
-    ztz, ztxy = [], []
+    ztz: list[Array] = []
+    ztxy: list[Array] = []
     unit = [_unit(z) for z in model.z]
     for z, codes, q, one in zip(model.z, model.codes, model.levels, unit, strict=True):
         pk = z.shape[1]
         if one:
-            ztz.append(np.bincount(codes, w, minlength=q).reshape(q, 1, 1))
+            ztz.append(np.bincount(codes, w, minlength=q).astype(np.float64).reshape(q, 1, 1))
             ztxy.append(_sum_by(codes, wxr, q).reshape(q, 1, p + 1))
             continue
         wz = w[:, None] * z
@@ -212,7 +213,7 @@ def weighted_blocks(model: CountModel, w: Array, x: Array, r: Array) -> Blocks:
     for (a, b), (ca, cb, inv) in model.pairs.items():
         za, zb = model.z[a], model.z[b]
         if unit[a] and unit[b]:
-            vals = np.bincount(inv, w, minlength=len(ca)).reshape(len(ca), 1, 1)
+            vals = np.bincount(inv, w, minlength=len(ca)).astype(np.float64).reshape(-1, 1, 1)
         else:
             zz = (w[:, None, None] * za[:, :, None] * zb[:, None, :]).reshape(c, -1)
             vals = _sum_by(inv, zz, len(ca)).reshape(len(ca), za.shape[1], zb.shape[1])
