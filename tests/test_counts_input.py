@@ -88,3 +88,42 @@ def test_boolean_response() -> None:
     a = pooljob.fit("y ~ 1 + (1 | g)", data, family="binomial")
     b = pooljob.fit("y ~ 1 + (1 | g)", data.with_columns(pl.col("y") == 1), family="binomial")
     assert a.loglik == b.loglik
+
+
+def test_explain_and_validate_count_model(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from pooljob.cli import main
+
+    assert isinstance(tmp_path, Path)
+    frame().write_parquet(tmp_path / "d.parquet")
+    (tmp_path / "job.toml").write_text(
+        '[source]\npath = "d.parquet"\n'
+        '[model]\nformula = "k ~ 1 + offset(log(e)) + (1 | g)"\nfamily = "poisson"\n'
+        '[output]\npath = "out"\n'
+    )
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["explain", str(tmp_path / "job.toml")]) == 0
+    text = out.getvalue()
+    assert "per-cell counts" in text and 'ln(cast("e" as double))' in text
+    assert "lgamma(y + 1)" in text
+
+
+def test_spark_engine_refuses_count_families(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from pooljob.config import parse_config
+
+    assert isinstance(tmp_path, Path)
+    raw = {
+        "source": {"path": "x.parquet"},
+        "model": {"formula": "y ~ 1 + (1 | g)", "family": "binomial"},
+        "output": {"path": "out"},
+        "engine": {"kind": "spark"},
+    }
+    with pytest.raises(ConfigError, match="Spark engine computes"):
+        parse_config(raw, tmp_path / "c.toml")
