@@ -110,7 +110,10 @@ def build_report(run_dir: str | Path, grouping: str | None = None) -> str:
 def _overview(run: RunData) -> str:
     m = run.manifest
     groups = m.get("groups") or {}
-    criterion = "REML criterion" if str(m.get("method")) == "reml" else "deviance (−2 log L)"
+    criterion = {
+        "reml": "REML criterion",
+        "laplace": "−2 log L (Laplace)",
+    }.get(str(m.get("method")), "deviance (−2 log L)")
     flags = []
     if m.get("converged") is False:
         flags.append("the optimizer did NOT converge")
@@ -121,7 +124,7 @@ def _overview(run: RunData) -> str:
         ("groups", ", ".join(f"{g} {fmt(k)}" for g, k in groups.items()) or None),
         (criterion, _precise(m.get("objective"))),
         ("log-likelihood", _precise(m.get("loglik"))),
-        ("residual SD", m.get("sigma")),
+        ("residual SD", m.get("sigma") if m.get("family", "gaussian") == "gaussian" else None),
         ("interval coverage", m.get("interval")),
     ]
     warn = "".join(f'<p class="flag-bad">{esc(f)}</p>' for f in flags)
