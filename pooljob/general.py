@@ -16,7 +16,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 from numpy.typing import NDArray
-from scipy.optimize import minimize
+from scipy.optimize import minimize, minimize_scalar
 
 from pooljob import profiled
 from pooljob.blocks import Blocks, ColumnWeights, build_blocks
@@ -157,14 +157,33 @@ def optimize(blocks: Blocks, reml: bool) -> tuple[Array, OptSummary]:
             return objective(blocks, theta, reml)
         return profiled.objective(blocks, ws, theta, reml)
 
+    last: list[tuple[Array, float, Array]] = []
+
     def fun_grad(theta: Array) -> tuple[float, Array]:
         nonlocal evaluations
-        evaluations += 1
         assert ws is not None
-        return objective_and_gradient(blocks, ws, theta, reml)
+        if last and np.array_equal(last[0][0], theta):
+            return last[0][1], last[0][2].copy()
+        evaluations += 1
+        f, g = objective_and_gradient(blocks, ws, theta, reml)
+        last[:] = [(np.array(theta, dtype=np.float64), f, g.copy())]
+        return f, g
 
-    start, messages, converged = x0.copy(), [], False
+    start, messages, converged, note = x0.copy(), [], False, ""
     theta, fmin = x0, fun(x0)
+    if ws is not None:
+        # lme4's start scaled by the best common factor c (a 1-D search on log c,
+        # criterion only): the criterion can be concave at c = 1 and it is
+        # flat along weakly identified components, where L-BFGS-B goes slowly
+        scaled = minimize_scalar(
+            lambda lc: fun(np.exp(lc) * x0),
+            bounds=(np.log(1e-3), np.log(10.0)),
+            method="bounded",
+            options={"xatol": 0.05},
+        )
+        if float(scaled.fun) < fmin:
+            start = np.exp(float(scaled.x)) * x0
+            note = f"start: lme4's scaled by {np.exp(float(scaled.x)):.4g}; "
     for _ in range(6):
         if ws is None:
             res = minimize(
@@ -190,7 +209,7 @@ def optimize(blocks: Blocks, reml: bool) -> tuple[Array, OptSummary]:
         messages.append(str(res.message))
         if float(res.fun) <= fmin:
             theta, fmin = np.asarray(res.x, dtype=np.float64), float(res.fun)
-        converged = bool(res.success) or (ws is not None and "ABNORMAL" in str(res.message))
+        converged = bool(res.success)
         restart = None
         for i in diag:
             if theta[i] < SINGULAR_TOL:
@@ -211,6 +230,9 @@ def optimize(blocks: Blocks, reml: bool) -> tuple[Array, OptSummary]:
         how = "by finite differences"
     else:
         theta, fmin, polish_evaluations = gradient_polish(fun_grad, theta, free)
+        # L-BFGS-B may stop on the criterion's rounding ("ABNORMAL"): judge the end point
+        grad = fun_grad(theta)[1]
+        converged = converged or bool(np.all(np.abs(grad[free]) <= 1e-7 * max(1.0, abs(fmin))))
         name = "L-BFGS-B (exact gradient), then Newton steps"
         how = "with the exact gradient"
     summary = OptSummary(
@@ -219,7 +241,8 @@ def optimize(blocks: Blocks, reml: bool) -> tuple[Array, OptSummary]:
         final=[float(x) for x in theta],
         fmin=float(fmin),
         evaluations=evaluations,
-        message="; restart: ".join(messages)
+        message=note
+        + "; restart: ".join(messages)
         + f"; Newton polish {how} ({polish_evaluations} evaluations)",
         converged=converged,
     )

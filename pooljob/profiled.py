@@ -276,10 +276,11 @@ def objective_and_gradient(
     nu = blocks.n - p if reml else blocks.n
     sigma2 = st.chol[-1, -1] ** 2 / nu
     # the solution [u₂; β] of the scaled system, then u₀ per level
-    x = sla.solve_triangular(
-        st.chol[: m + p, : m + p], st.chol[-1, : m + p], lower=True, trans="T", check_finite=False
-    )
-    ext = np.concatenate([-x, [1.0]])
+    # L_Sᵀ z = r e_last gives z = [−x; 1] (the last row of L_S is [L_low⁻¹ c; r])
+    rhs = np.zeros(size)
+    rhs[-1] = st.chol[-1, -1]
+    ext = sla.solve_triangular(st.chol, rhs, lower=True, trans="T", check_finite=False)
+    x = -ext[:-1]
     dx = st.scale * ext if isinstance(st.scale, np.ndarray) else st.scale @ ext
     q1, p1 = blocks.levels[0], blocks.widths[0]
     resid = np.asarray(ws.g_bar @ dx).reshape(q1, p1)
