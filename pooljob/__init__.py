@@ -9,7 +9,7 @@ import os
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-from pooljob.api import fit  # noqa: E402
+from pooljob.api import fit, poststratify  # noqa: E402
 from pooljob.errors import (  # noqa: E402
     ConfigError,
     FormulaError,
@@ -32,4 +32,5 @@ __all__ = [
     "UnsupportedTermError",
     "__version__",
     "fit",
+    "poststratify",
 ]

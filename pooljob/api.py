@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Literal
 
@@ -161,3 +162,49 @@ def fit(
         raise ConfigError("; ".join(problems))
     with open_data(data) as source:
         return fit_source(parsed, source, family, method, float(interval))
+
+
+def poststratify(
+    result: FitResult,
+    population: Any,
+    weight: str,
+    by: tuple[str, ...] | list[str] = (),
+    draws: int = 1000,
+    seed: int = 0,
+    interval: float | None = None,
+) -> Any:
+    """Weight a binomial or Poisson fit's cell predictions to a population (MRP).
+
+    Parameters
+    ----------
+    result : FitResult
+        A fit with ``family = "binomial"`` or ``"poisson"``.
+    population : str, path, DuckDB relation, or polars / pandas / Arrow table
+        One row per cell: the model's grouping and categorical columns (and
+        any cell-constant numeric covariates) and the count ``weight``.
+    weight : str
+        The column of population counts (or exposure, for a Poisson rate).
+    by : sequence of str
+        Columns of the population to report; empty for one overall figure.
+    draws, seed : int
+        Posterior draws for ``std_error``/``lower``/``upper``, and their seed.
+    interval : float, optional
+        Coverage of ``lower``/``upper``; default the fit's.
+
+    Returns
+    -------
+    polars.DataFrame
+        The ``by`` columns, ``estimate = Σ N_c m(η̂_c) / Σ N_c``,
+        ``std_error``, ``lower``, ``upper``, ``population = Σ N_c``.
+    """
+    from pooljob.mrp import PoststratifyConfig, poststratify, read_population
+
+    if result.predictor is None:
+        raise ConfigError(
+            f"poststratification needs a binomial or poisson fit; got family = {result.family!r}"
+        )
+    name = str(population) if isinstance(population, str | os.PathLike) else "given"
+    config = PoststratifyConfig(name, weight, tuple(by), int(draws), int(seed))
+    table, _, _ = read_population(result.predictor, config, population)
+    level = result.interval if interval is None else float(interval)
+    return poststratify(result.predictor, config, level, table)

@@ -46,7 +46,7 @@ from typing import Any
 from pooljob.api import FAMILIES, METHODS, check_options, default_method
 from pooljob.errors import ConfigError, FormulaError
 from pooljob.formula import Formula, parse_formula
-from pooljob.poststratify import PoststratifyConfig
+from pooljob.mrp import PoststratifyConfig
 from pooljob.report_data import resolve_grouping
 
 _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {

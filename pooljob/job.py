@@ -20,7 +20,7 @@ from pooljob.engine import open_source
 from pooljob.errors import ConfigError
 from pooljob.fingerprint import check_unchanged, fingerprint, snapshot
 from pooljob.logs import log_context, log_event
-from pooljob.poststratify import poststratify, read_population, require_population
+from pooljob.mrp import poststratify, read_population, require_population
 from pooljob.publish import new_run_id, output_lock, publish
 from pooljob.refresh import fit_refreshed
 from pooljob.report import REPORT, write_report

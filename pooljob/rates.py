@@ -34,8 +34,8 @@ from pooljob.glmm import (
     sample_effects,
 )
 from pooljob.lmm import MAX_DENSE, prediction_variance
+from pooljob.mrp import Predictor
 from pooljob.optimize import SINGULAR_TOL
-from pooljob.poststratify import Predictor
 from pooljob.results import FitResult
 from pooljob.source import TableSource
 from pooljob.statistics import ScanSpec
@@ -309,7 +309,7 @@ def _estimates(
 
 
 def _predictor(prep: PreparedCounts, fit: CountFit) -> Predictor:
-    """Predictions and posterior draws for new cells (:mod:`pooljob.poststratify`)."""
+    """Predictions and posterior draws for new cells (:mod:`pooljob.mrp`)."""
     order = prep.model.order
     by_design = {d: k for k, d in enumerate(order)}
     n_blocks = len(order)

@@ -19,7 +19,7 @@ from pooljob.optimize import SINGULAR_TOL
 
 if TYPE_CHECKING:
     from pooljob.general import GeneralFit
-    from pooljob.poststratify import Predictor
+    from pooljob.mrp import Predictor
 from pooljob.statistics import GroupStatistics
 
 INTERCEPT = "(Intercept)"

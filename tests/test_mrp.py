@@ -19,7 +19,7 @@ import pytest
 
 import pooljob
 from pooljob.errors import ConfigError, InputError
-from pooljob.poststratify import PoststratifyConfig, poststratify, read_population
+from pooljob.mrp import PoststratifyConfig, poststratify, read_population
 
 STATES = [f"S{i:02d}" for i in range(25)]
 World = tuple[pl.DataFrame, pl.DataFrame, pooljob.FitResult]
@@ -191,6 +191,19 @@ def test_rows_and_counts_give_the_same_fit() -> None:
     assert ones.loglik == pytest.approx(counts.loglik - lchoose, rel=1e-10)
     ref = json.loads((data.parent / "cbpp_binomial_tight.json").read_text())
     assert counts.loglik == pytest.approx(ref["loglik"], rel=1e-9)
+
+
+def test_python_api_poststratify(mrp: World) -> None:
+    pop, _, result = mrp
+    table = pooljob.poststratify(result, pop.drop("p"), "population", by=["sex"], draws=200)
+    assert table["sex"].to_list() == ["F", "M"]
+    assert table.columns == ["sex", "estimate", "std_error", "lower", "upper", "population"]
+    gaussian = pooljob.fit(
+        "y ~ 1 + (1 | g)",
+        pl.DataFrame({"g": ["a", "a", "b", "b", "c"], "y": [1.0, 2.0, 3.0, 5.0, 4.0]}),
+    )
+    with pytest.raises(ConfigError, match="binomial or poisson"):
+        pooljob.poststratify(gaussian, pop, "population")
 
 
 def test_job_publishes_poststratified(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -109,9 +110,12 @@ def require_population(config: PoststratifyConfig) -> None:
 
 
 def read_population(
-    pred: Predictor, config: PoststratifyConfig
+    pred: Predictor, config: PoststratifyConfig, data: Any = None
 ) -> tuple[pl.DataFrame, list[str], list[str]]:
     """Read and check the population table: the model's columns, the weight and ``by``.
+
+    ``data``, when given, is the table itself (any input of
+    :func:`pooljob.fit`); ``config.path`` then only names it in messages.
 
     Raises
     ------
@@ -128,8 +132,9 @@ def read_population(
     keys, numeric = _model_columns(pred)
     wanted = list(dict.fromkeys([*keys, *numeric, config.weight, *config.by]))
     where = f"population table {config.path!r}"
-    require_population(config)
-    with open_data(config.path) as source:
+    if data is None:
+        require_population(config)
+    with open_data(config.path if data is None else data) as source:
         source.require(tuple(wanted))
         weight_type = source.columns[config.weight]
         sql = "select " + ", ".join(quote_identifier(c) for c in wanted) + " from source"
