@@ -27,6 +27,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 from numpy.typing import NDArray
+from scipy.linalg import lapack
 
 from pooljob.blocks import Blocks
 
@@ -193,8 +194,7 @@ def solve(blocks: Blocks, theta: Array, reml: bool) -> Solution:
         c2 = f.lx2[:, p] - f.lx2[:, :p] @ beta
         u2 = sla.solve_triangular(f.l22.T, c2, lower=False, check_finite=False)
         c1 = c1 - f.l21.T @ u2
-        l22inv = sla.solve_triangular(f.l22, np.eye(f.l22.shape[0]), lower=True, check_finite=False)
-        sigma22 = l22inv.T @ l22inv
+        sigma22 = _inverse_from_cholesky(f.l22)
     u1 = np.einsum("lji,lj->li", inv11, c1.reshape(q1, p1))
     # Var(u1 | y) per level: L11⁻ᵀ (I + L21ᵀ Σ22 L21) L11⁻¹
     inner = np.broadcast_to(np.eye(p1), (q1, p1, p1)).copy()
@@ -214,8 +214,34 @@ def solve(blocks: Blocks, theta: Array, reml: bool) -> Solution:
     return Solution(beta, vcov, sigma2, b, cond_var, f)
 
 
+def _inverse_from_cholesky(factor: Array) -> Array:
+    """``(L Lᵀ)⁻¹`` from the lower Cholesky factor ``L`` (LAPACK ``potri``), symmetric."""
+    inv, info = lapack.dpotri(np.asfortranarray(factor), lower=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"potri failed (info {info})")
+    return np.asarray(np.tril(inv) + np.tril(inv, -1).T, dtype=np.float64)
+
+
+def _quadratic_forms(rows: sp.csr_matrix, sigma: Array) -> Array:
+    """``r Σ rᵀ`` for every row ``r`` of a sparse matrix, gathering Σ on each row's pattern."""
+    out = np.zeros(rows.shape[0])
+    counts = np.diff(rows.indptr)
+    for c in np.unique(counts[counts > 0]):
+        sel = np.flatnonzero(counts == c)
+        step = max(1, 5_000_000 // int(c * c))  # rows per gather of c × c entries
+        for start in range(0, len(sel), step):
+            part = sel[start : start + step]
+            pos = rows.indptr[part][:, None] + np.arange(c)
+            idx, val = rows.indices[pos], rows.data[pos]
+            block = sigma[idx[:, :, None], idx[:, None, :]]
+            out[part] = np.einsum("ki,kij,kj->k", val, block, val)
+    return out
+
+
 def _diag_blocks(l21: sp.csr_matrix, sigma22: Array, q1: int, p1: int) -> Array:
     """Diagonal ``p1 × p1`` blocks of ``L21ᵀ Σ22 L21``, in column chunks."""
+    if p1 == 1:
+        return _quadratic_forms(l21.T.tocsr(), sigma22).reshape(q1, 1, 1)
     out = np.zeros((q1, p1, p1))
     csc = l21.tocsc()
     step = max(p1, (20_000_000 // max(1, sigma22.shape[0])) // p1 * p1)
