@@ -134,7 +134,13 @@ def time_pooljob(parquet: Path, repeats: int) -> dict[str, Any] | None:
         print(f"pooljob: failed: {type(exc).__name__}: {exc}")
         return None
     comps = {r["grouping"]: r["sd"] for r in fit.components.to_dicts()}
-    return {"times": times, "objective": fit.objective, "components": comps}
+    return {
+        "times": times,
+        "objective": fit.objective,
+        "components": comps,
+        "optimizer": fit.optimizer,
+        "timings": fit.timings,
+    }
 
 
 def main() -> None:
@@ -171,6 +177,11 @@ def main() -> None:
             f"runs, objective {job['objective']:.10f}"
         )
         print("  sd: " + ", ".join(f"{g} {v:.5f}" for g, v in job["components"].items()))
+        opt, tm = job["optimizer"], job["timings"]
+        print(
+            f"  {opt['evaluations']} evaluations ({opt['optimizer']}); last run: "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in tm.items())
+        )
     if r is not None:
         print(
             f"lme4 {r['lme4_version']} (R {r['r_version']}): lmer median "

@@ -77,7 +77,7 @@ class Workspace:
         ``Ḡ = Z₀'[Z₂ X y]``.
     flat : ndarray of int64
         Column-major position ``j·size + i`` of each pair ``i ≥ j``.
-    level : ndarray of intp
+    level : ndarray of int32
         The level of block 0 that meets the pair.
     prod : ndarray, (pairs, p₀, p₀)
         ``Ḡ[(l, a), i] Ḡ[(l, b), j]``.
