@@ -128,11 +128,11 @@ def build_blocks(
         codes, q, cols, entries = random[k]
         pk = len(cols.variables)
         zz = cross(s, cols, cols).reshape(len(codes), -1)
-        ztz.append(_sum_by(codes, zz, q).reshape(q, pk, pk))
+        ztz.append(sum_by(codes, zz, q).reshape(q, pk, pk))
         zx = cross(s, cols, fixed)  # (C, pk, p)
         zy = cols.weights * sy[:, cols.variables]  # (C, pk)
         zxy = np.concatenate([zx, zy[:, :, None]], axis=2).reshape(len(codes), -1)
-        ztxy.append(_sum_by(codes, zxy, q).reshape(q, pk, p + 1))
+        ztxy.append(sum_by(codes, zxy, q).reshape(q, pk, p + 1))
         levels.append(q)
         widths.append(pk)
         free.append(entries)
@@ -145,7 +145,7 @@ def build_blocks(
             uniq, inv = np.unique(key, return_inverse=True)
             zz = cross(s, cols_a, cols_b)
             pa, pb = (int(x) for x in zz.shape[1:3])
-            vals = _sum_by(inv.astype(np.int64), zz.reshape(len(ca), -1), len(uniq))
+            vals = sum_by(inv.astype(np.int64), zz.reshape(len(ca), -1), len(uniq))
             pairs[(a, b)] = Pair(uniq // qb, uniq % qb, vals.reshape(len(uniq), pa, pb))
     offsets = [0, 0]
     for q, w in zip(levels[1:], widths[1:], strict=True):
@@ -164,7 +164,7 @@ def build_blocks(
     )
 
 
-def _sum_by(codes: Codes, values: Array, size: int) -> Array:
+def sum_by(codes: Codes, values: Array, size: int) -> Array:
     """Row sums of ``values`` (C, k) per code: (size, k)."""
     return np.stack(
         [np.bincount(codes, values[:, j], minlength=size) for j in range(values.shape[1])],

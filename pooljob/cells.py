@@ -161,7 +161,8 @@ def _run(
     return table
 
 
-def _null_key(keys: tuple[str, ...]) -> pl.Expr:
+def null_key(keys: tuple[str, ...]) -> pl.Expr:
+    """True for a cell with a null in any of its key columns (its rows are dropped)."""
     if not keys:
         return pl.lit(False)
     return pl.any_horizontal([pl.col(k).is_null() for k in keys])
@@ -253,7 +254,7 @@ def scan_moments(
     m = len(variables)
     multi = m > 1
     table = _run(source, keys, variables, shifts, False, count_finite_response=multi, by=by)
-    keyed = table.filter(~_null_key(keys))
+    keyed = table.filter(~null_key(keys))
     complete = keyed.height > 0 and all(
         (keyed[f"n_{i}"] == keyed["n_rows"]).all() for i in range(m)
     )
@@ -277,7 +278,7 @@ def rescan_moments(
 ) -> pl.DataFrame:
     """One scan at ``shifts``: the usable cells (``MomentScan.good``), no accounting."""
     table = _run(source, keys, variables, shifts, finite_only, by=by)
-    return table.filter(~_null_key(keys)).filter(pl.col("n_rows") > 0)
+    return table.filter(~null_key(keys)).filter(pl.col("n_rows") > 0)
 
 
 def _row_counts(
@@ -298,7 +299,7 @@ def _row_counts(
         sums.append(pl.col("n_finite_0").filter(keyed).sum().alias("finite"))
     used = good.group_by(group).agg(pl.col("n_rows").sum().alias("used"))
     counts = (
-        table.with_columns((~_null_key(keys)).alias("__keyed"))
+        table.with_columns((~null_key(keys)).alias("__keyed"))
         .group_by(group)
         .agg(sums)
         .join(used, on=group, how="left")

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
-from pooljob.cells import DROP_REASONS, NumericVariable, require_rows, sql_text
+from pooljob.cells import DROP_REASONS, NumericVariable, null_key, require_rows, sql_text
 from pooljob.errors import InputError
 from pooljob.formula import Formula, display_name
 from pooljob.source import TableSource, quote_identifier
@@ -134,12 +134,6 @@ def count_stats_sql(
     )
 
 
-def _null_key(keys: tuple[str, ...]) -> pl.Expr:
-    if not keys:
-        return pl.lit(False)
-    return pl.any_horizontal([pl.col(k).is_null() for k in keys])
-
-
 def _describe_cell(row: dict[str, object], keys: tuple[str, ...]) -> str:
     return ", ".join(f"{k} = {row[k]!r}" for k in keys) or "the only cell"
 
@@ -198,10 +192,10 @@ def scan_counts(
     covariates = [variables[k] for k in covariate_index]
     table = pl.from_arrow(source.arrow(count_stats_sql(formula, family, keys, covariates)))
     assert isinstance(table, pl.DataFrame)
-    null_key = table.filter(_null_key(keys))
-    keyed = table.filter(~_null_key(keys))
+    unkeyed = table.filter(null_key(keys))
+    keyed = table.filter(~null_key(keys))
     dropped = {
-        "null_group_key": int(null_key["n_rows"].sum()),
+        "null_group_key": int(unkeyed["n_rows"].sum()),
         "null_response": int(keyed["n_null_response"].sum()),
         "nonfinite_response": int(keyed["n_nonfinite_response"].sum()),
         "unusable_covariate": int(keyed["n_unusable_covariate"].sum()),

@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 from scipy.optimize import minimize
 from scipy.special import expit
 
-from pooljob.blocks import Blocks, Pair
+from pooljob.blocks import Blocks, Pair, sum_by
 from pooljob.lmm import Factor, Solution, factorize, solve, templates
 from pooljob.optimize import SINGULAR_TOL, OptSummary, snap_to_zero
 
@@ -172,13 +172,6 @@ def deviance_terms(model: CountModel, eta: Array) -> float:
     return float(-2.0 * ll.sum())
 
 
-def _sum_by(codes: Codes, values: Array, size: int) -> Array:
-    return np.stack(
-        [np.bincount(codes, values[:, j], minlength=size) for j in range(values.shape[1])],
-        axis=1,
-    ).astype(np.float64, copy=False)
-
-
 def _unit(z: Array) -> bool:
     """Whether a block's design is the intercept alone (one column of ones)."""
     return z.shape[1] == 1 and bool(np.all(z == 1.0))
@@ -202,13 +195,13 @@ def weighted_blocks(model: CountModel, w: Array, x: Array, r: Array) -> Blocks:
         pk = z.shape[1]
         if one:
             ztz.append(np.bincount(codes, w, minlength=q).astype(np.float64).reshape(q, 1, 1))
-            ztxy.append(_sum_by(codes, wxr, q).reshape(q, 1, p + 1))
+            ztxy.append(sum_by(codes, wxr, q).reshape(q, 1, p + 1))
             continue
         wz = w[:, None] * z
         zz = (wz[:, :, None] * z[:, None, :]).reshape(c, -1)
-        ztz.append(_sum_by(codes, zz, q).reshape(q, pk, pk))
+        ztz.append(sum_by(codes, zz, q).reshape(q, pk, pk))
         zxy = (z[:, :, None] * wxr[:, None, :]).reshape(c, -1)
-        ztxy.append(_sum_by(codes, zxy, q).reshape(q, pk, p + 1))
+        ztxy.append(sum_by(codes, zxy, q).reshape(q, pk, p + 1))
     pairs = {}
     for (a, b), (ca, cb, inv) in model.pairs.items():
         za, zb = model.z[a], model.z[b]
@@ -216,7 +209,7 @@ def weighted_blocks(model: CountModel, w: Array, x: Array, r: Array) -> Blocks:
             vals = np.bincount(inv, w, minlength=len(ca)).astype(np.float64).reshape(-1, 1, 1)
         else:
             zz = (w[:, None, None] * za[:, :, None] * zb[:, None, :]).reshape(c, -1)
-            vals = _sum_by(inv, zz, len(ca)).reshape(len(ca), za.shape[1], zb.shape[1])
+            vals = sum_by(inv, zz, len(ca)).reshape(len(ca), za.shape[1], zb.shape[1])
         pairs[(a, b)] = Pair(ca, cb, vals)
     offsets = [0, 0]
     for q, wd in zip(model.levels[1:], model.widths[1:], strict=True):
@@ -293,7 +286,7 @@ def _per_level(model: CountModel, t: list[Array], values: Array) -> Array:
     """``Λ'Z'v`` for a per-cell vector v: per block and level ``T_kᵀ Σ_c z_c v_c``, stacked."""
     parts = []
     for z, codes, q, tk in zip(model.z, model.codes, model.levels, t, strict=True):
-        sums = _sum_by(codes, z * values[:, None], q)  # (q, p_k)
+        sums = sum_by(codes, z * values[:, None], q)  # (q, p_k)
         parts.append((sums @ tk).ravel())
     return np.concatenate(parts)
 
