@@ -134,3 +134,19 @@ def test_gradient_at_the_boundary(monkeypatch: pytest.MonkeyPatch) -> None:
     _, g = profiled.objective_and_gradient(blocks, ws, theta, True)
     fd = _differences(blocks, theta, True)
     np.testing.assert_allclose(g, fd, atol=1e-5 * max(1.0, np.abs(fd).max()))
+
+
+def test_fallback_without_pair_products_finds_the_same_optimum(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the derivative-free path (COBYQA + polish) when the pair products would be too large
+    data = _data(11)
+    formula = FORMULAS["three_crossed"]
+    fast = pooljob.fit(formula, data)
+    monkeypatch.setattr(profiled, "MAX_PAIR_BYTES", 0)
+    slow = pooljob.fit(formula, data)
+    assert "COBYQA" in slow.optimizer["optimizer"]
+    assert "L-BFGS-B" in fast.optimizer["optimizer"]
+    assert fast.converged and slow.converged
+    assert fast.objective <= slow.objective + 1e-9 * abs(slow.objective)
+    assert fast.objective == pytest.approx(slow.objective, rel=1e-9)
