@@ -32,8 +32,16 @@ from pooljob.design import (
 )
 from pooljob.errors import InputError
 from pooljob.formula import Formula
+from pooljob.frames import (
+    align,
+    coefficients_frame,
+    components_frame,
+    effects_frame,
+    intercept_shrinkage,
+    level_keys,
+)
 from pooljob.lmm import MAX_DENSE, Solution, objective, prediction_variance, solve
-from pooljob.optimize import SINGULAR_TOL, OptSummary, snap_to_zero
+from pooljob.optimize import SINGULAR_TOL, OptSummary, diagonal_positions, snap_to_zero
 from pooljob.polish import gradient_polish, newton_polish
 from pooljob.profiled import objective_and_gradient, workspace
 
@@ -109,16 +117,6 @@ def prepare(
     return Prepared(design, cells, blocks, fixed, random, codes, s)
 
 
-def _diag_positions(blocks: Blocks) -> list[int]:
-    pos, out = 0, []
-    for entries in blocks.free:
-        for i, j in entries:
-            if i == j:
-                out.append(pos)
-            pos += 1
-    return out
-
-
 def optimize(blocks: Blocks, reml: bool) -> tuple[Array, OptSummary]:
     """Minimise the profiled criterion over θ (diagonal entries ≥ 0).
 
@@ -138,7 +136,7 @@ def optimize(blocks: Blocks, reml: bool) -> tuple[Array, OptSummary]:
     lower the criterion; otherwise the search restarts from there.
     """
     n_theta = blocks.n_theta
-    diag = _diag_positions(blocks)
+    diag = diagonal_positions(blocks.free)
     x0 = np.zeros(n_theta)
     x0[diag] = 1.0
     if n_theta == 0:
@@ -318,10 +316,6 @@ def back_transform(prep: Prepared) -> Transform:
     return Transform(mx, shift, [matrix(b.columns) for b in design.blocks])
 
 
-def _label(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.Expr:
-    return pl.concat_str([pl.col(c).cast(pl.String) for c in columns], separator=":")
-
-
 @dataclass(frozen=True)
 class GeneralFit:
     """Numbers of a general fit, in the original parametrisation."""
@@ -357,69 +351,12 @@ def fit_general(prep: Prepared, reml: bool) -> GeneralFit:
     return GeneralFit(prep, sol, theta, summary, beta, vcov, b, cv, cov, summary.fmin)
 
 
-def _components(fit: GeneralFit) -> pl.DataFrame:
-    rows: list[dict[str, Any]] = []
-    design = fit.prepared.design
-    order = sorted(range(len(design.blocks)), key=lambda d: -int(fit.prepared.codes[d].max() + 1))
-    for d in order:
-        block: RandomBlock = design.blocks[d]
-        cov = fit.covariance[d]
-        for t, name in enumerate(block.term_names):
-            cols = [i for i, k in enumerate(block.term_of) if k == t]
-            for i in cols:
-                rows.append(
-                    {
-                        "grouping": name,
-                        "term1": block.columns[i].name,
-                        "term2": None,
-                        "variance": float(cov[i, i]),
-                        "sd": float(np.sqrt(max(cov[i, i], 0.0))),
-                    }
-                )
-            for a, i in enumerate(cols):
-                for j in cols[a + 1 :]:
-                    sd = np.sqrt(max(cov[i, i], 0.0) * max(cov[j, j], 0.0))
-                    rows.append(
-                        {
-                            "grouping": name,
-                            "term1": block.columns[i].name,
-                            "term2": block.columns[j].name,
-                            "variance": float(cov[i, j]),
-                            "sd": float(cov[i, j] / sd) if sd > 0 else float("nan"),
-                        }
-                    )
-    s2 = fit.solution.sigma2
-    rows.append(
-        {
-            "grouping": "Residual",
-            "term1": None,
-            "term2": None,
-            "variance": s2,
-            "sd": float(np.sqrt(s2)),
-        }
-    )
-    return pl.DataFrame(
-        rows,
-        schema={
-            "grouping": pl.String,
-            "term1": pl.String,
-            "term2": pl.String,
-            "variance": pl.Float64,
-            "sd": pl.Float64,
-        },
-        orient="row",
-    )
-
-
 def _group_frames(prep: Prepared) -> list[tuple[RandomBlock, NDArray[np.int64], pl.DataFrame]]:
     """Per block: cell codes and the key frame of its levels (first cell of each)."""
-    out = []
-    for d, block in enumerate(prep.design.blocks):
-        code = prep.codes[d]
-        first = np.zeros(int(code.max()) + 1, dtype=np.int64)
-        first[code[::-1]] = np.arange(len(code))[::-1]
-        out.append((block, code, prep.cells.keys.select(list(block.grouping.columns))[first]))
-    return out
+    return [
+        (block, prep.codes[d], level_keys(prep.cells.keys, block.grouping.columns, prep.codes[d]))
+        for d, block in enumerate(prep.design.blocks)
+    ]
 
 
 def tables(fit: GeneralFit, interval: float) -> dict[str, pl.DataFrame]:
@@ -430,49 +367,21 @@ def tables(fit: GeneralFit, interval: float) -> dict[str, pl.DataFrame]:
         c for c in prep.cells.keys.columns if any(c in b.grouping.columns for b in design.blocks)
     ]
     schema = prep.cells.keys.schema
-    coefficients = pl.DataFrame(
-        {
-            "term": [c.name for c in design.fixed],
-            "estimate": fit.beta,
-            "std_error": np.sqrt(np.maximum(np.diag(fit.vcov), 0.0)),
-        },
-        schema={"term": pl.String, "estimate": pl.Float64, "std_error": pl.Float64},
-    )
+    coefficients = coefficients_frame([c.name for c in design.fixed], fit.beta, fit.vcov)
     groups = _group_frames(prep)
-    eff_parts = []
-    for d, (block, _, keys) in enumerate(groups):
-        label = keys.select(_label(keys, block.grouping.columns).alias("level"))["level"]
-        for i, col in enumerate(block.columns):
-            frame = keys.with_columns(
-                pl.lit(block.grouping.name).alias("grouping"),
-                label.alias("level"),
-                pl.lit(col.name).alias("term"),
-                pl.Series("estimate", fit.b[d][:, i]),
-                pl.Series("cond_sd", np.sqrt(np.maximum(fit.cond_var[d][:, i, i], 0.0))),
-            )
-            eff_parts.append(frame)
-    effects = _align(
-        eff_parts, ["grouping", "level"], all_keys, schema, ["term", "estimate", "cond_sd"]
-    )
+    effects = effects_frame(design, [g[2] for g in groups], fit.b, fit.cond_var, all_keys, schema)
     estimates = _estimates(fit, groups, interval, all_keys, schema)
     return {
         "estimates": estimates,
         "effects": effects,
         "coefficients": coefficients,
-        "components": _components(fit),
+        "components": components_frame(
+            design,
+            fit.covariance,
+            [int(c.max()) + 1 for c in prep.codes],
+            fit.solution.sigma2,
+        ),
     }
-
-
-def _align(
-    parts: list[pl.DataFrame], lead: list[str], keys: list[str], schema: Any, tail: list[str]
-) -> pl.DataFrame:
-    out = []
-    for frame in parts:
-        frame = frame.with_columns(
-            [pl.lit(None, dtype=schema[k]).alias(k) for k in keys if k not in frame.columns]
-        )
-        out.append(frame.select(lead + keys + tail))
-    return pl.concat(out, how="vertical") if out else pl.DataFrame()
 
 
 def _estimates(
@@ -539,13 +448,7 @@ def _estimates(
     pev = prediction_variance(prep.blocks, sol, a_fixed, sparse)
     for d, block, keyframe, n, est, raw, st in info:
         se = np.sqrt(np.maximum(pev[st : st + len(n)], 0.0))
-        intercept = [i for i, c in enumerate(block.columns) if c.variable == 0 and not c.spec]
-        if intercept:
-            i = intercept[0]
-            prior = fit.covariance[d][i, i]
-            shrink = fit.cond_var[d][:, i, i] / prior if prior > 0 else np.ones(len(n))
-        else:
-            shrink = np.full(len(n), np.nan)
+        shrink = intercept_shrinkage(design, d, fit.covariance[d], fit.cond_var[d])
         parts.append(
             keyframe.with_columns(
                 pl.lit(block.grouping.name).alias("grouping"),
@@ -561,4 +464,4 @@ def _estimates(
     tail = ["n", "raw_mean", "estimate", "std_error", "lower", "upper", "shrinkage"]
     if not parts:
         return pl.DataFrame(schema={"grouping": pl.String, **{t: pl.Float64 for t in tail}})
-    return _align(parts, ["grouping"], keys, schema, tail)
+    return align(parts, ["grouping"], keys, schema, tail)

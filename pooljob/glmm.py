@@ -35,7 +35,7 @@ from scipy.special import expit
 
 from pooljob.blocks import Blocks, Pair, sum_by
 from pooljob.lmm import Factor, Solution, factorize, solve, templates
-from pooljob.optimize import SINGULAR_TOL, OptSummary, snap_to_zero
+from pooljob.optimize import SINGULAR_TOL, OptSummary, diagonal_positions, snap_to_zero
 
 Array = NDArray[np.float64]
 Codes = NDArray[np.int64]
@@ -404,16 +404,6 @@ def _shape(model: CountModel) -> Blocks:
     )
 
 
-def _diag_positions(model: CountModel) -> list[int]:
-    pos, out = 0, []
-    for entries in model.free:
-        for i, j in entries:
-            if i == j:
-                out.append(pos)
-            pos += 1
-    return out
-
-
 @dataclass(frozen=True)
 class CountFit:
     """A fitted count model, in block order.
@@ -451,7 +441,7 @@ def fit_counts(model: CountModel) -> CountFit:
     entries of θ are bounded below by 0.
     """
     n_theta, p = model.n_theta, model.x.shape[1]
-    diag = _diag_positions(model)
+    diag = diagonal_positions(model.free)
     evaluations = 0
     warm: dict[str, Array] = {}
 

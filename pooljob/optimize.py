@@ -20,6 +20,22 @@ Array = NDArray[np.float64]
 SINGULAR_TOL = 1e-4
 
 
+def diagonal_positions(free: list[list[tuple[int, int]]]) -> list[int]:
+    """Indices in θ of the diagonal entries of the templates ``T_k`` (bounded by 0)."""
+    pos, out = 0, []
+    for entries in free:
+        for i, j in entries:
+            if i == j:
+                out.append(pos)
+            pos += 1
+    return out
+
+
+def is_singular(free: list[list[tuple[int, int]]], theta: NDArray[np.float64]) -> bool:
+    """lme4's ``isSingular``: some diagonal entry of θ below ``SINGULAR_TOL``."""
+    return any(theta[i] < SINGULAR_TOL for i in diagonal_positions(free))
+
+
 @dataclass(frozen=True)
 class OptSummary:
     """What the optimizer did.

@@ -21,9 +21,17 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from pooljob.counts import CountTable, count_stats_sql, scan_counts
-from pooljob.design import Design, RandomBlock, build_design, check_rank, dense_codes, indicator
+from pooljob.design import Design, build_design, check_rank, dense_codes, indicator
 from pooljob.errors import InputError
 from pooljob.formula import Formula
+from pooljob.frames import (
+    align,
+    coefficients_frame,
+    components_frame,
+    effects_frame,
+    intercept_shrinkage,
+    level_keys,
+)
 from pooljob.glmm import (
     CountFit,
     CountModel,
@@ -35,7 +43,7 @@ from pooljob.glmm import (
 )
 from pooljob.lmm import MAX_DENSE, prediction_variance
 from pooljob.mrp import Predictor
-from pooljob.optimize import SINGULAR_TOL
+from pooljob.optimize import is_singular
 from pooljob.results import FitResult
 from pooljob.source import TableSource
 from pooljob.statistics import ScanSpec
@@ -99,76 +107,12 @@ def prepare_counts(
     return PreparedCounts(design, counts, model, codes, formula)
 
 
-def _components(prep: PreparedCounts, fit: CountFit) -> pl.DataFrame:
-    rows: list[dict[str, Any]] = []
-    design = prep.design
-    by_design = {d: k for k, d in enumerate(prep.model.order)}
-    for k, d in enumerate(prep.model.order):
-        del k
-        block: RandomBlock = design.blocks[d]
-        cov = fit.covariance[by_design[d]]
-        for t, name in enumerate(block.term_names):
-            cols = [i for i, term in enumerate(block.term_of) if term == t]
-            for i in cols:
-                rows.append(
-                    {
-                        "grouping": name,
-                        "term1": block.columns[i].name,
-                        "term2": None,
-                        "variance": float(cov[i, i]),
-                        "sd": float(np.sqrt(max(cov[i, i], 0.0))),
-                    }
-                )
-            for a, i in enumerate(cols):
-                for j in cols[a + 1 :]:
-                    sd = np.sqrt(max(cov[i, i], 0.0) * max(cov[j, j], 0.0))
-                    rows.append(
-                        {
-                            "grouping": name,
-                            "term1": block.columns[i].name,
-                            "term2": block.columns[j].name,
-                            "variance": float(cov[i, j]),
-                            "sd": float(cov[i, j] / sd) if sd > 0 else float("nan"),
-                        }
-                    )
-    return pl.DataFrame(
-        rows,
-        schema={
-            "grouping": pl.String,
-            "term1": pl.String,
-            "term2": pl.String,
-            "variance": pl.Float64,
-            "sd": pl.Float64,
-        },
-        orient="row",
-    )
-
-
 def _key_frames(prep: PreparedCounts) -> list[pl.DataFrame]:
-    """Per design block: the key columns of its levels (from the first cell of each)."""
-    out = []
-    for d, block in enumerate(prep.design.blocks):
-        code = prep.codes[d]
-        first = np.zeros(int(code.max()) + 1, dtype=np.int64)
-        first[code[::-1]] = np.arange(len(code))[::-1]
-        out.append(prep.counts.keys.select(list(block.grouping.columns))[first])
-    return out
-
-
-def _label(columns: tuple[str, ...]) -> pl.Expr:
-    return pl.concat_str([pl.col(c).cast(pl.String) for c in columns], separator=":")
-
-
-def _align(
-    parts: list[pl.DataFrame], keys: list[str], schema: Any, lead: list[str], tail: list[str]
-) -> pl.DataFrame:
-    out = []
-    for frame in parts:
-        frame = frame.with_columns(
-            [pl.lit(None, dtype=schema[k]).alias(k) for k in keys if k not in frame.columns]
-        )
-        out.append(frame.select(lead + keys + tail))
-    return pl.concat(out, how="vertical")
+    """Per design block: the key columns of its levels."""
+    return [
+        level_keys(prep.counts.keys, block.grouping.columns, prep.codes[d])
+        for d, block in enumerate(prep.design.blocks)
+    ]
 
 
 def count_tables(prep: PreparedCounts, fit: CountFit, interval: float) -> dict[str, pl.DataFrame]:
@@ -179,40 +123,28 @@ def count_tables(prep: PreparedCounts, fit: CountFit, interval: float) -> dict[s
     ]
     schema = counts.keys.schema
     by_design = {d: k for k, d in enumerate(model.order)}
-    coefficients = pl.DataFrame(
-        {
-            "term": [c.name for c in design.fixed],
-            "estimate": fit.beta,
-            "std_error": np.sqrt(np.maximum(np.diag(fit.vcov), 0.0)),
-        },
-        schema={"term": pl.String, "estimate": pl.Float64, "std_error": pl.Float64},
-    )
+    blocks = range(len(design.blocks))
+    coefficients = coefficients_frame([c.name for c in design.fixed], fit.beta, fit.vcov)
     frames = _key_frames(prep)
-    eff_parts = []
-    for d, (block, keys) in enumerate(zip(design.blocks, frames, strict=True)):
-        k = by_design[d]
-        label = keys.select(_label(block.grouping.columns).alias("level"))["level"]
-        for i, col in enumerate(block.columns):
-            eff_parts.append(
-                keys.with_columns(
-                    pl.lit(block.grouping.name).alias("grouping"),
-                    label.alias("level"),
-                    pl.lit(col.name).alias("term"),
-                    pl.Series("estimate", fit.solution.b[k][:, i]),
-                    pl.Series(
-                        "cond_sd", np.sqrt(np.maximum(fit.solution.cond_var[k][:, i, i], 0.0))
-                    ),
-                )
-            )
-    effects = _align(
-        eff_parts, all_keys, schema, ["grouping", "level"], ["term", "estimate", "cond_sd"]
+    effects = effects_frame(
+        design,
+        frames,
+        [fit.solution.b[by_design[d]] for d in blocks],
+        [fit.solution.cond_var[by_design[d]] for d in blocks],
+        all_keys,
+        schema,
     )
     estimates = _estimates(prep, fit, frames, interval, all_keys, schema)
     return {
         "estimates": estimates,
         "effects": effects,
         "coefficients": coefficients,
-        "components": _components(prep, fit),
+        "components": components_frame(
+            design,
+            [fit.covariance[by_design[d]] for d in blocks],
+            [model.levels[by_design[d]] for d in blocks],
+            None,
+        ),
     }
 
 
@@ -285,13 +217,7 @@ def _estimates(
         lower = mean_link(family, centre - z * se_link)[0]
         upper = mean_link(family, centre + z * se_link)[0]
         k = by_design[d]
-        intercept = [i for i, c in enumerate(block.columns) if c.variable == 0 and not c.spec]
-        if intercept:
-            i = intercept[0]
-            prior = fit.covariance[k][i, i]
-            shrink = fit.solution.cond_var[k][:, i, i] / prior if prior > 0 else np.ones(len(n))
-        else:
-            shrink = np.full(len(n), np.nan)
+        shrink = intercept_shrinkage(design, d, fit.covariance[k], fit.solution.cond_var[k])
         parts.append(
             keyframe.with_columns(
                 pl.lit(block.grouping.name).alias("grouping"),
@@ -305,7 +231,7 @@ def _estimates(
             )
         )
     tail = ["n", "raw_mean", "estimate", "std_error", "lower", "upper", "shrinkage"]
-    return _align(parts, keys, schema, ["grouping"], tail)
+    return align(parts, ["grouping"], keys, schema, tail)
 
 
 def _predictor(prep: PreparedCounts, fit: CountFit) -> Predictor:
@@ -364,13 +290,7 @@ def fit_count_source(
     t2 = time.perf_counter()
     frames = count_tables(prep, fit, interval)
     t3 = time.perf_counter()
-    singular = False
-    pos = 0
-    for entries in prep.model.free:
-        for i, j in entries:
-            if i == j and fit.theta[pos] < SINGULAR_TOL:
-                singular = True
-            pos += 1
+    singular = is_singular(prep.model.free, fit.theta)
     groups = {
         b.grouping.name: int(prep.codes[d].max()) + 1 for d, b in enumerate(prep.design.blocks)
     }

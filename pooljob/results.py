@@ -14,8 +14,9 @@ import numpy as np
 import polars as pl
 
 from pooljob.formula import Formula, Grouping
+from pooljob.frames import level_label
 from pooljob.model import NestedFit
-from pooljob.optimize import SINGULAR_TOL
+from pooljob.optimize import is_singular
 
 if TYPE_CHECKING:
     from pooljob.general import GeneralFit
@@ -102,10 +103,6 @@ def _key_frame(gs: GroupStatistics, level: int) -> pl.DataFrame:
     )
 
 
-def _label(frame: pl.DataFrame, columns: tuple[str, ...]) -> pl.Expr:
-    return pl.concat_str([pl.col(c).cast(pl.String) for c in columns], separator=":")
-
-
 def build(
     formula: Formula, gs: GroupStatistics, fit: NestedFit, interval: float, family: str
 ) -> FitResult:
@@ -142,7 +139,7 @@ def build(
                 [
                     keys.select(
                         pl.lit(name).alias("grouping"),
-                        _label(keys, lev.grouping.columns).alias("level"),
+                        level_label(lev.grouping.columns).alias("level"),
                     ),
                     keys,
                     pl.DataFrame(
@@ -208,13 +205,7 @@ def build_general(
     frames = tables(fit, interval)
     prep = fit.prepared
     sigma2 = fit.solution.sigma2
-    singular = False
-    pos = 0
-    for entries in prep.blocks.free:
-        for i, j in entries:
-            if i == j and fit.theta[pos] < SINGULAR_TOL:
-                singular = True
-            pos += 1
+    singular = is_singular(prep.blocks.free, fit.theta)
     groups = {
         b.grouping.name: int(prep.codes[d].max()) + 1 for d, b in enumerate(prep.design.blocks)
     }

@@ -208,7 +208,7 @@ def test_refreshes_equal_a_full_scan(
         assert full.manifest["refresh"]["reason"] == "pooljob run --full"
         assert_same_fit(outcome, full)
         # The merged statistics equal a one-pass scan's to rounding (~1e-16); the general
-        # solver (COBYQA, then a finite-difference Newton polish) moves by ~1e-10 for a
+        # solver (L-BFGS-B on the exact gradient, then Newton steps) moves by ~1e-10 for a
         # change of 1e-15 in its input, so its fits are compared at its own precision.
         assert_same_statistics(cfg)
         assert_same_fit(outcome, plain, rtol=1e-10 if formula == NESTED else 1e-8)
