@@ -338,3 +338,23 @@ def check_rank(xtx: NDArray[np.float64], names: list[str]) -> None:
                 f"{names[j]!r}) or check for a categorical level that only occurs with another"
             )
         kept.append(j)
+
+
+def grouping_codes(keys: pl.DataFrame, design: Design) -> list[NDArray[np.int64]]:
+    """Each cell's level, ``0 … q−1``, in each grouping of the design (design order).
+
+    Raises
+    ------
+    InputError
+        When a grouping has a single group: no variance between groups.
+    """
+    out = []
+    for block in design.blocks:
+        code = dense_codes(keys, block.grouping.columns)
+        if (int(code.max()) + 1 if len(code) else 0) < 2:
+            raise InputError(
+                f"grouping {block.grouping.name!r} has a single group; a variance between "
+                "groups needs at least two: check the where filter, or drop the term"
+            )
+        out.append(code)
+    return out

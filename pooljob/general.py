@@ -27,7 +27,7 @@ from pooljob.design import (
     RandomBlock,
     build_design,
     check_rank,
-    dense_codes,
+    grouping_codes,
     indicator,
 )
 from pooljob.errors import InputError
@@ -78,19 +78,12 @@ def prepare(
     design = build_design(formula, numeric, levels)
     s = cells.moments()
     fixed = _weights(cells.keys, len(cells.n), design.fixed)
-    random, codes, spec = [], [], []
-    for block in design.blocks:
-        code = dense_codes(cells.keys, block.grouping.columns)
-        q = int(code.max()) + 1 if len(code) else 0
-        if q < 2:
-            raise InputError(
-                f"grouping {block.grouping.name!r} has a single group; a variance between "
-                "groups needs at least two: check the where filter, or drop the term"
-            )
+    codes = grouping_codes(cells.keys, design)
+    random, spec = [], []
+    for block, code in zip(design.blocks, codes, strict=True):
         cw = _weights(cells.keys, len(cells.n), block.columns)
         random.append(cw)
-        codes.append(code)
-        spec.append((code, q, cw, block.free_entries()))
+        spec.append((code, int(code.max()) + 1, cw, block.free_entries()))
     blocks = build_blocks(s, design.response, fixed, spec)
     names = [c.name for c in design.fixed]
     if names:

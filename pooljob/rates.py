@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from pooljob.counts import CountTable, count_stats_sql, scan_counts
-from pooljob.design import Design, build_design, check_rank, dense_codes, indicator
+from pooljob.design import Design, build_design, check_rank, grouping_codes, indicator
 from pooljob.errors import InputError
 from pooljob.formula import Formula
 from pooljob.frames import (
@@ -85,17 +85,11 @@ def prepare_counts(
     names = [c.name for c in design.fixed]
     if names:
         check_rank(x.T @ (counts.t[:, None] * x), names)
-    random, codes = [], []
-    for block in design.blocks:
-        code = dense_codes(counts.keys, block.grouping.columns)
-        q = int(code.max()) + 1 if len(code) else 0
-        if q < 2:
-            raise InputError(
-                f"grouping {block.grouping.name!r} has a single group; a variance between "
-                "groups needs at least two: check the where filter, or drop the term"
-            )
-        codes.append(code)
-        random.append((code, q, _columns(counts, block.columns), block.free_entries()))
+    codes = grouping_codes(counts.keys, design)
+    random = [
+        (code, int(code.max()) + 1, _columns(counts, block.columns), block.free_entries())
+        for block, code in zip(design.blocks, codes, strict=True)
+    ]
     model = count_model(family, counts.y, counts.t, counts.offset, counts.constant, x, random)
     dense = sum(q * w for q, w in zip(model.levels[1:], model.widths[1:], strict=True))
     if dense > MAX_DENSE:
