@@ -185,20 +185,38 @@ def _apply_where(con: duckdb.DuckDBPyConnection, where: str | None, description:
         ) from exc
 
 
+_DEFAULT_MEMORY_CAP = 3 * 2**30
+
+
+def default_memory_limit() -> str:
+    """DuckDB's memory limit when ``[engine] memory_limit`` is not set.
+
+    A quarter of physical RAM, at most 3 GiB (DuckDB's own default is 80% of
+    RAM).  The scan is a streaming aggregation: it needs memory for the
+    per-group statistics, not for the rows, and spills to DuckDB's temporary
+    directory beyond the limit, so a 1-billion-row scan stays under 4 GB.
+    """
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        ram = 4 * _DEFAULT_MEMORY_CAP
+    limit = max(min(ram // 4, _DEFAULT_MEMORY_CAP), 256 * 2**20)
+    return f"{limit // 2**20}MiB"
+
+
 def _connect(
     threads: int | None, memory_limit: str | None, progress: bool = False
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory connection; DuckDB's progress bar on only if ``progress``.
 
-    The bar is drawn on stdout after ``progress_bar_time`` ms; these are
-    session settings (DuckDB refuses them in ``connect``'s config), set one
+    ``memory_limit`` defaults to :func:`default_memory_limit`.  The bar is
+    drawn on stdout after ``progress_bar_time`` ms; these are session
+    settings (DuckDB refuses them in ``connect``'s config), set one
     statement at a time.
     """
-    config: dict[str, Any] = {}
+    config: dict[str, Any] = {"memory_limit": memory_limit or default_memory_limit()}
     if threads:
         config["threads"] = threads
-    if memory_limit:
-        config["memory_limit"] = memory_limit
     con = duckdb.connect(":memory:", config=config)
     con.execute(f"set enable_progress_bar_print = {str(progress).lower()}")
     con.execute(f"set enable_progress_bar = {str(progress).lower()}")
