@@ -20,6 +20,8 @@ install-test: $(BIN)/python
 demo: install
 	$(BIN)/pooljob demo-data demo/data
 	$(BIN)/pooljob run configs/demo.toml
+	$(BIN)/pooljob demo-data --poll demo/poll
+	$(BIN)/pooljob run configs/poll.toml
 
 test: install-test
 	$(BIN)/ruff check .

@@ -194,9 +194,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
-    from pooljob.demo import write_demo_data
+    from pooljob.demo import write_demo_data, write_poll_data
 
-    path = write_demo_data(args.directory, rows=args.rows, seed=args.seed)
+    if args.poll:
+        path = write_poll_data(args.directory, seed=args.seed)
+    else:
+        path = write_demo_data(args.directory, rows=args.rows, seed=args.seed)
     print(f"demo data written to {path}")
     return 0
 
@@ -248,6 +251,11 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     p_demo.add_argument("directory")
     p_demo.add_argument("--rows", type=int, default=20_000)
     p_demo.add_argument("--seed", type=int, default=2012)
+    p_demo.add_argument(
+        "--poll",
+        action="store_true",
+        help="write the poll demo instead (poll.parquet and population.parquet, for MRP)",
+    )
     p_demo.set_defaults(func=_cmd_demo_data)
     p_rep = sub.add_parser("report", help="write RUN_DIR/report.html from a published run")
     p_rep.add_argument(

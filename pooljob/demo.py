@@ -78,3 +78,51 @@ def write_demo_data(directory: str | Path, rows: int = 20_000, seed: int = 2012)
     finally:
         con.close()
     return out
+
+
+POLL_STATES = ("MD", "VA", "PA", "DE", "WV", "NJ", "NY", "OH")
+AGES = ("18-29", "30-44", "45-64", "65+")
+
+
+def poll_frames(
+    rows: int = 30_000, seed: int = 2012, states: tuple[str, ...] = POLL_STATES
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A non-representative poll and its population, as in the Xbox-poll story.
+
+    Cells are state × sex × age with known probabilities (logit scale:
+    women +0.5, men −0.5, age −0.6 … +0.7, state effects N(0, 0.4²)); the
+    population has census-like counts; the poll over-samples men 12:1 and
+    the young 4:1, so that about 92% of its rows are men.  Returns
+    ``(poll, population)``: the poll's 0/1 ``vote`` rows, and the cells with
+    their ``population`` count and true probability ``p``.
+    """
+    rng = np.random.default_rng(seed)
+    age_eff = (-0.6, -0.2, 0.3, 0.7)
+    cells = []
+    for state in states:
+        s_eff = rng.normal(0.0, 0.4)
+        size = int(rng.integers(500_000, 10_000_000))
+        for sex, sex_eff, share in (("F", 0.5, 0.52), ("M", -0.5, 0.48)):
+            for a, age in enumerate(AGES):
+                eta = -0.1 + sex_eff + age_eff[a] + s_eff
+                count = int(size * share * (0.22, 0.26, 0.32, 0.20)[a])
+                cells.append((state, sex, age, count, 1.0 / (1.0 + np.exp(-eta))))
+    pop = pl.DataFrame(cells, schema=["state", "sex", "age", "population", "p"], orient="row")
+    bias = np.where(pop["sex"] == "M", 12.0, 1.0) * np.array(
+        [{"18-29": 4.0, "30-44": 2.5, "45-64": 1.5, "65+": 1.0}[a] for a in pop["age"]]
+    )
+    weight = pop["population"].to_numpy() * bias
+    pick = rng.choice(pop.height, size=rows, p=weight / weight.sum())
+    vote = (rng.random(rows) < pop["p"].to_numpy()[pick]).astype(np.int8)
+    poll = pop[pick].select("state", "sex", "age").with_columns(pl.Series("vote", vote))
+    return poll, pop
+
+
+def write_poll_data(directory: str | Path, rows: int = 30_000, seed: int = 2012) -> Path:
+    """Write ``poll.parquet`` and ``population.parquet`` into ``directory``."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    poll, population = poll_frames(rows, seed)
+    poll.write_parquet(out / "poll.parquet")
+    population.drop("p").write_parquet(out / "population.parquet")
+    return out

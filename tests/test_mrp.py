@@ -18,40 +18,17 @@ import polars as pl
 import pytest
 
 import pooljob
+from pooljob.demo import poll_frames
 from pooljob.errors import ConfigError, InputError
 from pooljob.mrp import PoststratifyConfig, poststratify, read_population
 
 STATES = [f"S{i:02d}" for i in range(25)]
 World = tuple[pl.DataFrame, pl.DataFrame, pooljob.FitResult]
-AGES = ["18-29", "30-44", "45-64", "65+"]
 
 
 def world(seed: int = 7, n: int = 60_000) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(population cells with true probabilities, poll rows)."""
-    rng = np.random.default_rng(seed)
-    state_eff = rng.normal(0.0, 0.4, len(STATES))
-    age_eff = np.array([-0.6, -0.2, 0.3, 0.7])
-    rows = []
-    for i, s in enumerate(STATES):
-        size = rng.integers(50_000, 2_000_000)
-        for sex, sex_eff, sex_share in (("F", 0.5, 0.52), ("M", -0.5, 0.48)):
-            for j, a in enumerate(AGES):
-                share = (0.22, 0.26, 0.32, 0.20)[j]
-                eta = -0.1 + sex_eff + age_eff[j] + state_eff[i]
-                rows.append((s, sex, a, int(size * sex_share * share), 1 / (1 + np.exp(-eta))))
-    pop = pl.DataFrame(rows, schema=["state", "sex", "age", "population", "p"], orient="row")
-    # selection: men 12x women, the young 4x the old
-    bias = np.where(pop["sex"] == "M", 12.0, 1.0) * np.array(
-        [{"18-29": 4.0, "30-44": 2.5, "45-64": 1.5, "65+": 1.0}[a] for a in pop["age"]]
-    )
-    weight = pop["population"].to_numpy() * bias
-    cell = rng.choice(pop.height, size=n, p=weight / weight.sum())
-    vote = rng.random(n) < pop["p"].to_numpy()[cell]
-    poll = (
-        pop[cell]
-        .select("state", "sex", "age")
-        .with_columns(pl.Series("vote", vote.astype(np.int8)))
-    )
+    """(population cells with true probabilities ``p``, poll rows): pooljob's poll demo."""
+    poll, pop = poll_frames(n, seed, tuple(STATES))
     return pop, poll
 
 
