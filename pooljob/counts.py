@@ -200,7 +200,10 @@ def scan_counts(
         "nonfinite_response": int(keyed["n_nonfinite_response"].sum()),
         "unusable_covariate": int(keyed["n_unusable_covariate"].sum()),
     }
+    # sorted by key: the same data give the same cells in the same order, and the same fit
     used = keyed.filter(pl.col("n_used") > 0)
+    if keys:
+        used = used.sort(list(keys))
     counts = pl.DataFrame(
         {
             "read": [int(table["n_rows"].sum())],

@@ -461,46 +461,75 @@ def fit_counts(model: CountModel) -> CountFit:
         nonlocal evaluations
         evaluations += 1
         theta, beta = xb[:n_theta], xb[n_theta:]
-        u0 = warm.get("u2")
-        try:
-            if last:
-                u0 = predict_mode(model, last[0][1], last[0][0][:n_theta], theta, beta)
-            mode = pirls(model, theta, beta, u0)
-        except np.linalg.LinAlgError:
-            return float("inf")
-        if np.isfinite(mode.deviance):
-            warm["u2"] = mode.u
-            last[:] = [(xb.copy(), mode)]
-        return mode.deviance
+        starts: list[Array | None] = []
+        if last:
+            with np.errstate(all="ignore"):
+                guess = predict_mode(model, last[0][1], last[0][0][:n_theta], theta, beta)
+            # a prediction far from the last mode (e.g. from θ_k = 0) is no guide
+            if np.all(np.isfinite(guess)) and np.max(np.abs(guess - last[0][1].u)) < 1.0:
+                starts.append(guess)
+        starts += [warm.get("u2"), None]
+        for u0 in starts:
+            try:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    mode = pirls(model, theta, beta, u0)
+            except np.linalg.LinAlgError:
+                continue
+            if np.isfinite(mode.deviance):
+                warm["u2"] = mode.u
+                last[:] = [(xb.copy(), mode)]
+                return mode.deviance
+        return float("inf")
 
     theta0 = np.zeros(n_theta)
     theta0[diag] = 1.0
     bounds1: list[tuple[float | None, float | None]] = [(None, None)] * n_theta
     for i in diag:
         bounds1[i] = (0.0, None)
-    res1 = minimize(
-        stage1,
-        theta0,
-        method="COBYQA",
-        bounds=bounds1,
-        options={"final_tr_radius": STAGE1_RADIUS, "maxfev": 100 * (n_theta + 1) ** 2},
-    )
-    theta1 = np.asarray(res1.x, dtype=np.float64)
-    start_mode = pirls(model, theta1, None)
+    gradient = _gradient_function(model, stage2, last)
+    if gradient is None:
+        res1 = minimize(
+            stage1,
+            theta0,
+            method="COBYQA",
+            bounds=bounds1,
+            options={"final_tr_radius": STAGE1_RADIUS, "maxfev": 100 * (n_theta + 1) ** 2},
+        )
+        theta1 = np.asarray(res1.x, dtype=np.float64)
+        start_mode = pirls(model, theta1, None)
+        stage1_note = f"COBYQA over θ with β by PIRLS (nAGQ = 0, {res1.nfev} evaluations)"
+    else:
+        # with the exact gradient, the nAGQ = 0 stage does not pay for itself
+        theta1 = theta0
+        start_mode = pirls(model, theta1, None)
+        stage1_note = "start at θ = 1 with β by PIRLS"
     x0 = np.concatenate([theta1, start_mode.beta])
     warm["u2"] = start_mode.u
     bounds2 = bounds1 + [(None, None)] * p
-    res2 = minimize(
-        stage2,
-        x0,
-        method="COBYQA",
-        bounds=bounds2,
-        options={
-            "initial_tr_radius": 0.1,
-            "final_tr_radius": STAGE2_RADIUS,
-            "maxfev": 200 * (n_theta + p + 1) ** 2,
-        },
-    )
+    if gradient is not None:
+        # random intercepts: the exact gradient (pooljob.laplace), L-BFGS-B
+        res2 = minimize(
+            gradient,
+            x0,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds2,
+            options={"ftol": 1e-15, "gtol": 1e-8, "maxiter": 1000},
+        )
+        method2 = "L-BFGS-B with the exact gradient"
+    else:
+        res2 = minimize(
+            stage2,
+            x0,
+            method="COBYQA",
+            bounds=bounds2,
+            options={
+                "initial_tr_radius": 0.1,
+                "final_tr_radius": STAGE2_RADIUS,
+                "maxfev": 200 * (n_theta + p + 1) ** 2,
+            },
+        )
+        method2 = "COBYQA"
     xb, fmin = np.asarray(res2.x, dtype=np.float64), float(res2.fun)
     xb, fmin, _ = snap_to_zero(stage2, xb, fmin, diag)
     interior = [i for i in range(n_theta) if i not in diag or xb[i] >= 10 * SINGULAR_TOL]
@@ -508,7 +537,10 @@ def fit_counts(model: CountModel) -> CountFit:
         range(n_theta, n_theta + p)
     )
     before = evaluations
-    xb, fmin, hess = _newton(stage2, xb, fmin, interior)
+    if gradient is not None:
+        xb, fmin, hess = _newton_on_gradient(gradient, xb, fmin, interior)
+    else:
+        xb, fmin, hess = _newton(stage2, xb, fmin, interior)
     polish_evals = evaluations - before
     theta, beta = xb[:n_theta], xb[n_theta:]
     mode = pirls(model, theta, beta, warm.get("u2"))
@@ -516,20 +548,80 @@ def fit_counts(model: CountModel) -> CountFit:
     sol, henderson = _solution(model, theta, beta, mode)
     cov = [tk @ tk.T for tk in templates(_shape(model), theta)]
     summary = OptSummary(
-        optimizer=(
-            "COBYQA over θ with β by PIRLS (nAGQ = 0), then COBYQA over (θ, β) "
-            "(Laplace), then a Newton polish"
-        ),
+        optimizer=f"{stage1_note}, then {method2} over (θ, β) (Laplace), then a Newton polish",
         initial=[float(v) for v in theta0],
         final=[float(v) for v in xb],
         fmin=float(mode.deviance),
         evaluations=evaluations,
-        message=f"stage 1 ({res1.nfev} evaluations): {res1.message}; "
-        f"stage 2 ({res2.nfev} evaluations): {res2.message}; "
-        f"Newton polish by finite differences ({polish_evals} evaluations)",
+        message=f"stage 2 ({res2.nfev} evaluations): {res2.message}; "
+        f"Newton polish ({polish_evals} evaluations)",
         converged=bool(res2.success),
     )
     return CountFit(theta, beta, vcov, mode, henderson, sol, cov, float(mode.deviance), summary)
+
+
+def _gradient_function(
+    model: CountModel, stage2: Callable[[Array], float], last: list[tuple[Array, Mode]]
+) -> Callable[[Array], tuple[float, Array]] | None:
+    """``x ↦ (d(x), ∇d(x))`` for random-intercept models (None otherwise).
+
+    ``stage2`` evaluates the criterion and leaves its mode in ``last``; the
+    gradient is then computed from that mode (:mod:`pooljob.laplace`).
+    """
+    from pooljob.laplace import intercepts_only, laplace_gradient
+
+    if not intercepts_only(model):
+        return None
+    n_theta = model.n_theta
+
+    def value_and_gradient(xb: Array) -> tuple[float, Array]:
+        value = stage2(xb)
+        if not np.isfinite(value) or not last or not np.array_equal(last[0][0], xb):
+            return float("inf"), np.zeros(len(xb))
+        mode = last[0][1]
+        return value, laplace_gradient(model, xb[:n_theta], xb[n_theta:], mode)
+
+    return value_and_gradient
+
+
+def _newton_on_gradient(
+    fun: Callable[[Array], tuple[float, Array]], x: Array, fx: float, free: list[int]
+) -> tuple[Array, float, Array]:
+    """Newton steps over ``free`` with the exact gradient; the Hessian by its differences.
+
+    ``H[:, i] = (∇d(x + h_i e_i) − ∇d(x − h_i e_i)) / (2 h_i)``, symmetrised,
+    ``h_i = 10⁻⁴ max(|x_i|, 0.1)``: ``2k`` gradients for ``k`` coordinates.
+    Up to three steps ``x ← x − H⁻¹∇d`` are taken while the criterion does
+    not rise; the Hessian also gives the standard errors of β.
+    """
+    if not free:
+        return x, fx, np.zeros((0, 0))
+    h = 1e-4 * np.maximum(np.abs(x[free]), 0.1)
+    k = len(free)
+    hess = np.empty((k, k))
+    for a, i in enumerate(free):
+        e = np.zeros_like(x)
+        e[i] = h[a]
+        hess[:, a] = (fun(x + e)[1][free] - fun(x - e)[1][free]) / (2 * h[a])
+    hess = (hess + hess.T) / 2.0
+    try:
+        chol = np.linalg.cholesky(hess)
+    except np.linalg.LinAlgError:
+        return x, fx, hess
+    value, grad = fun(x)
+    for _ in range(3):
+        move = sla.cho_solve((chol, True), grad[free])
+        if np.any(np.abs(move) > 1e-2 * np.maximum(np.abs(x[free]), 0.1)):
+            break
+        trial = x.copy()
+        trial[free] -= move
+        ft, gt = fun(trial)
+        if not ft <= value:
+            break
+        x, value, grad = trial, ft, gt
+        if np.all(np.abs(move) <= 1e-10 * np.maximum(np.abs(x[free]), 0.1)):
+            break
+    return x, value, hess
 
 
 def _column_free(model: CountModel, xb: Array, index: int) -> bool:

@@ -149,3 +149,29 @@ def test_optimum_is_stationary(family: str) -> None:
         g = (f(xb + e) - f(xb - e)) / (2 * h)
         assert abs(g) < 1e-4, (i, g)
     assert fit.deviance == pytest.approx(f(xb), rel=1e-10)
+
+
+@pytest.mark.parametrize("family", ["binomial", "poisson"])
+@pytest.mark.parametrize("kind", ["crossed", "nested"])
+def test_exact_gradient_matches_differences(family: str, kind: str) -> None:
+    """pooljob.laplace's gradient of the Laplace criterion against central differences."""
+    from pooljob.laplace import intercepts_only, laplace_gradient
+
+    y, t, x, random, _ = design(3, kind, family)  # type: ignore[misc]
+    model = count_model(family, y, t, np.zeros(len(y)), 0.0, x, random)  # type: ignore[arg-type]
+    assert intercepts_only(model)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        theta = rng.uniform(0.2, 1.5, model.n_theta)
+        beta = rng.normal(0, 0.3, 2)
+        grad = laplace_gradient(model, theta, beta, pirls(model, theta, beta))
+        xb = np.concatenate([theta, beta])
+        for i in range(len(xb)):
+            e = np.zeros_like(xb)
+            e[i] = 1e-5
+            up, down = xb + e, xb - e
+            fd = (
+                pirls(model, up[: model.n_theta], up[model.n_theta :]).deviance
+                - pirls(model, down[: model.n_theta], down[model.n_theta :]).deviance
+            ) / 2e-5
+            assert grad[i] == pytest.approx(fd, rel=1e-6, abs=1e-6)
