@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.linalg as sla
+import scipy.sparse as sp
 from numpy.typing import NDArray
 from scipy.optimize import minimize
 from scipy.special import expit
@@ -81,6 +82,8 @@ class CountModel:
     pairs : dict
         ``(a, b) → (codes_a, codes_b, inverse)``: the pairs of levels that
         share a cell, and each cell's pair.
+    zmat : scipy.sparse.csr_matrix, shape (C, Σ q_k p_k)
+        ``Z`` itself, columns in block order (level-major within a block).
     """
 
     family: str
@@ -95,6 +98,7 @@ class CountModel:
     free: list[list[tuple[int, int]]]
     order: list[int]
     pairs: dict[tuple[int, int], tuple[Codes, Codes, Codes]]
+    zmat: sp.csr_matrix
 
     @property
     def n_theta(self) -> int:
@@ -130,6 +134,20 @@ def count_model(
             key = codes[a] * levels[b] + codes[b]
             uniq, inv = np.unique(key, return_inverse=True)
             pairs[(a, b)] = (uniq // levels[b], uniq % levels[b], inv.astype(np.int64).ravel())
+    zs = [random[k][2] for k in order]
+    rows, cols, vals, start = [], [], [], 0
+    cells = np.arange(len(y))
+    for z, code, q in zip(zs, codes, levels, strict=True):
+        pk = z.shape[1]
+        for a in range(pk):
+            rows.append(cells)
+            cols.append(start + code * pk + a)
+            vals.append(z[:, a])
+        start += q * pk
+    zmat = sp.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(len(y), start),
+    )
     return CountModel(
         family=family,
         y=y,
@@ -137,12 +155,13 @@ def count_model(
         offset=offset,
         constant=constant,
         x=x,
-        z=[random[k][2] for k in order],
+        z=zs,
         codes=codes,
         levels=levels,
         free=[random[k][3] for k in order],
         order=order,
         pairs=pairs,
+        zmat=zmat,
     )
 
 
@@ -255,39 +274,56 @@ def spherical_solution(blocks: Blocks, f: Factor, beta: Array | None) -> tuple[A
 
 
 def random_part(model: CountModel, t: list[Array], u: Array) -> tuple[Array, list[Array]]:
-    """``ZΛu`` per cell and ``b_k = u_k T_kᵀ`` per block (block order)."""
-    zb = np.zeros(len(model.y))
+    """``ZΛu`` per cell and ``b_k = u_k T_kᵀ`` per block (block order).
+
+    ``u`` may also be a matrix (Q, P): then ``ZΛu`` is (C, P) and the ``b_k``
+    are (q_k, p_k, P).
+    """
     bs, pos = [], 0
-    for z, codes, q, tk in zip(model.z, model.codes, model.levels, t, strict=True):
+    for z, q, tk in zip(model.z, model.levels, t, strict=True):
         pk = z.shape[1]
-        b = u[pos : pos + q * pk].reshape(q, pk) @ tk.T
+        uk = u[pos : pos + q * pk].reshape(q, pk, *u.shape[1:])
+        bs.append(np.einsum("ij,qj...->qi...", tk, uk))
         pos += q * pk
-        bs.append(b)
-        zb += (z * b[codes]).sum(axis=1)
+    stacked = np.concatenate([b.reshape(-1, *u.shape[1:]) for b in bs])
+    zb = np.asarray(model.zmat @ stacked)
+    if u.ndim == 1:
+        return zb, [b.reshape(b.shape[0], b.shape[1]) for b in bs]
     return zb, bs
 
 
 def solve_m(blocks: Blocks, f: Factor, rhs: Array) -> Array:
-    """``M⁻¹ rhs`` with ``M = L Lᵀ = Λ'Z'WZΛ + I`` from the blocked factor (u in block order)."""
+    """``M⁻¹ rhs`` with ``M = L Lᵀ = Λ'Z'WZΛ + I`` from the blocked factor (u in block order).
+
+    ``rhs`` is (Q,) or (Q, P).
+    """
     q1, p1 = blocks.levels[0], blocks.widths[0]
     n1 = q1 * p1
-    y1 = np.linalg.solve(f.l11, rhs[:n1].reshape(q1, p1, 1)).reshape(n1)
+    tail = rhs.shape[1:]
+    cols = int(np.prod(tail)) if tail else 1
+    r1 = rhs[:n1].reshape(q1, p1, cols)
+    y1 = np.linalg.solve(f.l11, r1)
     if f.l22 is None or f.l21 is None:
-        return np.asarray(
-            np.linalg.solve(f.l11.transpose(0, 2, 1), y1.reshape(q1, p1, 1)).reshape(n1)
-        )
-    y2 = sla.solve_triangular(f.l22, rhs[n1:] - f.l21 @ y1, lower=True, check_finite=False)
+        x1 = np.linalg.solve(f.l11.transpose(0, 2, 1), y1)
+        return np.asarray(x1.reshape(n1, *tail))
+    y1f = y1.reshape(n1, cols)
+    r2 = rhs[n1:].reshape(-1, cols)
+    y2 = sla.solve_triangular(f.l22, r2 - f.l21 @ y1f, lower=True, check_finite=False)
     x2 = sla.solve_triangular(f.l22.T, y2, lower=False, check_finite=False)
-    x1 = np.linalg.solve(f.l11.transpose(0, 2, 1), (y1 - f.l21.T @ x2).reshape(q1, p1, 1))
-    return np.concatenate([x1.reshape(n1), x2])
+    back = (y1f - f.l21.T @ x2).reshape(q1, p1, cols)
+    x1 = np.linalg.solve(f.l11.transpose(0, 2, 1), back)
+    return np.concatenate([x1.reshape(n1, *tail), x2.reshape(-1, *tail)])
 
 
-def _per_level(model: CountModel, t: list[Array], values: Array) -> Array:
-    """``Λ'Z'v`` for a per-cell vector v: per block and level ``T_kᵀ Σ_c z_c v_c``, stacked."""
-    parts = []
-    for z, codes, q, tk in zip(model.z, model.codes, model.levels, t, strict=True):
-        sums = sum_by(codes, z * values[:, None], q)  # (q, p_k)
-        parts.append((sums @ tk).ravel())
+def lambda_zt(model: CountModel, t: list[Array], values: Array) -> Array:
+    """``Λ'Z'v`` for per-cell values v (C,) or (C, P): per block and level ``T_kᵀ Σ_c z_c v_c``."""
+    sums = np.asarray(model.zmat.T @ values)
+    parts, pos = [], 0
+    for z, q, tk in zip(model.z, model.levels, t, strict=True):
+        pk = z.shape[1]
+        block = sums[pos : pos + q * pk].reshape(q, pk, *values.shape[1:])
+        parts.append(np.einsum("ji,qj...->qi...", tk, block).reshape(q * pk, *values.shape[1:]))
+        pos += q * pk
     return np.concatenate(parts)
 
 
@@ -311,7 +347,7 @@ def predict_mode(
     w = model.t * deriv
     zdu, _ = random_part(model, dt, old.u)
     v = model.x @ (beta - old.beta) + zdu
-    rhs = _per_level(model, t_old, w * v) - _per_level(model, dt, model.y - model.t * mean)
+    rhs = lambda_zt(model, t_old, w * v) - lambda_zt(model, dt, model.y - model.t * mean)
     return np.asarray(old.u - solve_m(old.blocks, old.factor, rhs))
 
 

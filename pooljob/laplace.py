@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 from pooljob.glmm import (
     CountModel,
     Mode,
+    lambda_zt,
     mean_link,
     random_part,
     solve_m,
@@ -70,12 +71,15 @@ def _cell_inverse(model: CountModel, mode: Mode) -> Array:
     g = np.asarray(l21t @ sigma22)  # L21ᵀ Σ22, (q1, m)
     s11 = (1.0 + np.asarray(l21t.multiply(g).sum(axis=1)).ravel()) / d1**2
     s12 = -g / d1[:, None]
-    pos = [blocks.offsets[k] + codes[k] for k in range(1, k_blocks)]
+    # each pair of blocks: the entries on the level pairs that share a cell, then per cell
     out[:, 0, 0] = s11[codes[0]]
     for k in range(1, k_blocks):
-        out[:, 0, k] = out[:, k, 0] = s12[codes[0], pos[k - 1]]
-        for j in range(k, k_blocks):
-            out[:, k, j] = out[:, j, k] = sigma22[pos[k - 1], pos[j - 1]]
+        level = blocks.offsets[k] + np.arange(model.levels[k])
+        out[:, k, k] = np.diagonal(sigma22)[level][codes[k]]
+    for (a, b), (ca, cb, inv) in model.pairs.items():
+        pb = blocks.offsets[b] + cb
+        vals = s12[ca, pb] if a == 0 else sigma22[blocks.offsets[a] + ca, pb]
+        out[:, a, b] = out[:, b, a] = vals[inv]
     return out
 
 
@@ -92,34 +96,20 @@ def laplace_gradient(model: CountModel, theta: Array, beta: Array, mode: Mode) -
     h = s_zeta @ theta
     k_blocks = len(model.codes)
     q = [int(v) for v in model.levels]
-    starts = np.concatenate([[0], np.cumsum(q)])
-
-    def lam_zt(values: Array) -> Array:
-        """``Λ'Z'v`` stacked in block order."""
-        return np.concatenate(
-            [
-                theta[k] * np.bincount(model.codes[k], values, minlength=q[k])
-                for k in range(k_blocks)
-            ]
-        )
-
-    u_levels = [mode.u[starts[k] : starts[k + 1]] for k in range(k_blocks)]
-    grads = []
-    params: list[tuple[Array, Array, int | None]] = []
+    starts = np.concatenate([[0], np.cumsum(q)]).astype(int)
+    p = model.x.shape[1]
+    # per parameter φ (θ_k, then β_j): a = ∂η/∂φ at fixed u, and g_φ
+    a = np.empty((len(model.y), k_blocks + p))
     for k in range(k_blocks):
-        a = u_levels[k][model.codes[k]]
-        g = lam_zt(w * a)
-        g[starts[k] : starts[k + 1]] -= np.bincount(model.codes[k], resid, minlength=q[k])
-        params.append((a, g, k))
-    for j in range(model.x.shape[1]):
-        a = model.x[:, j]
-        params.append((a, lam_zt(w * a), None))
-    for a, g, block in params:
-        du = -solve_m(mode.blocks, mode.factor, g)
-        zdu, _ = random_part(model, t, du)
-        deta = a + zdu
-        value = -2.0 * float(resid @ a) + float((w2 * h) @ deta)
-        if block is not None:
-            value += 2.0 * float(w @ s_zeta[:, block])
-        grads.append(value)
-    return np.asarray(grads)
+        a[:, k] = mode.u[starts[k] : starts[k + 1]][model.codes[k]]
+    a[:, k_blocks:] = model.x
+    g = lambda_zt(model, t, w[:, None] * a)
+    resid_sums = np.asarray(model.zmat.T @ resid)
+    for k in range(k_blocks):
+        g[starts[k] : starts[k + 1], k] -= resid_sums[starts[k] : starts[k + 1]]
+    du = -solve_m(mode.blocks, mode.factor, g)
+    zdu, _ = random_part(model, t, du)
+    deta = a + zdu
+    grad = -2.0 * (resid @ a) + (w2 * h) @ deta
+    grad[:k_blocks] += 2.0 * (w @ s_zeta)
+    return np.asarray(grad, dtype=np.float64)
