@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from rcheck import rscript_with_lme4
 
 FORMULA = "y ~ x + (1 | f1) + (1 | f2) + (1 | f3)"
 
@@ -97,17 +97,8 @@ def generate(stem: Path, rows: int, f1: int, f2: int, f3: int, seed: int) -> tup
 
 
 def time_lme4(csv: Path, repeats: int) -> dict[str, Any] | None:
-    rscript = shutil.which("Rscript")
+    rscript = rscript_with_lme4("lme4")
     if rscript is None:
-        print("lme4: skipped (Rscript not found on PATH)")
-        return None
-    check = subprocess.run(
-        [rscript, "-e", "suppressPackageStartupMessages({library(lme4); library(jsonlite)})"],
-        capture_output=True,
-        text=True,
-    )
-    if check.returncode != 0:
-        print(f"lme4: skipped (R has no lme4/jsonlite: {check.stderr.strip().splitlines()[-1]})")
         return None
     with tempfile.TemporaryDirectory() as tmp:
         script, out = Path(tmp) / "bench.R", Path(tmp) / "out.json"

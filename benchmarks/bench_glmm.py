@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import statistics
 import subprocess
 import sys
@@ -62,6 +61,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import polars as pl
+from rcheck import rscript_with_lme4
 from scipy.special import gammaln
 
 RANDOM = "(1 | state) + (1 | county) + (1 | age) + (1 | educ) + (1 | race)"
@@ -162,22 +162,6 @@ def cell_table(folder: Path, csv: Path) -> pl.DataFrame:
     return pl.read_csv(csv)
 
 
-def rscript_with_lme4() -> str | None:
-    rscript = shutil.which("Rscript")
-    if rscript is None:
-        print("glmer: skipped (Rscript not found on PATH)")
-        return None
-    check = subprocess.run(
-        [rscript, "-e", "suppressPackageStartupMessages({library(lme4); library(jsonlite)})"],
-        capture_output=True,
-        text=True,
-    )
-    if check.returncode != 0:
-        print(f"glmer: skipped (R has no lme4/jsonlite: {check.stderr.strip().splitlines()[-1]})")
-        return None
-    return rscript
-
-
 def run_glmer(rscript: str, csv: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         script, out = Path(tmp) / "bench.R", Path(tmp) / "out.json"
@@ -241,7 +225,7 @@ def main() -> None:
         + ", ".join(f"{k} {v:,}" for k, v in groups.items())
     )
     glob = str(folder / "*.parquet")
-    rscript = None if args.only_pooljob else rscript_with_lme4()
+    rscript = None if args.only_pooljob else rscript_with_lme4("glmer")
 
     run_pooljob(glob, FORMULA)  # warm-up (imports, file cache)
     times: list[float] = []

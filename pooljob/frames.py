@@ -155,3 +155,28 @@ def intercept_shrinkage(design: Design, d: int, prior: Array, cond_var: Array) -
     if prior[i, i] > 0:
         return np.asarray(cond_var[:, i, i] / prior[i, i])
     return np.ones(len(cond_var))
+
+
+def estimates_part(
+    keys: pl.DataFrame,
+    grouping: str,
+    columns: dict[str, NDArray[Any]],
+) -> pl.DataFrame:
+    """One grouping's rows of ``estimates.parquet``: its key columns, then ``ESTIMATE_COLUMNS``.
+
+    ``columns`` maps each name of ``ESTIMATE_COLUMNS`` to its values (``n``
+    is rounded to an integer).
+    """
+    return keys.with_columns(
+        pl.lit(grouping).alias("grouping"),
+        *(
+            pl.Series(name, columns[name].round().astype(np.int64))
+            if name == "n"
+            else pl.Series(name, columns[name])
+            for name in ESTIMATE_COLUMNS
+        ),
+    )
+
+
+#: The per-group columns of ``estimates.parquet`` after the key columns.
+ESTIMATE_COLUMNS = ("n", "raw_mean", "estimate", "std_error", "lower", "upper", "shrinkage")

@@ -33,10 +33,12 @@ from pooljob.design import (
 from pooljob.errors import InputError
 from pooljob.formula import Formula
 from pooljob.frames import (
+    ESTIMATE_COLUMNS,
     align,
     coefficients_frame,
     components_frame,
     effects_frame,
+    estimates_part,
     intercept_shrinkage,
     level_keys,
 )
@@ -443,18 +445,21 @@ def _estimates(
         se = np.sqrt(np.maximum(pev[st : st + len(n)], 0.0))
         shrink = intercept_shrinkage(design, d, fit.covariance[d], fit.cond_var[d])
         parts.append(
-            keyframe.with_columns(
-                pl.lit(block.grouping.name).alias("grouping"),
-                pl.Series("n", n.round().astype(np.int64)),
-                pl.Series("raw_mean", raw),
-                pl.Series("estimate", est),
-                pl.Series("std_error", se),
-                pl.Series("lower", est - z * se),
-                pl.Series("upper", est + z * se),
-                pl.Series("shrinkage", shrink),
+            estimates_part(
+                keyframe,
+                block.grouping.name,
+                {
+                    "n": n,
+                    "raw_mean": raw,
+                    "estimate": est,
+                    "std_error": se,
+                    "lower": est - z * se,
+                    "upper": est + z * se,
+                    "shrinkage": shrink,
+                },
             )
         )
-    tail = ["n", "raw_mean", "estimate", "std_error", "lower", "upper", "shrinkage"]
+    tail = list(ESTIMATE_COLUMNS)
     if not parts:
         return pl.DataFrame(schema={"grouping": pl.String, **{t: pl.Float64 for t in tail}})
     return align(parts, ["grouping"], keys, schema, tail)

@@ -25,10 +25,12 @@ from pooljob.design import Design, build_design, check_rank, grouping_codes, ind
 from pooljob.errors import InputError
 from pooljob.formula import Formula
 from pooljob.frames import (
+    ESTIMATE_COLUMNS,
     align,
     coefficients_frame,
     components_frame,
     effects_frame,
+    estimates_part,
     intercept_shrinkage,
     level_keys,
 )
@@ -213,18 +215,21 @@ def _estimates(
         k = by_design[d]
         shrink = intercept_shrinkage(design, d, fit.covariance[k], fit.solution.cond_var[k])
         parts.append(
-            keyframe.with_columns(
-                pl.lit(block.grouping.name).alias("grouping"),
-                pl.Series("n", n.round().astype(np.int64)),
-                pl.Series("raw_mean", raw),
-                pl.Series("estimate", est),
-                pl.Series("std_error", se),
-                pl.Series("lower", lower),
-                pl.Series("upper", upper),
-                pl.Series("shrinkage", shrink),
+            estimates_part(
+                keyframe,
+                block.grouping.name,
+                {
+                    "n": n,
+                    "raw_mean": raw,
+                    "estimate": est,
+                    "std_error": se,
+                    "lower": lower,
+                    "upper": upper,
+                    "shrinkage": shrink,
+                },
             )
         )
-    tail = ["n", "raw_mean", "estimate", "std_error", "lower", "upper", "shrinkage"]
+    tail = list(ESTIMATE_COLUMNS)
     return align(parts, ["grouping"], keys, schema, tail)
 
 
