@@ -166,8 +166,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
     outcome = run(config, progress=_progress(args), full=args.full)
     if not args.quiet:
         print(format_summary(outcome.result))
+        if outcome.poststratified is not None:
+            print(_poststratified_text(outcome.poststratified))
         print(f"published: {config.output.path / 'current'} -> runs/{outcome.run_id}")
     return 0
+
+
+def _poststratified_text(table: pl.DataFrame, most: int = 10) -> str:
+    """The first rows of the poststratified table, for the terminal."""
+    keys = [c for c in table.columns if c not in ("estimate", "std_error", "lower", "upper")]
+    keys = [c for c in keys if c != "population"]
+    lines = ["poststratified" + (f" by {', '.join(keys)}:" if keys else ":")]
+    for row in table.head(most).iter_rows(named=True):
+        label = ":".join(str(row[k]) for k in keys) or "all"
+        lines.append(
+            f"  {label:<18} {row['estimate']:.4g}  ({row['lower']:.4g} to {row['upper']:.4g}), "
+            f"population {row['population']:,.0f}"
+        )
+    if table.height > most:
+        lines.append(f"  ... {table.height - most} more in poststratified.parquet")
+    return "\n".join(lines)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

@@ -43,6 +43,7 @@ class RunOutcome:
     run_dir: Path
     result: FitResult
     manifest: dict[str, Any]
+    poststratified: pl.DataFrame | None = None
 
 
 @functools.cache
@@ -246,4 +247,10 @@ def run(config: Config, progress: bool = False, full: bool = False) -> RunOutcom
             seconds=round(t_end - t0, 6),
             run_dir=str(run_dir),
         )
-    return RunOutcome(run_id=run_id, run_dir=run_dir, result=result, manifest=manifest)
+    return RunOutcome(
+        run_id=run_id,
+        run_dir=run_dir,
+        result=result,
+        manifest=manifest,
+        poststratified=poststratified,
+    )
