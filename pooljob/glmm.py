@@ -542,21 +542,11 @@ def fit_counts(model: CountModel) -> CountFit:
     x0 = np.concatenate([theta1, start_mode.beta])
     warm["u2"] = start_mode.u
     bounds2 = bounds1 + [(None, None)] * p
-    if gradient is not None:
-        # random intercepts: the exact gradient (pooljob.laplace), L-BFGS-B
-        res2 = minimize(
-            gradient,
-            x0,
-            jac=True,
-            method="L-BFGS-B",
-            bounds=bounds2,
-            options={"ftol": 1e-15, "gtol": 1e-8, "maxiter": 1000},
-        )
-        method2 = "L-BFGS-B with the exact gradient"
-    else:
-        res2 = minimize(
+
+    def cobyqa(start: Array) -> tuple[Array, float, str]:
+        res = minimize(
             stage2,
-            x0,
+            start,
             method="COBYQA",
             bounds=bounds2,
             options={
@@ -565,8 +555,42 @@ def fit_counts(model: CountModel) -> CountFit:
                 "maxfev": 200 * (n_theta + p + 1) ** 2,
             },
         )
-        method2 = "COBYQA"
-    xb, fmin = np.asarray(res2.x, dtype=np.float64), float(res2.fun)
+        return np.asarray(res.x, dtype=np.float64), float(res.fun), f"COBYQA: {res.message}"
+
+    def search(start: Array) -> tuple[Array, float, str]:
+        if gradient is None:
+            return cobyqa(start)
+        # random intercepts: the exact gradient (pooljob.laplace).  The criterion
+        # is even in each θ_k, so the search runs unbounded and reports |θ|: at a
+        # bound θ_k = 0 its gradient would vanish and hold the search there.
+        res = minimize(
+            gradient,
+            start,
+            jac=True,
+            method="L-BFGS-B",
+            options={"ftol": 1e-15, "gtol": 1e-8, "maxiter": 1000},
+        )
+        x = np.asarray(res.x, dtype=np.float64)
+        x[diag] = np.abs(x[diag])
+        return x, stage2(x), f"L-BFGS-B: {res.message}"
+
+    method2 = "L-BFGS-B with the exact gradient" if gradient is not None else "COBYQA"
+    xb, fmin, note = search(x0)
+    notes = [note]
+    for _ in range(4):
+        # a variance at 0 is accepted only if moving it off 0 does not help
+        restart = None
+        for i in diag:
+            if xb[i] < SINGULAR_TOL:
+                trial = xb.copy()
+                trial[i] = 0.1
+                if stage2(trial) < fmin - 1e-9 * max(1.0, abs(fmin)):
+                    restart = trial
+                    break
+        if restart is None:
+            break
+        xb, fmin, note = search(restart)
+        notes.append("restart off the boundary; " + note)
     xb, fmin, _ = snap_to_zero(stage2, xb, fmin, diag)
     interior = [i for i in range(n_theta) if i not in diag or xb[i] >= 10 * SINGULAR_TOL]
     interior = [i for i in interior if _column_free(model, xb, i)] + list(
@@ -575,6 +599,13 @@ def fit_counts(model: CountModel) -> CountFit:
     before = evaluations
     if gradient is not None:
         xb, fmin, hess = _newton_on_gradient(gradient, xb, fmin, interior)
+        value, grad = gradient(xb)
+        steps = np.maximum(np.abs(xb[interior]), 0.1)
+        if np.max(np.abs(grad[interior]) * steps, initial=0.0) > 1e-6 * max(1.0, abs(value)):
+            # the gradient search stopped short (a failed line search): finish without it
+            xb, fmin, note = cobyqa(xb)
+            notes.append("gradient search stopped short; " + note)
+            xb, fmin, hess = _newton(stage2, xb, fmin, interior)
     else:
         xb, fmin, hess = _newton(stage2, xb, fmin, interior)
     polish_evals = evaluations - before
@@ -589,9 +620,8 @@ def fit_counts(model: CountModel) -> CountFit:
         final=[float(v) for v in xb],
         fmin=float(mode.deviance),
         evaluations=evaluations,
-        message=f"stage 2 ({res2.nfev} evaluations): {res2.message}; "
-        f"Newton polish ({polish_evals} evaluations)",
-        converged=bool(res2.success),
+        message="; ".join(notes) + f"; Newton polish ({polish_evals} evaluations)",
+        converged=bool(np.isfinite(fmin)),
     )
     return CountFit(theta, beta, vcov, mode, henderson, sol, cov, float(mode.deviance), summary)
 

@@ -70,3 +70,48 @@ def test_row_order_and_files_do_not_matter(tmp_path: Path) -> None:
     ea = one.estimates.sort("grouping", "g", "h")["estimate"].to_numpy()
     eb = split.estimates.sort("grouping", "g", "h")["estimate"].to_numpy()
     assert np.allclose(ea, eb, rtol=1e-7)
+
+
+def hard_case(trial: int) -> tuple[str, pl.DataFrame]:
+    """Small crossed designs near the boundary: a zero or tiny variance, rare events."""
+    rng = np.random.default_rng(trial)
+    family = ("binomial", "poisson")[trial % 2]
+    n = int(rng.integers(200, 3000))
+    qg, qh = int(rng.integers(3, 40)), int(rng.integers(2, 6))
+    gi, hi = rng.integers(0, qg, n), rng.integers(0, qh, n)
+    sd_g = (0.0, 0.3, 1.5)[trial % 3]
+    base = (-4.0, -1.0, 0.5)[(trial // 3) % 3]
+    eta = base + rng.normal(0, sd_g + 1e-9, qg)[gi] + rng.normal(0, 0.2, qh)[hi]
+    if family == "binomial":
+        y = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(np.int64)
+    else:
+        y = rng.poisson(np.exp(eta))
+    frame = pl.DataFrame(
+        {
+            "g": [f"g{i}" for i in gi],
+            "h": [f"h{i}" for i in hi],
+            "x": rng.integers(0, 2, n).astype(str),
+            "y": y,
+        }
+    )
+    return family, frame
+
+
+@pytest.mark.parametrize("trial", range(12))
+def test_gradient_search_agrees_with_derivative_free(
+    trial: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exact-gradient search and glmer-style COBYQA reach the same optimum,
+    on the boundary (a variance of 0) as well as inside."""
+    import pooljob.glmm as glmm
+
+    family, frame = hard_case(trial)
+    formula = "y ~ x + (1 | g) + (1 | h)"
+    with_gradient = pooljob.fit(formula, frame, family=family)  # type: ignore[arg-type]
+    monkeypatch.setattr(glmm, "_gradient_function", lambda *args: None)
+    without = pooljob.fit(formula, frame, family=family)  # type: ignore[arg-type]
+    assert with_gradient.loglik == pytest.approx(without.loglik, rel=1e-9)
+    assert with_gradient.singular == without.singular
+    a = with_gradient.components["sd"].to_numpy()
+    b = without.components["sd"].to_numpy()
+    assert np.allclose(a, b, rtol=1e-3, atol=1e-3)
