@@ -37,6 +37,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+# isort: off
+import pooljob  # first: it pins BLAS to one thread before numpy loads it
+
+# isort: on
 import numpy as np
 import polars as pl
 from rcheck import rscript_with_lme4
@@ -113,8 +117,6 @@ def time_lme4(csv: Path, repeats: int) -> dict[str, Any] | None:
 
 def time_pooljob(parquet: Path, repeats: int) -> dict[str, Any] | None:
     try:
-        import pooljob
-
         fit = pooljob.fit(FORMULA, parquet)  # warm-up (imports, file cache)
         times = []
         for _ in range(repeats):

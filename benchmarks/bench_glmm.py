@@ -58,6 +58,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+# isort: off
+import pooljob  # first: it pins BLAS to one thread before numpy loads it
+
+# isort: on
 import duckdb
 import numpy as np
 import polars as pl
@@ -175,7 +179,6 @@ def run_glmer(rscript: str, csv: Path) -> dict[str, Any]:
 
 
 def run_pooljob(data: Any, formula: str) -> tuple[float, Any]:
-    import pooljob
 
     t = time.perf_counter()
     fit = pooljob.fit(formula, data, family="binomial")

@@ -682,7 +682,12 @@ def _newton_on_gradient(
         trial = x.copy()
         trial[free] -= move
         ft, gt = fun(trial)
-        if not ft <= value:
+        # near the optimum f changes by less than its rounding: judge by the gradient too
+        better = ft <= value or (
+            np.linalg.norm(gt[free]) < np.linalg.norm(grad[free])
+            and ft <= value + 1e-12 * max(1.0, abs(value))
+        )
+        if not better:
             break
         x, value, grad = trial, ft, gt
         if np.all(np.abs(move) <= 1e-10 * np.maximum(np.abs(x[free]), 0.1)):
