@@ -22,6 +22,7 @@ from pooljob.cells import DROP_REASONS, NumericVariable, null_key, require_rows,
 from pooljob.errors import InputError
 from pooljob.formula import Formula, display_name
 from pooljob.source import TableSource, quote_identifier
+from pooljob.statistics import ScanSpec
 
 Array = NDArray[np.float64]
 
@@ -158,14 +159,12 @@ def _response_problem(formula: Formula, family: str, count: int) -> str:
     return f"{what}; {count} rows are not: {fix}"
 
 
-def scan_counts(
-    source: TableSource,
-    formula: Formula,
-    family: str,
-    keys: tuple[str, ...],
-    variables: tuple[NumericVariable, ...],
-    offsets: tuple[int, ...],
-) -> CountTable:
+def covariate_indices(spec: ScanSpec) -> list[int]:
+    """Positions in ``spec.variables`` of the covariates: not the response, not an offset."""
+    return [k for k in range(1, len(spec.variables)) if k + 1 not in spec.offsets]
+
+
+def scan_counts(source: TableSource, formula: Formula, family: str, spec: ScanSpec) -> CountTable:
     """Scan the source once into a CountTable.
 
     Parameters
@@ -173,13 +172,10 @@ def scan_counts(
     source : TableSource
     formula : Formula
     family : {"binomial", "poisson"}
-    keys : tuple of str
-        Grouping and categorical columns: the cells.
-    variables : tuple of NumericVariable
-        The design's numeric variables, the response first (as in
-        :class:`pooljob.design.Design`); offsets are read from the formula.
-    offsets : tuple of int
-        Design variable indices (1-based) of the plain offsets.
+    spec : ScanSpec
+        The cells' key columns and the design's numeric variables, the
+        response first (:func:`pooljob.statistics.scan_spec`); offsets
+        are read from the formula.
 
     Raises
     ------
@@ -188,7 +184,8 @@ def scan_counts(
         within a cell, a binomial offset varies within a cell, or no row is
         usable.
     """
-    covariate_index = [k for k in range(1, len(variables)) if k + 1 not in offsets]
+    keys, variables = spec.keys, spec.variables
+    covariate_index = covariate_indices(spec)
     covariates = [variables[k] for k in covariate_index]
     table = pl.from_arrow(source.arrow(count_stats_sql(formula, family, keys, covariates)))
     assert isinstance(table, pl.DataFrame)

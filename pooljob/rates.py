@@ -20,7 +20,7 @@ import polars as pl
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from pooljob.counts import CountTable, count_stats_sql, scan_counts
+from pooljob.counts import CountTable, count_stats_sql, covariate_indices, scan_counts
 from pooljob.design import Design, build_design, check_rank, grouping_codes, indicator
 from pooljob.errors import InputError
 from pooljob.formula import Formula
@@ -258,12 +258,8 @@ def _predictor(prep: PreparedCounts, fit: CountFit) -> Predictor:
 
 def count_sql(formula: Formula, family: str, spec: ScanSpec) -> str:
     """The count query of a binomial or Poisson model (for ``pooljob explain``)."""
-    placeholder: dict[str, list[object]] = {c: [0, 1] for c in spec.categorical}
-    layout = build_design(formula, spec.numeric, placeholder)
-    covariates = [
-        layout.variables[k] for k in range(1, len(layout.variables)) if k + 1 not in layout.offsets
-    ]
-    return count_stats_sql(formula, family, layout.keys, covariates)
+    covariates = [spec.variables[k] for k in covariate_indices(spec)]
+    return count_stats_sql(formula, family, spec.keys, covariates)
 
 
 def fit_count_source(
@@ -280,9 +276,7 @@ def fit_count_source(
             f"formula {formula.text!r} has no random-effect term; pooljob fits multilevel "
             "models: add one, e.g. '+ (1 | group)'"
         )
-    levels_placeholder: dict[str, list[object]] = {c: [0, 1] for c in spec.categorical}
-    layout = build_design(formula, spec.numeric, levels_placeholder)
-    counts = scan_counts(source, formula, family, layout.keys, layout.variables, layout.offsets)
+    counts = scan_counts(source, formula, family, spec)
     t1 = time.perf_counter()
     prep = prepare_counts(formula, family, counts, spec.numeric, spec.categorical)
     fit = fit_counts(prep.model)

@@ -43,12 +43,16 @@ class ScanSpec:
         Source columns of numeric type.
     categorical : list of str
         The formula's categorical variables.
+    offsets : tuple of int
+        Indices (1-based, as in :class:`pooljob.design.Column`) of the
+        variables that are plain offsets.
     """
 
     keys: tuple[str, ...]
     variables: tuple[NumericVariable, ...]
     numeric: set[str]
     categorical: list[str]
+    offsets: tuple[int, ...] = ()
 
 
 def scan_spec(formula: Formula, columns: dict[str, str]) -> ScanSpec:
@@ -57,7 +61,7 @@ def scan_spec(formula: Formula, columns: dict[str, str]) -> ScanSpec:
     categorical = categorical_columns(formula, numeric)
     placeholder: dict[str, list[object]] = {c: [0, 1] for c in categorical}
     design = build_design(formula, numeric, placeholder)
-    return ScanSpec(design.keys, design.variables, numeric, categorical)
+    return ScanSpec(design.keys, design.variables, numeric, categorical, design.offsets)
 
 
 def group_stats_sql(formula: Formula, columns: dict[str, str] | None = None) -> str:
