@@ -84,6 +84,8 @@ class CountModel:
         share a cell, and each cell's pair.
     zmat : scipy.sparse.csr_matrix, shape (C, Σ q_k p_k)
         ``Z`` itself, columns in block order (level-major within a block).
+    unit : tuple of bool
+        Per block, whether it is an intercept alone (one column of ones).
     """
 
     family: str
@@ -99,6 +101,7 @@ class CountModel:
     order: list[int]
     pairs: dict[tuple[int, int], tuple[Codes, Codes, Codes]]
     zmat: sp.csr_matrix
+    unit: tuple[bool, ...]
 
     @property
     def n_theta(self) -> int:
@@ -162,6 +165,7 @@ def count_model(
         order=order,
         pairs=pairs,
         zmat=zmat,
+        unit=tuple(z.shape[1] == 1 and bool(np.all(z == 1.0)) for z in zs),
     )
 
 
@@ -191,11 +195,6 @@ def deviance_terms(model: CountModel, eta: Array) -> float:
     return float(-2.0 * ll.sum())
 
 
-def _unit(z: Array) -> bool:
-    """Whether a block's design is the intercept alone (one column of ones)."""
-    return z.shape[1] == 1 and bool(np.all(z == 1.0))
-
-
 def weighted_blocks(model: CountModel, w: Array, x: Array, r: Array) -> Blocks:
     """``[Z X r]' W [Z X r]`` as :class:`pooljob.blocks.Blocks` (the cells weighted by w).
 
@@ -209,7 +208,7 @@ def weighted_blocks(model: CountModel, w: Array, x: Array, r: Array) -> Blocks:
     wxr = w[:, None] * xr
     ztz: list[Array] = []
     ztxy: list[Array] = []
-    unit = [_unit(z) for z in model.z]
+    unit = model.unit
     for z, codes, q, one in zip(model.z, model.codes, model.levels, unit, strict=True):
         pk = z.shape[1]
         if one:
@@ -634,9 +633,9 @@ def _gradient_function(
     ``stage2`` evaluates the criterion and leaves its mode in ``last``; the
     gradient is then computed from that mode (:mod:`pooljob.laplace`).
     """
-    from pooljob.laplace import intercepts_only, laplace_gradient
+    from pooljob.laplace import laplace_gradient
 
-    if not intercepts_only(model):
+    if not all(model.unit):
         return None
     n_theta = model.n_theta
 

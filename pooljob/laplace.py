@@ -17,7 +17,7 @@ with ``w_c = t_c m'(η_c)``, ``w'_c = t_c m''(η_c)`` and the leverages
 ``h_c = ζ_cᵀ M⁻¹ ζ_c``.  Every needed entry of ``M⁻¹`` comes from the
 blocked factor: ``Σ₂₂ = (L₂₂L₂₂ᵀ)⁻¹`` (one LAPACK ``potri``), ``S₁₂ =
 −L₁₁⁻ᵀL₂₁ᵀΣ₂₂`` and the diagonal of ``S₁₁ = L₁₁⁻ᵀ(I + L₂₁ᵀΣ₂₂L₂₁)L₁₁⁻¹``.
-Random intercepts only (every block one column of ones); pure numerics.
+Random intercepts only (``CountModel.unit`` true for every block); pure numerics.
 """
 
 from __future__ import annotations
@@ -37,11 +37,6 @@ from pooljob.glmm import (
 from pooljob.lmm import templates
 
 Array = NDArray[np.float64]
-
-
-def intercepts_only(model: CountModel) -> bool:
-    """Whether every random-effect block is an intercept (one column of ones)."""
-    return all(z.shape[1] == 1 and bool(np.all(z == 1.0)) for z in model.z)
 
 
 def _second_derivative(family: str, eta: Array) -> Array:
