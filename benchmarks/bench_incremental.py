@@ -31,8 +31,8 @@ from pathlib import Path
 
 import duckdb
 
-from pooljob.config import load_config
-from pooljob.job import RunOutcome, run
+from pooljob.job.config import load_config
+from pooljob.job.run import RunOutcome, run
 
 GENERATE = """
 copy (

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import duckdb
 
-from pooljob.config import load_config
-from pooljob.job import run
+from pooljob.job.config import load_config
+from pooljob.job.run import run
 
 GENERATE = """
 copy (
@@ -117,7 +117,7 @@ def main() -> None:
             "import duckdb; duckdb.connect().sql("
             f"{REFERENCE.format(path=str(path).replace(chr(39), chr(39) * 2))!r}).to_arrow_table()",
         ]
-        job_cmd = [sys.executable, "-m", "pooljob.cli", "--quiet", "run", str(config)]
+        job_cmd = [sys.executable, "-m", "pooljob.job.cli", "--quiet", "run", str(config)]
         ref_p, job_p = [], []
         for _ in range(args.repeats):
             ref_p.append(process_once(ref_cmd))

@@ -272,7 +272,7 @@ def command(tool: str, shape: str, data: Path, csv: Path | None, config: Path) -
     if tool == "duckdb":
         return [sys.executable, "-c", REFERENCE.format(keys=KEYS[shape], glob=glob)]
     if tool == "pooljob":
-        return [sys.executable, "-m", "pooljob.cli", "--quiet", "run", str(config)]
+        return [sys.executable, "-m", "pooljob.job.cli", "--quiet", "run", str(config)]
     if tool == "statsmodels":
         return [sys.executable, "-c", STATSMODELS.format(shape=shape, glob=glob)]
     assert csv is not None

@@ -18,7 +18,7 @@ from pooljob.errors import (  # noqa: E402
     PublishError,
     UnsupportedTermError,
 )
-from pooljob.results import FitResult  # noqa: E402
+from pooljob.outputs.tables import FitResult  # noqa: E402
 
 __version__ = "0.1.0"
 

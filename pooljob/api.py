@@ -6,14 +6,14 @@ import os
 import time
 from typing import Any, Literal
 
-from pooljob.cells import CellTable, scan_cells
-from pooljob.counts import COUNT_FAMILIES
 from pooljob.errors import ConfigError, NotNestedError
-from pooljob.formula import Formula, parse_formula
-from pooljob.model import fit_nested
-from pooljob.results import FitResult, build, build_general
-from pooljob.source import TableSource, open_data
-from pooljob.statistics import ScanSpec, check_schema, nested_statistics
+from pooljob.model.formula import Formula, parse_formula
+from pooljob.model.nested_fit import fit_nested
+from pooljob.outputs.tables import FitResult, build, build_general
+from pooljob.scan.cell_counts import COUNT_FAMILIES
+from pooljob.scan.cell_moments import CellTable, scan_cells
+from pooljob.scan.source import TableSource, open_data
+from pooljob.scan.statistics import ScanSpec, check_schema, nested_statistics
 
 FAMILIES = ("gaussian", "binomial", "poisson")
 METHODS = ("reml", "ml", "laplace")
@@ -55,14 +55,14 @@ def fit_source(
     """Fit ``formula`` to an open source: one scan, then the solver.
 
     Random intercepts on groupings that nest in the data go to the exact tree
-    solver (:mod:`pooljob.nested`, linear in the number of groups); every
-    other model to the blocked-Cholesky solver (:mod:`pooljob.lmm`).  Both
+    solver (:mod:`pooljob.model.nested`, linear in the number of groups); every
+    other model to the blocked-Cholesky solver (:mod:`pooljob.model.lmm`).  Both
     start from the same cell statistics.
     """
     t0 = time.perf_counter()
     spec = check_schema(source, formula, family)
     if family in COUNT_FAMILIES:
-        from pooljob.rates import fit_count_source
+        from pooljob.outputs.count_tables import fit_count_source
 
         return fit_count_source(formula, source, spec, family, interval)
     cells = scan_cells(source, spec.keys, spec.variables)
@@ -106,7 +106,7 @@ def fit_cells(
             t2 = time.perf_counter()
             result = build(formula, gs, fitted, interval, family)
     if result is None:
-        from pooljob.general import fit_general, prepare
+        from pooljob.model.general import fit_general, prepare
 
         prep = prepare(formula, cells, spec.numeric, spec.categorical)
         general = fit_general(prep, reml)
@@ -197,7 +197,7 @@ def poststratify(
         The ``by`` columns, ``estimate = Σ N_c m(η̂_c) / Σ N_c``,
         ``std_error``, ``lower``, ``upper``, ``population = Σ N_c``.
     """
-    from pooljob.mrp import PoststratifyConfig, poststratify, read_population
+    from pooljob.outputs.poststratify import PoststratifyConfig, poststratify, read_population
 
     if result.predictor is None:
         raise ConfigError(

@@ -21,7 +21,7 @@
 -- constant within a cell: the caller checks that max = min).
 --
 -- Template fields (in braces below), filled by pooljob from quoted
--- identifiers only (pooljob/counts.py):
+-- identifiers only (pooljob/scan/cell_counts.py):
 --   key_list     the key columns followed by a comma, or nothing
 --   group_by     group by the key columns, or nothing
 --   response     cast("y" as double) as y, <trials> as t, <offset> as o

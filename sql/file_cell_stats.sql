@@ -4,10 +4,10 @@
 -- and reported as dropped).  With no key column, one row per file.
 --
 -- This is cell_stats.sql with the file as one more key: the statistics an
--- incremental refresh keeps per file (pooljob/refresh.py), so that a file
+-- incremental refresh keeps per file (pooljob/job/refresh.py), so that a file
 -- that changes, appears or disappears changes only its own rows.  The cells
 -- of the whole source follow exactly by merging the files' rows
--- (pooljob/moments.py).  `source` here is a view over the files to scan
+-- (pooljob/scan/merge.py).  `source` here is a view over the files to scan
 -- only (the new and changed ones, or all of them on a rebuild), with a
 -- column naming each row's file, as DuckDB's read_parquet or
 -- read_csv(..., filename = '__pooljob_file') gives it.

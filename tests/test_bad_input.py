@@ -37,8 +37,8 @@ def test_non_numeric_response() -> None:
 
 
 def test_no_rows_after_where(tmp_path) -> None:
-    from pooljob.config import parse_config
-    from pooljob.job import run
+    from pooljob.job.config import parse_config
+    from pooljob.job.run import run
 
     path = tmp_path / "d.parquet"
     frame().write_parquet(path)
@@ -130,13 +130,13 @@ def test_rank_deficient_design_names_the_column() -> None:
 
 
 def test_crossed_groupings_too_large_for_the_dense_block() -> None:
-    from pooljob import lmm
+    from pooljob.model import lmm
 
     df = frame().with_columns(pl.Series("h", [f"h{i % 13}" for i in range(40)]))
     old = lmm.MAX_DENSE
     try:
         lmm.MAX_DENSE = 5
-        import pooljob.general as general
+        import pooljob.model.general as general
 
         general.MAX_DENSE = 5
         with pytest.raises(InputError, match=r"too large for the exact dense solver: .*levels"):

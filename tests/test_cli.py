@@ -10,7 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from pooljob.cli import main
+from pooljob.job.cli import main
 from tests.helpers import write_config, write_rows
 
 
@@ -125,12 +125,12 @@ def test_missing_column_exit_3_lists_columns(job: Path, capsys) -> None:
 def test_no_traceback_unless_verbose(job: Path) -> None:
     write_config(job.parent, formula="sales ~ 1 + (1 | region/shop)")
     quiet = subprocess.run(
-        [sys.executable, "-m", "pooljob.cli", "run", str(job)], capture_output=True, text=True
+        [sys.executable, "-m", "pooljob.job.cli", "run", str(job)], capture_output=True, text=True
     )
     assert quiet.returncode == 3
     assert "Traceback" not in quiet.stderr
     loud = subprocess.run(
-        [sys.executable, "-m", "pooljob.cli", "--verbose", "run", str(job)],
+        [sys.executable, "-m", "pooljob.job.cli", "--verbose", "run", str(job)],
         capture_output=True,
         text=True,
     )

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pooljob.config import load_config, parse_config
 from pooljob.errors import ConfigError
+from pooljob.job.config import load_config, parse_config
 
 GOOD = {
     "source": {"path": "data/*.parquet", "where": "year = 2024"},

@@ -93,7 +93,7 @@ def test_boolean_response() -> None:
 def test_explain_and_validate_count_model(tmp_path: object) -> None:
     from pathlib import Path
 
-    from pooljob.cli import main
+    from pooljob.job.cli import main
 
     assert isinstance(tmp_path, Path)
     frame().write_parquet(tmp_path / "d.parquet")
@@ -116,7 +116,7 @@ def test_explain_and_validate_count_model(tmp_path: object) -> None:
 def test_spark_engine_refuses_count_families(tmp_path: object) -> None:
     from pathlib import Path
 
-    from pooljob.config import parse_config
+    from pooljob.job.config import parse_config
 
     assert isinstance(tmp_path, Path)
     raw = {

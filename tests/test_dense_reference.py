@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 
 import pooljob
-from pooljob.formula import parse_formula
-from pooljob.nested import objective
-from pooljob.source import open_data
-from pooljob.statistics import compute
+from pooljob.model.formula import parse_formula
+from pooljob.model.nested import objective
+from pooljob.scan.source import open_data
+from pooljob.scan.statistics import compute
 from tests import dense
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pooljob.cli import main
+from pooljob.job.cli import main
 
 TOL = 1e-12
 KEYS = ["grouping", "a", "b", "c"]

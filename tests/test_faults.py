@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pooljob.cli import main
-from pooljob.publish import LOCK
-from pooljob.source import Source
+from pooljob.job.cli import main
+from pooljob.outputs.publish import LOCK
+from pooljob.scan.source import Source
 from tests.helpers import tree_digest, write_config, write_rows
 from tests.mounts import fill, immutable, read_only, read_only_bind, tmpfs
 
@@ -41,9 +41,12 @@ def _leftovers(out: Path) -> list[str]:
 # Each stage's patch, run in a child process before `pooljob run`; `die()` is SIGKILL.
 _PATCHES = {
     # the statistics scan: DuckDB is reading the source
-    "scan": "from pooljob.source import Source\nSource.arrow = die\n",
+    "scan": "from pooljob.scan.source import Source\nSource.arrow = die\n",
     # the solver, wherever `fit_nested` was imported to
-    "fit": "import pooljob.job, pooljob.model\nrebind(pooljob.model.fit_nested, die)\n",
+    "fit": (
+        "import pooljob.job.run, pooljob.model.nested_fit\n"
+        "rebind(pooljob.model.nested_fit.fit_nested, die)\n"
+    ),
     # the outputs: killed after the second Parquet file
     "write": (
         "import polars as pl\n"
@@ -80,7 +83,7 @@ def rebind(original, new):
                 setattr(module, name, new)
 
 {patch}
-from pooljob.cli import main
+from pooljob.job.cli import main
 # --full: scan every file, though none changed since the published run
 main(["--quiet", "run", "--full", sys.argv[1]])
 """
@@ -106,7 +109,7 @@ def test_sigterm_cleans_up_and_exits_143(published: Path) -> None:
     out = published.parent / "out"
     before = _state(out)
     patch = (
-        "from pooljob.source import Source\n"
+        "from pooljob.scan.source import Source\n"
         "Source.arrow = lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM)\n"
     )
     code = _CHILD.replace("{patch}", patch).replace("main([", "sys.exit(main([") + ")\n"

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from pooljob.errors import FormulaError
-from pooljob.formula import parse_formula
+from pooljob.model.formula import parse_formula
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The Laplace criterion of pooljob.glmm against a slow, dense reference.
+"""The Laplace criterion of pooljob.model.glmm against a slow, dense reference.
 
 The reference builds Z and Λ as dense matrices, finds the conditional mode
 by plain Newton iterations on the penalised deviance and takes
@@ -14,7 +14,7 @@ import pytest
 from numpy.typing import NDArray
 from scipy.special import expit
 
-from pooljob.glmm import count_model, fit_counts, pirls
+from pooljob.model.glmm import count_model, fit_counts, pirls
 
 Array = NDArray[np.float64]
 
@@ -154,8 +154,8 @@ def test_optimum_is_stationary(family: str) -> None:
 @pytest.mark.parametrize("family", ["binomial", "poisson"])
 @pytest.mark.parametrize("kind", ["crossed", "nested"])
 def test_exact_gradient_matches_differences(family: str, kind: str) -> None:
-    """pooljob.laplace's gradient of the Laplace criterion against central differences."""
-    from pooljob.laplace import laplace_gradient
+    """pooljob.model.laplace's gradient of the Laplace criterion against central differences."""
+    from pooljob.model.laplace import laplace_gradient
 
     y, t, x, random, _ = design(3, kind, family)  # type: ignore[misc]
     model = count_model(family, y, t, np.zeros(len(y)), 0.0, x, random)  # type: ignore[arg-type]

@@ -103,7 +103,7 @@ def test_gradient_search_agrees_with_derivative_free(
 ) -> None:
     """The exact-gradient search and glmer-style COBYQA reach the same optimum,
     on the boundary (a variance of 0) as well as inside."""
-    import pooljob.glmm as glmm
+    import pooljob.model.glmm as glmm
 
     family, frame = hard_case(trial)
     formula = "y ~ x + (1 | g) + (1 | h)"

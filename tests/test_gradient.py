@@ -1,4 +1,4 @@
-"""The fast criterion and its exact gradient (pooljob/profiled.py).
+"""The fast criterion and its exact gradient (pooljob/model/profiled.py).
 
 On small random designs — crossed intercepts, a slope in the dense part, a
 slope in the block-diagonal grouping, a single grouping with correlated
@@ -21,9 +21,9 @@ import polars as pl
 import pytest
 
 import pooljob
-import pooljob.general as general
-from pooljob import lmm, profiled
-from pooljob.blocks import Blocks
+import pooljob.model.general as general
+from pooljob.model import lmm, profiled
+from pooljob.model.blocks import Blocks
 
 
 def _data(seed: int) -> pl.DataFrame:

@@ -19,17 +19,17 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pooljob import refresh as refresh_module
-from pooljob.cells import scan_cells
-from pooljob.cli import main
-from pooljob.config import load_config
 from pooljob.errors import InputError, PublishError
-from pooljob.fingerprint import snapshot
-from pooljob.job import RunOutcome, run
-from pooljob.moments import merge_moments
-from pooljob.source import open_config_source
-from pooljob.statistics import check_schema
-from pooljob.store import RECORD, STATE
+from pooljob.job.cli import main
+from pooljob.job.config import load_config
+from pooljob.job.fingerprint import snapshot
+from pooljob.job.run import RunOutcome, run
+from pooljob.job import refresh as refresh_module
+from pooljob.scan.cell_moments import scan_cells
+from pooljob.scan.merge import merge_moments
+from pooljob.scan.source import open_config_source
+from pooljob.scan.statistics import check_schema
+from pooljob.scan.store import RECORD, STATE
 from tests.helpers import tree_digest
 
 NESTED = "sales ~ 1 + (1 | region/store)"
@@ -401,7 +401,7 @@ def test_a_store_that_cannot_be_saved_is_a_warning(tmp_path: Path, monkeypatch, 
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as m:
-        m.setattr("pooljob.store._write", no_space)
+        m.setattr("pooljob.scan.store._write", no_space)
         capsys.readouterr()
         assert main(["--log-format", "json", "run", str(cfg)]) == 0  # published all the same
     records = [json.loads(line) for line in capsys.readouterr().err.strip().splitlines()]

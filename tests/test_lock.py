@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from pooljob import lock as lock_module
-from pooljob.cli import main
 from pooljob.errors import LockHeldError
-from pooljob.lock import LOCK, LockRecord, my_record, output_lock
+from pooljob.job.cli import main
+from pooljob.job.lock import LOCK, LockRecord, my_record, output_lock
+from pooljob.job import lock as lock_module
 from tests.helpers import write_config, write_rows
 
 
@@ -176,7 +176,7 @@ def test_a_lock_file_removed_while_opening_is_retried(tmp_path: Path, monkeypatc
     assert len(calls) >= 2
 
 
-# The racers import pooljob.lock alone (not the package's numerical stack), to start fast.
+# The racers import pooljob.job.lock alone (not the package's numerical stack), to start fast.
 _RACER = """
 import json, sys, time, types
 from pathlib import Path
@@ -184,7 +184,7 @@ package = types.ModuleType("pooljob")
 package.__path__ = [sys.argv[4]]
 sys.modules["pooljob"] = package
 from pooljob.errors import LockHeldError
-from pooljob.lock import output_lock
+from pooljob.job.lock import output_lock
 out, go = Path(sys.argv[1]), Path(sys.argv[2])
 Path(sys.argv[3]).touch()
 while not go.exists():

@@ -18,9 +18,9 @@ import polars as pl
 import pytest
 
 import pooljob
-from pooljob.demo import poll_frames
 from pooljob.errors import ConfigError, InputError
-from pooljob.mrp import PoststratifyConfig, poststratify, read_population
+from pooljob.job.demo import poll_frames
+from pooljob.outputs.poststratify import PoststratifyConfig, poststratify, read_population
 
 STATES = [f"S{i:02d}" for i in range(25)]
 World = tuple[pl.DataFrame, pl.DataFrame, pooljob.FitResult]
@@ -184,8 +184,8 @@ def test_python_api_poststratify(mrp: World) -> None:
 
 
 def test_job_publishes_poststratified(tmp_path: Path) -> None:
-    from pooljob.config import load_config
-    from pooljob.job import run
+    from pooljob.job.config import load_config
+    from pooljob.job.run import run
 
     pop, poll = world(n=4000)
     poll.write_parquet(tmp_path / "poll.parquet")
@@ -208,7 +208,7 @@ def test_job_publishes_poststratified(tmp_path: Path) -> None:
 
 
 def test_poststratify_needs_a_count_model(tmp_path: Path) -> None:
-    from pooljob.config import parse_config
+    from pooljob.job.config import parse_config
 
     raw = {
         "source": {"path": "x.parquet"},

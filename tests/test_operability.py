@@ -14,11 +14,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pooljob.cli import build_parser, main
-from pooljob.config import load_config
-from pooljob.fingerprint import fingerprint, snapshot
-from pooljob.lock import output_lock
-from pooljob.source import Source, open_config_source
+from pooljob.job.cli import build_parser, main
+from pooljob.job.config import load_config
+from pooljob.job.fingerprint import fingerprint, snapshot
+from pooljob.job.lock import output_lock
+from pooljob.scan.source import Source, open_config_source
 from tests.helpers import write_config, write_rows
 
 STAGES = ("open", "scan", "fit", "tables", "write", "publish")
@@ -79,7 +79,7 @@ def test_json_logs_are_one_object_per_line_with_stages(dirty_job: Path, capsys) 
 def test_python_warnings_are_json_lines_too() -> None:
     code = (
         "import warnings\n"
-        "from pooljob.logs import setup_logging\n"
+        "from pooljob.job.logs import setup_logging\n"
         "setup_logging(fmt='json')\n"
         "warnings.warn('careful: a RuntimeWarning from numpy, say')\n"
     )
@@ -244,12 +244,12 @@ def test_progress_bar_is_off_unless_asked(job: Path) -> None:
 def test_progress_bar_only_on_a_terminal_in_text_mode(
     job: Path, monkeypatch, tty: bool, args: list[str], expected: bool
 ) -> None:
-    import pooljob.job
+    import pooljob.job.run
 
     seen: list[bool] = []
-    real_run = pooljob.job.run
+    real_run = pooljob.job.run.run
     monkeypatch.setattr(
-        pooljob.job,
+        pooljob.job.run,
         "run",
         lambda config, progress=False, **kw: seen.append(progress) or real_run(config, **kw),
     )

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pooljob import job as job_module
-from pooljob.cli import main
-from pooljob.config import load_config
 from pooljob.errors import LockHeldError, PublishError
-from pooljob.publish import LOCK, output_lock
+from pooljob.job import run as job_module
+from pooljob.job.cli import main
+from pooljob.job.config import load_config
+from pooljob.outputs.publish import LOCK, output_lock
 from tests.helpers import tree_digest, write_config, write_rows
 
 
@@ -58,7 +58,7 @@ def test_killed_run_leaves_current_unchanged_and_next_run_succeeds(published: Pa
     # a run killed with SIGKILL in the middle of writing its outputs
     code = (
         "import os, signal, polars as pl\n"
-        "from pooljob.cli import main\n"
+        "from pooljob.job.cli import main\n"
         "orig = pl.DataFrame.write_parquet\n"
         "calls = []\n"
         "def write(self, *a, **k):\n"

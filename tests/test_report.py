@@ -13,13 +13,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-import pooljob.job
-from pooljob.cli import main
-from pooljob.demo import write_demo_data
+import pooljob.job.run
 from pooljob.errors import ConfigError, PublishError
-from pooljob.report import REPORT, build_report
-from pooljob.report_data import level_frame, load_run, resolve_grouping, select_groups
-from pooljob.report_figures import require_matplotlib
+from pooljob.job.cli import main
+from pooljob.job.demo import write_demo_data
+from pooljob.outputs.report import REPORT, build_report
+from pooljob.outputs.report_data import level_frame, load_run, resolve_grouping, select_groups
+from pooljob.outputs.report_figures import require_matplotlib
 from tests.helpers import write_rows
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -138,7 +138,7 @@ def test_cli_report_without_report_in_the_config(tmp_path: Path) -> None:
     current = tmp_path / "out" / "current"
     assert not (current / REPORT).exists()
     done = subprocess.run(
-        [sys.executable, "-m", "pooljob.cli", "report", str(current), "--grouping", "store"],
+        [sys.executable, "-m", "pooljob.job.cli", "report", str(current), "--grouping", "store"],
         capture_output=True,
         text=True,
         check=False,
@@ -227,7 +227,7 @@ def test_failed_report_leaves_no_half_published_run(
         (directory / REPORT).write_text("<!DOCTYPE html><p>half")
         raise PublishError("cannot write the report: disk full")
 
-    monkeypatch.setattr(pooljob.job, "write_report", broken)
+    monkeypatch.setattr(pooljob.job.run, "write_report", broken)
     write_demo_data(tmp_path / "data", rows=500)
     assert main(["run", str(_demo_config(tmp_path, report=True))]) == 5
     _error_line(capsys)
@@ -329,7 +329,8 @@ def test_report_renders_in_headless_chromium(demo_run: Path, tmp_path: Path) -> 
 
 def test_core_modules_do_not_import_matplotlib() -> None:
     code = (
-        "import sys, pooljob, pooljob.cli, pooljob.job, pooljob.config, pooljob.report; "
+        "import sys, pooljob, pooljob.job.cli, pooljob.job.run, pooljob.job.config, "
+        "pooljob.outputs.report; "
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported eagerly'"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

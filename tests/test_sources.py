@@ -10,10 +10,10 @@ import polars as pl
 import pytest
 
 import pooljob
-from pooljob.config import parse_config
 from pooljob.errors import InputError
-from pooljob.job import run
-from pooljob.source import open_config_source, quote_identifier
+from pooljob.job.config import parse_config
+from pooljob.job.run import run
+from pooljob.scan.source import open_config_source, quote_identifier
 from tests.helpers import write_rows
 
 FORMULA = "sales ~ 1 + (1 | region/store)"

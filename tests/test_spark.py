@@ -25,11 +25,11 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from pooljob.api import fit_source
-from pooljob.config import load_config
 from pooljob.errors import ConfigError, InputError
-from pooljob.formula import parse_formula
-from pooljob.results import FitResult
-from pooljob.source import open_config_source
+from pooljob.job.config import load_config
+from pooljob.model.formula import parse_formula
+from pooljob.outputs.tables import FitResult
+from pooljob.scan.source import open_config_source
 
 RTOL = 1e-9
 
@@ -154,7 +154,7 @@ def assert_same_fit(duck: FitResult, spark_fit: FitResult) -> None:
 
 
 def fit_both(pattern: str, formula: str) -> tuple[FitResult, FitResult, list[str]]:
-    from pooljob.spark import SparkSource, open_spark_source
+    from pooljob.scan.spark import SparkSource, open_spark_source
 
     parsed = parse_formula(formula)
     with open_config_source(path=pattern) as source:
@@ -215,7 +215,7 @@ def _job(folder: Path, name: str, engine: str = "") -> Path:
 
 
 def test_job_with_spark_engine_publishes_what_duckdb_does(spark: Any, tmp_path: Path) -> None:
-    from pooljob.job import run
+    from pooljob.job.run import run
 
     write_hive(nested_rows(5), tmp_path / "data", "state")
     duck_cfg = _job(tmp_path, "duckdb")
@@ -237,7 +237,7 @@ def test_job_with_spark_engine_publishes_what_duckdb_does(spark: Any, tmp_path: 
 
 
 def test_explain_and_validate_on_spark(spark: Any, tmp_path: Path, capsys: Any) -> None:
-    from pooljob.cli import main
+    from pooljob.job.cli import main
 
     write_hive(nested_rows(), tmp_path / "data", "state")
     cfg = _job(tmp_path, "spark", '[engine]\nkind = "spark"\n')
@@ -251,7 +251,7 @@ def test_explain_and_validate_on_spark(spark: Any, tmp_path: Path, capsys: Any) 
 
 
 def test_bad_where_is_one_line_input_error(spark: Any, tmp_path: Path) -> None:
-    from pooljob.spark import open_spark_source
+    from pooljob.scan.spark import open_spark_source
 
     write_hive(nested_rows(), tmp_path / "data", "state")
     pattern = str(tmp_path / "data" / "**" / "*.parquet")
@@ -273,8 +273,8 @@ def test_bad_where_is_one_line_input_error(spark: Any, tmp_path: Path) -> None:
 
 def test_statistics_sql_transpiles_to_spark_with_parameters() -> None:
     pytest.importorskip("sqlglot")
-    from pooljob.cells import NumericVariable, cell_stats_sql
-    from pooljob.spark_sql import duckdb_type, spark_sql
+    from pooljob.scan.cell_moments import NumericVariable, cell_stats_sql
+    from pooljob.scan.spark_sql import duckdb_type, spark_sql
 
     duck = cell_stats_sql(
         ("state", 'odd"na`me'), (NumericVariable(("y",)), NumericVariable(("x", "z"))), True, True

@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 
 import pooljob
-from pooljob.formula import parse_formula
-from pooljob.nested import objective, objective_and_gradient
-from pooljob.source import open_data
-from pooljob.statistics import compute
+from pooljob.model.formula import parse_formula
+from pooljob.model.nested import objective, objective_and_gradient
+from pooljob.scan.source import open_data
+from pooljob.scan.statistics import compute
 
 
 def random_rows(seed: int = 0, n: int = 3000, groups: int = 40) -> pl.DataFrame:
@@ -144,7 +144,7 @@ def test_all_input_kinds_agree(tmp_path) -> None:
 
 
 def _count_scans(monkeypatch) -> list[str]:
-    from pooljob.source import Source
+    from pooljob.scan.source import Source
 
     calls: list[str] = []
     original = Source.arrow

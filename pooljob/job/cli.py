@@ -1,0 +1,338 @@
+"""Command line: ``pooljob run CONFIG``, ``pooljob validate CONFIG``, ``pooljob demo-data DIR``.
+
+``pooljob report RUN_DIR`` writes ``report.html`` into a published run.
+``pooljob explain CONFIG`` prints the SQL a run would send to DuckDB.
+Exit codes: 0 success; 2 bad config or formula; 3 bad input data; 4 output
+locked by another run; 5 outputs could not be written; 70 internal error.
+Errors are one line on stderr, with no traceback unless ``--verbose``; logs
+go to stderr as text or, with ``--log-format json``, as JSON lines (errors
+too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Sequence
+from types import FrameType
+from typing import NoReturn
+
+import polars as pl
+
+from pooljob.errors import PooljobError
+from pooljob.job.logs import LOG_FORMATS, json_line, setup_logging
+from pooljob.model.formula import Grouping
+from pooljob.outputs.tables import FitResult
+
+log = logging.getLogger("pooljob")
+
+
+EXIT_CODES = """\
+exit codes:
+  0    success (run: the new outputs are published; validate, explain: the config is valid)
+  2    bad config, formula or command line
+  3    bad input data (missing file or column, no usable rows, a file changed while read)
+  4    the output is locked by another run, named in the message
+  5    the outputs could not be written (no space, no permission, read-only file system)
+  70   internal error (run again with --verbose and report the traceback)
+  130  interrupted (Ctrl-C); 143 terminated (SIGTERM): nothing new was published
+"""
+
+
+def _setup_logging(verbose: bool, quiet: bool, fmt: str = "text") -> None:
+    setup_logging(verbose, quiet, fmt)
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so that the lock and partial run are cleaned up."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors can be one JSON line."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        """Report a usage error (exit code 2)."""
+        if self.json_errors:
+            line = json_line("error", "usage_error", f"{self.prog}: {message}", exit_code=2)
+            self.exit(2, line + "\n")
+        super().error(message)
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    args = list(argv)
+    pairs = zip(args, [*args[1:], ""], strict=True)
+    return "--log-format=json" in args or any(a == "--log-format" and b == "json" for a, b in pairs)
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """DuckDB's progress bar only on an interactive terminal (it draws on stdout)."""
+    return (
+        args.log_format == "text" and not args.quiet and sys.stderr.isatty() and sys.stdout.isatty()
+    )
+
+
+def _fmt(x: float) -> str:
+    return f"{x:,.4g}" if abs(x) < 1e4 else f"{x:,.0f}"
+
+
+def format_summary(result: FitResult, top: int = 6) -> str:
+    """A short text summary: components and the groups pulled furthest."""
+    lines = [
+        f"{result.formula.text}  ({result.family}, {result.method.upper()})",
+        f"rows: {result.rows['read']:,} read, {result.rows['used']:,} used"
+        + "".join(
+            f"; {v:,} dropped ({k.replace('_', ' ')})"
+            for k, v in result.rows["dropped"].items()
+            if v
+        ),
+        f"fit: {'converged' if result.converged else 'NOT converged'}"
+        f"{' (singular: a variance is 0)' if result.singular else ''}, "
+        f"objective {result.objective:.6f}, {result.optimizer['evaluations']} evaluations",
+        "fixed effects: "
+        + ", ".join(
+            f"{t} {_fmt(e)} (se {_fmt(s)})" for t, e, s in result.coefficients.head(top).iter_rows()
+        )
+        + (" …" if result.coefficients.height > top else ""),
+        "standard deviations: "
+        + ", ".join(
+            f"{g} {t or ''} {_fmt(s)}".replace("  ", " ")
+            for g, t, t2, s in result.components.select("grouping", "term1", "term2", "sd").rows()
+            if t2 is None
+        ),
+    ]
+    est = result.estimates
+    if result.nested:
+        overall = result.coefficients["estimate"][0]
+        for k in range(len(result.hierarchy) - 1, -1, -1):
+            lines.extend(_pulled(est, result.hierarchy, k, overall, top if k else 3))
+        return "\n".join(lines)
+    for grouping in result.hierarchy:
+        rows = est.filter(pl.col("grouping") == grouping.name)
+        rows = rows.sort((pl.col("estimate") - pl.col("raw_mean")).abs(), descending=True)
+        lines.append(f"{grouping.name}: groups whose estimate moved furthest from their raw mean:")
+        for r in rows.head(3).iter_rows(named=True):
+            label = ":".join(str(r[c]) for c in grouping.columns)
+            shrink = r["shrinkage"]
+            tail = f"  (shrinkage {shrink:.2f})" if shrink is not None and shrink == shrink else ""
+            lines.append(
+                f"  {label:<18} n={r['n']:<6} {_fmt(r['raw_mean']):>8} -> "
+                f"{_fmt(r['estimate']):>8}{tail}"
+            )
+    return "\n".join(lines)
+
+
+def _pulled(
+    est: pl.DataFrame, hier: tuple[Grouping, ...], k: int, overall: float, top: int
+) -> list[str]:
+    """Lines for the groups of level ``k`` whose estimate moved furthest from their raw mean."""
+    level = hier[k]
+    rows = est.filter(pl.col("grouping") == level.name)
+    if k > 0:
+        parent = hier[k - 1]
+        parent_est = est.filter(pl.col("grouping") == parent.name).select(
+            *parent.columns, pl.col("estimate").alias("parent_estimate")
+        )
+        rows = rows.join(parent_est, on=list(parent.columns), how="left")
+        toward = parent.name
+    else:
+        rows = rows.with_columns(pl.lit(overall).alias("parent_estimate"))
+        toward = "the overall mean"
+    rows = rows.sort((pl.col("estimate") - pl.col("raw_mean")).abs(), descending=True).head(top)
+    lines = [f"{level.name}: groups pulled furthest toward {toward} (raw mean -> estimate):"]
+    for r in rows.iter_rows(named=True):
+        label = ":".join(str(r[c]) for c in level.columns)
+        lines.append(
+            f"  {label:<18} n={r['n']:<6} {_fmt(r['raw_mean']):>8} -> {_fmt(r['estimate']):>8}"
+            f"  (parent {_fmt(r['parent_estimate'])}, shrinkage {r['shrinkage']:.2f})"
+        )
+    return lines
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pooljob.job.config import load_config
+    from pooljob.job.run import run
+
+    config = load_config(args.config)
+    outcome = run(config, progress=_progress(args), full=args.full)
+    if not args.quiet:
+        print(format_summary(outcome.result))
+        if outcome.poststratified is not None:
+            print(_poststratified_text(outcome.poststratified))
+        print(f"published: {config.output.path / 'current'} -> runs/{outcome.run_id}")
+    return 0
+
+
+def _poststratified_text(table: pl.DataFrame, most: int = 10) -> str:
+    """The first rows of the poststratified table, for the terminal."""
+    keys = [c for c in table.columns if c not in ("estimate", "std_error", "lower", "upper")]
+    keys = [c for c in keys if c != "population"]
+    lines = ["poststratified" + (f" by {', '.join(keys)}:" if keys else ":")]
+    for row in table.head(most).iter_rows(named=True):
+        label = ":".join(str(row[k]) for k in keys) or "all"
+        lines.append(
+            f"  {label:<18} {row['estimate']:.4g}  ({row['lower']:.4g} to {row['upper']:.4g}), "
+            f"population {row['population']:,.0f}"
+        )
+    if table.height > most:
+        lines.append(f"  ... {table.height - most} more in poststratified.parquet")
+    return "\n".join(lines)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from pooljob.job.config import load_config
+    from pooljob.job.engine import open_source
+    from pooljob.scan.statistics import check_schema
+
+    config = load_config(args.config)
+    with open_source(config) as source:  # on the config's engine: Spark reads its own schema
+        check_schema(source, config.model.formula, config.model.family)
+    print(
+        f"config {args.config!r} is valid; columns found: "
+        + ", ".join(config.model.formula.columns)
+    )
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from pooljob.job.config import load_config
+    from pooljob.job.explain import explain
+
+    print(explain(load_config(args.config)), end="")
+    return 0
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from pooljob.job.demo import write_demo_data, write_poll_data
+
+    if args.poll:
+        path = write_poll_data(args.directory, seed=args.seed)
+    else:
+        path = write_demo_data(args.directory, rows=args.rows, seed=args.seed)
+    print(f"demo data written to {path}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pooljob.outputs.report import write_report
+
+    path = write_report(args.run_dir, args.grouping)
+    if not args.quiet:
+        print(f"report written to {path}")
+    return 0
+
+
+def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
+    """The argument parser of the ``pooljob`` command (usage errors as JSON if ``json_errors``)."""
+    parser = _Parser(
+        prog="pooljob",
+        description="Partially pooled group means (multilevel models) from DuckDB statistics.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--verbose", action="store_true", help="debug logs and tracebacks")
+    parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="logs on stderr as text (default) or JSON lines, for schedulers",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="fit the model of CONFIG and publish its outputs")
+    p_run.add_argument("config")
+    p_run.add_argument(
+        "--full",
+        action="store_true",
+        help="scan every source file and rebuild the statistics store (default: refresh "
+        "a [source] path incrementally, scanning only new and changed files)",
+    )
+    p_run.set_defaults(func=_cmd_run)
+    p_val = sub.add_parser("validate", help="check CONFIG and the source schema, without fitting")
+    p_val.add_argument("config")
+    p_val.set_defaults(func=_cmd_validate)
+    p_exp = sub.add_parser(
+        "explain", help="print the SQL a run of CONFIG would send to DuckDB, without scanning"
+    )
+    p_exp.add_argument("config")
+    p_exp.set_defaults(func=_cmd_explain)
+    p_demo = sub.add_parser("demo-data", help="write the deterministic demo data set")
+    p_demo.add_argument("directory")
+    p_demo.add_argument("--rows", type=int, default=20_000)
+    p_demo.add_argument("--seed", type=int, default=2012)
+    p_demo.add_argument(
+        "--poll",
+        action="store_true",
+        help="write the poll demo instead (poll.parquet and population.parquet, for MRP)",
+    )
+    p_demo.set_defaults(func=_cmd_demo_data)
+    p_rep = sub.add_parser("report", help="write RUN_DIR/report.html from a published run")
+    p_rep.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a run directory, e.g. out/income/current"
+    )
+    p_rep.add_argument("--grouping", help="the grouping to draw (default: the finest)")
+    p_rep.set_defaults(func=_cmd_report)
+    for p in (p_run, p_val, p_demo, p_rep, p_exp):
+        p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS)
+        p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
+        p.add_argument("--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS)
+    for p in (parser, *sub.choices.values()):
+        if isinstance(p, _Parser):
+            p.json_errors = json_errors
+    return parser
+
+
+_LEFT = "the published output was left as it was"
+
+
+def _fail(args: argparse.Namespace, event: str, text: str, code: int, exc: BaseException) -> int:
+    """Report a failure as one line on stderr (one JSON object in JSON mode)."""
+    if args.log_format == "json":
+        fields: dict[str, object] = {"exit_code": code, "error": type(exc).__name__}
+        if args.verbose:
+            fields["traceback"] = "".join(traceback.format_exception(exc))
+        print(json_line("error", event, text, **fields), file=sys.stderr)
+    else:
+        if args.verbose:
+            log.error("%s", event, exc_info=exc)
+        prefix = {"error": "error: ", "internal_error": "internal error: "}.get(event, "")
+        print(f"pooljob: {prefix}{text}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(json_errors=_wants_json(argv)).parse_args(argv)
+    _setup_logging(args.verbose, args.quiet, args.log_format)
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
+    try:
+        code: int = args.func(args)
+        return code
+    except PooljobError as exc:
+        return _fail(args, "error", str(exc), exc.exit_code, exc)
+    except KeyboardInterrupt as exc:
+        return _fail(args, "interrupted", "interrupted; " + _LEFT, 130, exc)
+    except Terminated as exc:
+        return _fail(args, "terminated", "terminated by SIGTERM; " + _LEFT, 143, exc)
+    except Exception as exc:  # an internal error: still one line unless --verbose
+        text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        hint = " (run again with --verbose for the traceback)" if not args.verbose else ""
+        return _fail(args, "internal_error", text + hint, 70, exc)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

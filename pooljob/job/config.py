@@ -1,0 +1,395 @@
+"""The job configuration: one TOML file, parsed into one frozen, validated object.
+
+Every problem in the file is collected and reported at once, on one line;
+unknown sections and keys are rejected.  Relative paths are resolved against
+the directory of the config file, so a cron job can run from anywhere.
+
+Example:
+-------
+.. code-block:: toml
+
+    [source]                 # exactly one of: path | database + table | query
+    path = "data/*.parquet"  # Parquet or CSV; globs; hive partitions
+    where = "year = 2024"    # optional, trusted SQL filter
+    [model]
+    formula = "income ~ 1 + (1 | state/county/zip)"
+    family = "gaussian"
+    method = "reml"          # reml | ml
+    [output]
+    path = "out/income"
+    interval = 0.95
+    keep_runs = 5
+    report = true            # optional: report.html (needs pooljob[report])
+    incremental = true       # default: a path source is refreshed from <path>/state
+    [engine]                 # optional
+    threads = 2
+    memory_limit = "4GB"
+    # kind = "spark"         # or: the scan on Spark (needs pooljob[spark]); then
+    # master = "yarn"        # Spark's master, and Spark settings instead of threads:
+    # conf = { "spark.executor.memory" = "8g" }
+    [poststratify]           # optional, binomial and poisson models: MRP
+    path = "population.parquet"  # cells: the model's columns and a count
+    weight = "population"
+    by = ["state"]           # groups to report; [] for one overall figure
+    draws = 1000             # posterior draws for the uncertainty
+    seed = 0
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pooljob.api import FAMILIES, METHODS, check_options, default_method
+from pooljob.errors import ConfigError, FormulaError
+from pooljob.model.formula import Formula, parse_formula
+from pooljob.outputs.poststratify import PoststratifyConfig
+from pooljob.outputs.report_data import resolve_grouping
+
+_ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "source": {"path": str, "database": str, "table": str, "query": str, "where": str},
+    "model": {"formula": str, "family": str, "method": str},
+    "output": {
+        "path": str,
+        "interval": (float, int),
+        "keep_runs": int,
+        "report": bool,
+        "report_grouping": str,
+        "incremental": bool,
+    },
+    "engine": {"threads": int, "memory_limit": str, "kind": str, "master": str, "conf": dict},
+    "poststratify": {"path": str, "weight": str, "by": list, "draws": int, "seed": int},
+}
+_REQUIRED = {"source": (), "model": ("formula",), "output": ("path",)}
+ENGINES = ("duckdb", "spark")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where the rows are: exactly one of ``path``, ``database`` + ``table``, ``query``."""
+
+    path: str | None = None
+    database: str | None = None
+    table: str | None = None
+    query: str | None = None
+    where: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model: a parsed formula, its family and estimation method."""
+
+    formula: Formula
+    family: str = "gaussian"
+    method: str = "reml"
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where and how results are published."""
+
+    path: Path
+    interval: float = 0.95
+    keep_runs: int = 5
+    report: bool = False  # publish report.html with the run
+    report_grouping: str | None = None  # the grouping the report draws; default the finest
+    incremental: bool = True  # path sources: refresh from the statistics store in <path>/state
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The engine of the scan, and its settings.
+
+    ``kind = "duckdb"`` (default) takes ``threads`` (default: all cores) and
+    ``memory_limit`` (default: a quarter of RAM, at most 3 GiB);
+    ``kind = "spark"`` takes ``master`` (default: what ``spark-submit`` or an
+    active session says) and ``conf``, Spark settings as strings (nested TOML
+    tables are joined with dots).
+    """
+
+    threads: int | None = None
+    memory_limit: str | None = None
+    kind: str = "duckdb"
+    master: str | None = None
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated job configuration.
+
+    Attributes
+    ----------
+    file : Path
+        The TOML file it came from.
+    raw : dict
+        The file's content as parsed (recorded in the manifest).
+    """
+
+    file: Path
+    source: SourceConfig
+    model: ModelConfig
+    output: OutputConfig
+    engine: EngineConfig
+    raw: dict[str, Any]
+    poststratify: PoststratifyConfig | None = None
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        dict: "a table",
+        list: "a list of column names",
+    }
+    if isinstance(t, tuple):
+        return names[t[0]]
+    return names[t]
+
+
+def _resolve(base: Path, value: str) -> str:
+    if "://" in value:
+        return value
+    return os.path.normpath(base / value)
+
+
+def _check_types(raw: dict[str, Any], problems: list[str]) -> None:
+    for section, body in raw.items():
+        if section not in _ALLOWED:
+            problems.append(
+                f"unknown section [{section}]; allowed: " + ", ".join(f"[{s}]" for s in _ALLOWED)
+            )
+            continue
+        if not isinstance(body, dict):
+            problems.append(f"[{section}] must be a table, got {body!r}")
+            continue
+        for key, value in body.items():
+            if key not in _ALLOWED[section]:
+                problems.append(
+                    f"unknown key [{section}] {key}; allowed: {', '.join(_ALLOWED[section])}"
+                )
+                continue
+            expected = _ALLOWED[section][key]
+            if (isinstance(value, bool) and expected is not bool) or not isinstance(
+                value, expected
+            ):
+                problems.append(f"[{section}] {key} = {value!r} must be {_type_name(expected)}")
+    for section, keys in _REQUIRED.items():
+        if section not in raw:
+            problems.append(f"missing section [{section}]")
+            continue
+        problems.extend(
+            f"missing [{section}] {key}" for key in keys if key not in raw.get(section, {})
+        )
+
+
+def _source(raw: dict[str, Any], base: Path, problems: list[str]) -> SourceConfig:
+    src = {k: v for k, v in raw.get("source", {}).items() if isinstance(v, str)}
+    given = [k for k in ("path", "database", "query") if k in src]
+    if len(given) != 1:
+        problems.append(
+            "[source] needs exactly one of path, database (with table) or query; got "
+            + (", ".join(given) if given else "none")
+        )
+    if "database" in src and "table" not in src:
+        problems.append('[source] database needs a table = "..." to read')
+    if "table" in src and "database" not in src:
+        problems.append('[source] table needs the database = "..." that holds it')
+    for key in ("path", "database", "table", "query", "where"):
+        if key in src and not src[key].strip():
+            problems.append(f"[source] {key} is empty")
+    return SourceConfig(
+        path=_resolve(base, src["path"]) if "path" in src else None,
+        database=_resolve(base, src["database"]) if "database" in src else None,
+        table=src.get("table"),
+        query=src.get("query"),
+        where=src.get("where"),
+    )
+
+
+def _flat_conf(table: dict[str, Any], prefix: str, problems: list[str]) -> dict[str, str]:
+    """Spark settings as strings; ``[engine.conf] spark.x.y = 1`` nests in TOML, joined here."""
+    out: dict[str, str] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_conf(value, f"{name}.", problems))
+        elif isinstance(value, bool):
+            out[name] = str(value).lower()
+        elif isinstance(value, str | int | float):
+            out[name] = str(value)
+        else:
+            problems.append(f"[engine] conf {name} = {value!r} must be a string, number or boolean")
+    return out
+
+
+def _engine(eng_raw: dict[str, Any], source: SourceConfig, problems: list[str]) -> EngineConfig:
+    """The [engine] section; Spark reads only a [source] path and takes Spark settings."""
+    kind = eng_raw.get("kind", "duckdb")
+    threads = eng_raw.get("threads")
+    if isinstance(threads, int) and threads < 1:
+        problems.append(f"[engine] threads = {threads} must be at least 1")
+    conf = eng_raw.get("conf")
+    flat = _flat_conf(conf, "", problems) if isinstance(conf, dict) else {}
+    if not isinstance(kind, str) or kind not in ENGINES:
+        if isinstance(kind, str):
+            problems.append(
+                f"[engine] kind = {kind!r} is not supported; use one of {', '.join(ENGINES)}"
+            )
+        kind = "duckdb"
+    elif kind == "spark":
+        if source.database is not None or source.query is not None:
+            given = "database" if source.database is not None else "query"
+            problems.append(
+                f'[source] {given} cannot be read by [engine] kind = "spark"; give a [source] '
+                'path (Parquet or CSV files), or use kind = "duckdb"'
+            )
+        duck = [k for k in ("threads", "memory_limit") if k in eng_raw]
+        if duck:
+            problems.append(
+                f'[engine] {" and ".join(duck)} set DuckDB; with kind = "spark" give Spark '
+                'settings in [engine] conf instead (e.g. "spark.executor.memory" = "8g")'
+            )
+    else:
+        spark_only = [k for k in ("master", "conf") if k in eng_raw]
+        if spark_only:
+            problems.append(
+                f"[engine] {' and '.join(spark_only)}: Spark settings; add "
+                'kind = "spark" to run the scan on Spark'
+            )
+    master = eng_raw.get("master")
+    return EngineConfig(
+        threads=threads if isinstance(threads, int) else None,
+        memory_limit=eng_raw.get("memory_limit"),
+        kind=kind,
+        master=master if isinstance(master, str) else None,
+        conf=flat,
+    )
+
+
+def _poststratify(
+    raw: dict[str, Any], base: Path, family: object, problems: list[str]
+) -> PoststratifyConfig | None:
+    body = raw.get("poststratify")
+    if not isinstance(body, dict):
+        return None
+    for key in ("path", "weight"):
+        if key not in body:
+            problems.append(f"missing [poststratify] {key}")
+    if family not in ("binomial", "poisson"):
+        problems.append(
+            f"[poststratify] needs family = 'binomial' or 'poisson' in [model], got {family!r}"
+        )
+    by = body.get("by", [])
+    if isinstance(by, list) and not all(isinstance(c, str) and c for c in by):
+        problems.append(f"[poststratify] by = {by!r} must be a list of column names")
+    elif isinstance(by, list) and len(set(by)) != len(by):
+        problems.append(f"[poststratify] by = {by!r} names a column twice")
+    draws = body.get("draws", 1000)
+    if isinstance(draws, int) and not isinstance(draws, bool) and not 100 <= draws <= 100_000:
+        problems.append(f"[poststratify] draws = {draws} must be between 100 and 100000")
+    seed = body.get("seed", 0)
+    if isinstance(seed, int) and not isinstance(seed, bool) and seed < 0:
+        problems.append(f"[poststratify] seed = {seed} must be >= 0")
+    path, weight = body.get("path"), body.get("weight")
+    if not (isinstance(path, str) and isinstance(weight, str) and isinstance(by, list)):
+        return None
+    if not path.strip():
+        problems.append("[poststratify] path is empty")
+    return PoststratifyConfig(
+        path=_resolve(base, path),
+        weight=weight,
+        by=tuple(str(c) for c in by),
+        draws=int(draws) if isinstance(draws, int) else 1000,
+        seed=int(seed) if isinstance(seed, int) else 0,
+    )
+
+
+def parse_config(raw: dict[str, Any], file: Path) -> Config:
+    """Validate a parsed TOML document; raise one ConfigError listing every problem."""
+    problems: list[str] = []
+    _check_types(raw, problems)
+    base = file.resolve().parent
+    source = _source(raw, base, problems)
+    model_raw = raw.get("model", {}) if isinstance(raw.get("model"), dict) else {}
+    out_raw = raw.get("output", {}) if isinstance(raw.get("output"), dict) else {}
+    eng_raw = raw.get("engine", {}) if isinstance(raw.get("engine"), dict) else {}
+    formula: Formula | None = None
+    if isinstance(model_raw.get("formula"), str):
+        try:
+            formula = parse_formula(model_raw["formula"])
+        except FormulaError as exc:
+            problems.append(f"[model] formula: {exc}")
+    family = model_raw.get("family", "gaussian")
+    method = model_raw.get("method", default_method(family) if isinstance(family, str) else "reml")
+    interval = out_raw.get("interval", 0.95)
+    if isinstance(family, str) and isinstance(method, str):
+        problems.extend(
+            p
+            for p in check_options(
+                family, method, interval if isinstance(interval, int | float) else 0.95
+            )
+        )
+    keep_runs = out_raw.get("keep_runs", 5)
+    if isinstance(keep_runs, int) and not isinstance(keep_runs, bool) and keep_runs < 1:
+        problems.append(f"[output] keep_runs = {keep_runs} must be at least 1")
+    engine = _engine(eng_raw, source, problems)
+    if engine.kind == "spark" and family in ("binomial", "poisson"):
+        problems.append(
+            f"family = {family!r} runs on [engine] kind = 'duckdb': the Spark engine computes "
+            "the statistics of gaussian models only"
+        )
+    out_path = out_raw.get("path")
+    if isinstance(out_path, str) and not out_path.strip():
+        problems.append("[output] path is empty")
+    report_grouping = out_raw.get("report_grouping")
+    if formula is not None and isinstance(report_grouping, str):
+        try:
+            names = tuple(g.name for g in formula.groupings)
+            report_grouping = resolve_grouping(names, report_grouping)
+        except ConfigError as exc:
+            problems.append(f"[output] {exc}")
+    post = _poststratify(raw, base, family, problems)
+    if problems:
+        raise ConfigError(f"config {str(file)!r}: " + "; ".join(problems))
+    assert formula is not None and isinstance(out_path, str)
+    return Config(
+        file=file,
+        source=source,
+        model=ModelConfig(formula=formula, family=family, method=method),
+        output=OutputConfig(
+            path=Path(_resolve(base, out_path)),
+            interval=float(interval),
+            keep_runs=int(keep_runs),
+            report=out_raw.get("report") is True,
+            report_grouping=report_grouping if isinstance(report_grouping, str) else None,
+            incremental=out_raw.get("incremental") is not False,
+        ),
+        engine=engine,
+        raw=raw,
+        poststratify=post,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a TOML config file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(file)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(file)!r} cannot be read: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
+    return parse_config(raw, file)
+
+
+__all__ = ["ENGINES", "FAMILIES", "METHODS", "Config", "load_config", "parse_config"]

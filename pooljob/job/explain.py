@@ -1,0 +1,107 @@
+"""``pooljob explain CONFIG``: the SQL a run would send to DuckDB, without running the scan.
+
+Opening the source reads only its schema (Parquet footers, a CSV sample, a
+catalog), never its rows.  The output is the definitions of the two views
+(``source_raw``, the input; ``source``, with the ``[source] where`` filter)
+as DuckDB holds them, and the statistics query with the model's identifiers
+quoted and filled in, so that it can be pasted into a DuckDB shell.
+"""
+
+from __future__ import annotations
+
+from pooljob.job.config import Config
+from pooljob.scan.cell_counts import COUNT_FAMILIES
+from pooljob.scan.source import open_config_source
+from pooljob.scan.statistics import check_schema, group_stats_sql
+
+
+def explain(config: Config) -> str:
+    """The SQL of a run of ``config``, as text ready for a DuckDB shell.
+
+    Parameters
+    ----------
+    config : Config
+
+    Returns
+    -------
+    str
+        Commented SQL: the view definitions, then the statistics query.
+
+    Raises
+    ------
+    InputError
+        The source cannot be opened or lacks a column of the formula.
+    """
+    if config.engine.kind == "spark":
+        return _explain_spark(config)
+    s = config.source
+    with open_config_source(
+        path=s.path, database=s.database, table=s.table, query=s.query, where=s.where
+    ) as source:
+        spec = check_schema(source, config.model.formula, config.model.family)
+        views = source.view_sql()
+        description = source.description
+        columns = dict(source.columns)
+    formula = config.model.formula
+    if config.model.family in COUNT_FAMILIES:
+        from pooljob.outputs.count_tables import count_sql
+
+        stats_sql = count_sql(formula, config.model.family, spec)
+        what = [
+            "-- per-cell counts, one scan (sql/count_stats.sql): every row of a cell shares",
+            "-- its linear predictor, so successes/events, trials/exposure and the per-row",
+            "-- log-likelihood constants summed per cell are sufficient for the Laplace fit",
+        ]
+    else:
+        stats_sql = group_stats_sql(formula, columns=columns)  # types tell categorical columns
+        what = [
+            "-- per-group statistics, one scan; the centring shifts (its $ parameters) are bound",
+            "-- to 0 (a second scan, made only for NaN or infinite values or a mean far from 0,",
+            "-- skips those rows or binds a shift)",
+        ]
+    lines = [
+        f"-- pooljob explain {config.file}",
+        f"-- model: {formula.text} ({config.model.family}, {config.model.method.upper()})",
+        f"-- source: {description}",
+    ]
+    if s.database is not None:
+        quoted = s.database.replace("'", "''")
+        lines.append(f"attach '{quoted}' as warehouse (read_only);")
+    lines += [
+        *views,
+        "",
+        *what,
+        stats_sql.strip().rstrip(";") + ";",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _explain_spark(config: Config) -> str:
+    """The Spark SQL of a run with ``[engine] kind = "spark"``: the transpiled statistics query.
+
+    Starts (or uses) a Spark session to read the schema of ``[source] path``
+    (Parquet footers; a CSV source is read to infer its types).
+    """
+    from pooljob.job.engine import open_source
+    from pooljob.scan.spark_sql import spark_sql
+    from pooljob.scan.statistics import group_stats_sql
+
+    formula = config.model.formula
+    with open_source(config) as source:
+        check_schema(source, formula)
+        columns = dict(source.columns)
+    e, s = config.engine, config.source
+    lines = [
+        f"-- pooljob explain {config.file}",
+        f"-- model: {formula.text} ({config.model.family}, {config.model.method.upper()})",
+        f"-- engine: spark (master {e.master or 'from spark-submit or the active session'})",
+        f"-- source: temp view `source` over {s.path}"
+        + (f", filtered by the Spark SQL: {s.where}" if s.where else ""),
+        "",
+        "-- per-cell statistics, one scan: sql/cell_stats.sql (see its comments) transpiled",
+        "-- from DuckDB by sqlglot (pooljob/scan/spark_sql.py); the centring shifts (its :s",
+        "-- parameters) are bound to 0 (a second scan, made only for NaN or infinite values",
+        "-- or a mean far from 0, skips those rows or binds a shift)",
+        spark_sql(group_stats_sql(formula, columns=columns), pretty=True).strip() + ";",
+    ]
+    return "\n".join(lines) + "\n"

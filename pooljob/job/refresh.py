@@ -1,0 +1,478 @@
+"""Incremental refresh: per-file statistics kept between runs, merged, refitted.
+
+A run on ``[source] path`` files keeps the cell statistics of every source
+file separately (``sql/file_cell_stats.sql``), with the file's stamp (path,
+size, modification time), in a store under ``<output.path>/state/``
+(:mod:`pooljob.scan.store`).  The next run compares the stamps with the files the
+path matches now: it scans only the files that are new or changed, drops
+the statistics of changed and deleted files, and merges every file's
+statistics into the cells of the whole source
+(:func:`pooljob.scan.merge.merge_moments`, exact).  The fit then runs from the
+merged cells as from a scan.  A hive partition is tracked as the files in it.
+
+The run scans every file and rebuilds the store instead (mode ``full``, the
+reason in the log and the manifest) when asked (``pooljob run --full``), when
+there is no store, or when the store cannot serve the run: unreadable or
+damaged, written by another pooljob version, for another formula, source
+path or ``where`` filter, for a source whose columns or types have changed,
+or centred at shifts that no longer centre the data (a merge needs every
+file's statistics at the same shifts).  Sources that are not local files
+(a database, a query, a remote path), the Spark engine and
+``[output] incremental = false`` scan in one pass as before and keep no
+store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+from numpy.typing import NDArray
+
+from pooljob.api import fit_cells
+from pooljob.job.fingerprint import FileStamp, InputSnapshot
+from pooljob.job.logs import log_event
+from pooljob.outputs.tables import FitResult
+from pooljob.scan.cell_counts import COUNT_FAMILIES
+from pooljob.scan.cell_moments import (
+    FILE_COLUMN,
+    CellTable,
+    cell_arrays,
+    centring_shifts,
+    require_rows,
+    rescan_moments,
+    row_totals,
+    scan_cells,
+    scan_moments,
+)
+from pooljob.scan.merge import merge_moments
+from pooljob.scan.source import TableSource, open_file_list
+from pooljob.scan.statistics import ScanSpec, check_schema
+from pooljob.scan.store import (
+    FILE_INDEX,
+    FILE_STAMP,
+    FILE_STATS,
+    STORE_FORMAT,
+    Store,
+    UnusableStoreError,
+    load_store,
+    save_store,
+    stat_columns,
+)
+
+if TYPE_CHECKING:
+    from pooljob.job.config import Config
+
+_LISTED = 100  # file names per list in a log record's fields
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """How a run came by its statistics: for the log, the manifest, and the store.
+
+    Attributes
+    ----------
+    mode : {"incremental", "full"}
+    reason : str
+        Why every file was scanned ("" for an incremental run).
+    scanned, reused, removed : int
+        Files scanned, files whose stored statistics were used, files
+        dropped from the store (changed or deleted: a changed file is both
+        removed and scanned).
+    pending : Store or None
+        The store to save once the run is published (None: keep the old one).
+    """
+
+    mode: str
+    reason: str = ""
+    scanned: int = 0
+    reused: int = 0
+    removed: int = 0
+    pending: Store | None = field(default=None, repr=False)
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest's ``refresh`` entry."""
+        entry: dict[str, Any] = {
+            "mode": self.mode,
+            "files_scanned": self.scanned,
+            "files_reused": self.reused,
+            "files_removed": self.removed,
+        }
+        if self.reason:
+            entry["reason"] = self.reason
+        return entry
+
+    def save(self, output: Path, run_id: str) -> None:
+        """Save the pending store (after the run is published); a failure is a warning."""
+        if self.pending is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            path = save_store(output, run_id, self.pending)
+        except (OSError, pl.exceptions.PolarsError) as exc:
+            log_event(
+                "state",
+                "state: the statistics store could not be saved (%s); the run is published, "
+                "and the next run refreshes from the previous store or rebuilds it",
+                getattr(exc, "strerror", None) or exc,
+                level=logging.WARNING,
+                error=type(exc).__name__,
+            )
+            return
+        seconds = time.perf_counter() - t0
+        log_event(
+            "state",
+            "state: statistics of %d files (%d cells) saved to %s (%.3f s)",
+            self.pending.files.height,
+            self.pending.cells.height,
+            path.parent,
+            seconds,
+            stage="state",
+            seconds=round(seconds, 6),
+            files=self.pending.files.height,
+            cells=self.pending.cells.height,
+        )
+
+
+def fit_refreshed(
+    config: Config, source: TableSource, snap: InputSnapshot, full: bool = False
+) -> tuple[FitResult, Refresh]:
+    """Fit the model of ``config``, from the store and the changed files when possible.
+
+    Parameters
+    ----------
+    config : Config
+    source : TableSource
+        The whole source, open (its schema decides the store's identity).
+    snap : InputSnapshot
+        The input's stamps, taken before ``source`` was opened.
+    full : bool
+        Scan every file and rebuild the store (``pooljob run --full``).
+    """
+    t0 = time.perf_counter()
+    formula = config.model.formula
+    family = config.model.family
+    spec = check_schema(source, formula, family)
+    if family in COUNT_FAMILIES:
+        from pooljob.outputs.count_tables import fit_count_source
+
+        log_event(
+            "refresh",
+            "refresh: full scan, no statistics store: family = %r is fitted from one count scan",
+            family,
+            mode="full",
+        )
+        result = fit_count_source(formula, source, spec, family, config.output.interval)
+        reason = f"family = {family!r} is fitted from one count scan (no statistics store)"
+        return result, Refresh("full", reason, scanned=len(snap.files))
+    cells, refresh = refresh_cells(config, source, spec, snap, full)
+    result = fit_cells(
+        formula,
+        cells,
+        spec,
+        config.model.family,
+        config.model.method,
+        config.output.interval,
+        source.description,
+        scan_seconds=time.perf_counter() - t0,
+    )
+    return result, refresh
+
+
+def _without_store(config: Config, source: TableSource, snap: InputSnapshot) -> str:
+    """Why this run keeps no store ("" if it does)."""
+    if not config.output.incremental:
+        return "[output] incremental = false"
+    if config.engine.kind != "duckdb":
+        return f"incremental refresh runs on DuckDB, not [engine] kind = {config.engine.kind!r}"
+    if snap.kind != "files":
+        what = {"database": "a database table", "query": "a query", "remote": "remote files"}
+        return (
+            f"the source is {what.get(snap.kind, snap.kind)}; incremental refresh needs local files"
+        )
+    if FILE_COLUMN in source.columns:
+        return f"the source has a column named {FILE_COLUMN!r}, the name pooljob gives the file"
+    return ""
+
+
+def refresh_cells(
+    config: Config, source: TableSource, spec: ScanSpec, snap: InputSnapshot, full: bool = False
+) -> tuple[CellTable, Refresh]:
+    """The cell statistics of the whole source, and how they were obtained.
+
+    Incremental when a store can serve the run (module docstring); otherwise
+    every file is scanned and, for local files, the store rebuilt.  Logs one
+    ``refresh`` record saying which.
+    """
+    reason = _without_store(config, source, snap)
+    if reason:
+        log_event("refresh", "refresh: full scan, no statistics store: %s", reason, mode="full")
+        cells = scan_cells(source, spec.keys, spec.variables)
+        return cells, Refresh("full", reason, scanned=len(snap.files))
+    identity = _identity(config, spec, source.columns)
+    if full:
+        reason = "pooljob run --full"
+    else:
+        try:
+            store = load_store(config.output.path, identity)
+            return _incremental(config, source, spec, snap, store)
+        except UnusableStoreError as exc:
+            reason = str(exc)
+    log_event(
+        "refresh",
+        "refresh: full scan of %d files, statistics store rebuilt: %s",
+        len(snap.files),
+        reason,
+        mode="full",
+        reason=reason,
+        files_scanned=len(snap.files),
+    )
+    cells, store = _rebuild(config, source, spec, snap, identity)
+    return cells, Refresh("full", reason, scanned=len(snap.files), pending=store)
+
+
+def _identity(config: Config, spec: ScanSpec, columns: dict[str, str]) -> dict[str, Any]:
+    """What the statistics are; a store serves a run only with equal identity."""
+    try:
+        version = metadata.version("pooljob")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a bare source tree
+        version = "unknown"
+    return {
+        "format": STORE_FORMAT,
+        "pooljob": version,
+        "source": config.source.path,
+        "where": config.source.where or "",
+        "formula": config.model.formula.text,
+        "keys": list(spec.keys),
+        "variables": [[list(v.columns), v.centrable] for v in spec.variables],
+        "columns": dict(columns),
+    }
+
+
+def _scan_files(
+    config: Config,
+    source: TableSource,
+    spec: ScanSpec,
+    scan: list[str],
+    paths: list[str],
+    shifts: NDArray[np.float64] | None,
+) -> tuple[pl.DataFrame, pl.DataFrame, NDArray[np.float64]]:
+    """Per-file cells and row counts of the files ``scan``; ``shifts`` None: choose them.
+
+    ``paths`` (sorted) are the files of the store being made: a part's
+    ``__file_index`` is its file's position there.  Returns the cells (the
+    store's layout, sorted by file), the per-file row counts (by ``path``),
+    and the shifts the means are taken about.
+    """
+    m = len(spec.variables)
+    assert config.source.path is not None
+    with open_file_list(
+        scan,
+        path=config.source.path,
+        columns=source.columns,
+        file_column=FILE_COLUMN,
+        where=config.source.where,
+        threads=config.engine.threads,
+        memory_limit=config.engine.memory_limit,
+    ) as files:
+        at = np.zeros(m) if shifts is None else shifts
+        scanned = scan_moments(files, spec.keys, spec.variables, at, by=FILE_COLUMN)
+        parts = _parts(scanned.good, spec.keys, m, paths)
+        if shifts is None:  # a rebuild: centre as a scan of every file would
+            require_rows(scanned.counts, source.description)
+            merged = merge_parts(parts, spec.keys, m, at, {})
+            centrable = [v.centrable for v in spec.variables]
+            at = centring_shifts(merged.n, merged.mean, merged.comoment, centrable)
+            if np.any(at != 0.0):
+                good = rescan_moments(
+                    files, spec.keys, spec.variables, at, scanned.finite_only, by=FILE_COLUMN
+                )
+                parts = _parts(good, spec.keys, m, paths)
+    return parts, scanned.counts.rename({FILE_COLUMN: "path"}), at
+
+
+def _rebuild(
+    config: Config,
+    source: TableSource,
+    spec: ScanSpec,
+    snap: InputSnapshot,
+    identity: dict[str, Any],
+) -> tuple[CellTable, Store]:
+    """Scan every file: the merged cells and the new store."""
+    paths = [p for p, _, _ in snap.files]
+    parts, counts, shifts = _scan_files(config, source, spec, paths, paths, None)
+    store = Store(identity, shifts, _file_table(snap.files, counts), parts)
+    return _merged(store, spec), store
+
+
+def _incremental(
+    config: Config, source: TableSource, spec: ScanSpec, snap: InputSnapshot, store: Store
+) -> tuple[CellTable, Refresh]:
+    """Scan the new and changed files only, and merge them with the store's others.
+
+    Raises
+    ------
+    UnusableStoreError
+        When the store's shifts no longer centre the data, or the scanned
+        key columns do not fit the stored ones.
+    """
+    stamps = {p: (size, mtime) for p, size, mtime in snap.files}
+    old = store.files.select(FILE_STAMP).rows()
+    stored = {p: (size, mtime) for p, size, mtime in old}
+    new = sorted(p for p in stamps if p not in stored)
+    changed = sorted(p for p in stamps if p in stored and stored[p] != stamps[p])
+    removed = sorted(p for p in stored if p not in stamps)
+    dropped = set(changed) | set(removed)
+    scan = sorted(new + changed)
+    paths = [p for p, _, _ in snap.files]  # sorted: the new store's files
+    position = {p: i for i, p in enumerate(paths)}
+    remap = np.array([-1 if p in dropped else position[p] for p, _, _ in old], dtype=np.int64)
+    kept = np.flatnonzero(remap >= 0)
+    files = store.files[kept]
+    parts = store.cells.filter(pl.col(FILE_INDEX).is_in(kept.tolist()))
+    parts = parts.with_columns(
+        pl.Series(FILE_INDEX, remap[parts[FILE_INDEX].to_numpy()], dtype=pl.UInt32)
+    )
+    if scan:
+        new_parts, counts, _ = _scan_files(config, source, spec, scan, paths, store.shifts)
+        scanned = set(scan)
+        new_files = _file_table(tuple(s for s in snap.files if s[0] in scanned), counts)
+        try:
+            parts = pl.concat([parts, new_parts.cast(parts.schema)])
+            files = pl.concat([files, new_files.cast(files.schema)])
+        except pl.exceptions.PolarsError as exc:
+            raise UnusableStoreError(
+                f"the new files' columns do not fit the store's ({exc})"
+            ) from None
+    updated = Store(
+        store.identity,
+        store.shifts,
+        files.sort("path"),
+        parts.sort(FILE_INDEX, maintain_order=True),
+    )
+    require_rows(updated.files, source.description)
+    cells = _merged(updated, spec)
+    centrable = [v.centrable for v in spec.variables]
+    if np.any(centring_shifts(cells.n, cells.mean, cells.comoment, centrable) != 0.0):
+        raise UnusableStoreError(
+            "the stored centring shifts no longer centre the data (a variable's mean moved "
+            "far from them beside its spread)"
+        )
+    reused = len(stamps) - len(scan)
+    log_event(
+        "refresh",
+        "refresh: incremental: %s; %d files reused (store of run %s)",
+        _summary(new, changed, removed),
+        reused,
+        store.run_id,
+        mode="incremental",
+        new=new[:_LISTED],
+        changed=changed[:_LISTED],
+        deleted=removed[:_LISTED],
+        files_scanned=len(scan),
+        files_reused=reused,
+        files_removed=len(dropped),
+        store_run_id=store.run_id,
+    )
+    refresh = Refresh(
+        "incremental",
+        scanned=len(scan),
+        reused=reused,
+        removed=len(dropped),
+        pending=updated if scan or removed else None,
+    )
+    return cells, refresh
+
+
+def _summary(new: list[str], changed: list[str], removed: list[str]) -> str:
+    """``1 new (a), 0 changed, 2 deleted (b, c)``: counts, and the first few names."""
+
+    def part(label: str, paths: list[str]) -> str:
+        if not paths:
+            return f"0 {label}"
+        names = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        return f"{len(paths)} {label} ({names})"
+
+    return ", ".join([part("new", new), part("changed", changed), part("deleted", removed)])
+
+
+def _file_table(stamps: tuple[FileStamp, ...], counts: pl.DataFrame) -> pl.DataFrame:
+    """The store's file rows: each file's stamp and its rows (0 for a file with none)."""
+    frame = pl.DataFrame(
+        [list(s) for s in stamps],
+        schema={"path": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64},
+        orient="row",
+    )
+    counts = counts.select("path", *(pl.col(c).cast(pl.Int64) for c in FILE_STATS))
+    return frame.join(counts, on="path", how="left").with_columns(
+        pl.col(list(FILE_STATS)).fill_null(0)
+    )
+
+
+def _parts(good: pl.DataFrame, keys: tuple[str, ...], m: int, paths: list[str]) -> pl.DataFrame:
+    """The store's cell rows from the per-file query's usable rows, sorted by file.
+
+    A part's file becomes its position in ``paths`` (the cast to an Enum of
+    the paths is that lookup, and fails on a path not in the list).
+    """
+    n, mean, comoment = cell_arrays(good, m)
+    values = [n, *(mean[:, i] for i in range(m))]
+    values += [comoment[:, i, j] for i in range(m) for j in range(i, m)]
+    stats = [pl.Series(name, v) for name, v in zip(stat_columns(m), values, strict=True)]
+    index = pl.col(FILE_COLUMN).cast(pl.Enum(paths)).to_physical().cast(pl.UInt32)
+    frame = good.select(index.alias(FILE_INDEX), *keys).with_columns(stats)
+    return frame.sort(FILE_INDEX, maintain_order=True)
+
+
+def merge_parts(
+    parts: pl.DataFrame,
+    keys: tuple[str, ...],
+    m: int,
+    shifts: NDArray[np.float64],
+    rows: dict[str, object],
+) -> CellTable:
+    """The cells of the whole source from per-file cells (:func:`merge_moments`).
+
+    Cells come in sorted key order; each cell's parts are summed in the
+    order of ``parts`` (by file), so equal parts give equal bits.
+    """
+    columns = stat_columns(m)
+    n = parts[columns[0]].to_numpy().astype(np.float64)
+    mean = np.column_stack([parts[c].to_numpy() for c in columns[1 : m + 1]]).reshape(-1, m)
+    comoment = np.empty((parts.height, m, m))
+    pairs = [(i, j) for i in range(m) for j in range(i, m)]
+    for (i, j), c in zip(pairs, columns[m + 1 :], strict=True):
+        comoment[:, i, j] = comoment[:, j, i] = parts[c].to_numpy()
+    key_frame = parts.select(list(keys))
+    if keys:
+        cell_keys = key_frame.unique().sort(list(keys))
+        coded = key_frame.join(
+            cell_keys.with_row_index("__cell"), on=list(keys), how="left", maintain_order="left"
+        )
+        codes = coded["__cell"].to_numpy().astype(np.int64)
+        size = cell_keys.height
+    else:  # no key column: one cell, the whole source (a frame of no columns)
+        cell_keys = key_frame
+        codes = np.zeros(parts.height, dtype=np.int64)
+        size = 1 if parts.height else 0
+    total, merged_mean, merged = merge_moments(codes, size, n, mean.astype(np.float64), comoment)
+    return CellTable(
+        keys=cell_keys,
+        n=total,
+        mean=merged_mean,
+        comoment=merged,
+        shifts=np.asarray(shifts, dtype=np.float64),
+        rows=rows,
+    )
+
+
+def _merged(store: Store, spec: ScanSpec) -> CellTable:
+    """The store's cells merged over its files, with its row accounting summed."""
+    m = len(spec.variables)
+    return merge_parts(store.cells, spec.keys, m, store.shifts, row_totals(store.files))

@@ -1,0 +1,256 @@
+"""A job run: config → one scan → fit → Parquet outputs and manifest, published atomically."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pooljob.errors import ConfigError
+from pooljob.job.config import Config
+from pooljob.job.engine import open_source
+from pooljob.job.fingerprint import check_unchanged, fingerprint, snapshot
+from pooljob.job.logs import log_context, log_event
+from pooljob.job.refresh import fit_refreshed
+from pooljob.outputs.poststratify import poststratify, read_population, require_population
+from pooljob.outputs.publish import new_run_id, output_lock, publish
+from pooljob.outputs.report import REPORT, write_report
+from pooljob.outputs.report_figures import require_matplotlib
+from pooljob.outputs.tables import FitResult
+
+log = logging.getLogger("pooljob")
+
+OUTPUT_TABLES = ("estimates", "effects", "coefficients", "components")
+#: The table ``[poststratify]`` adds.
+POSTSTRATIFIED = "poststratified"
+_PACKAGES = ("pooljob", "duckdb", "polars", "numpy", "pyarrow")
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a successful run produced."""
+
+    run_id: str
+    run_dir: Path
+    result: FitResult
+    manifest: dict[str, Any]
+    poststratified: pl.DataFrame | None = None
+
+
+@functools.cache
+def versions() -> dict[str, str]:
+    """Versions of Python and of the packages that produced the numbers."""
+    found = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "unknown"
+    return found
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")
+
+
+def build_manifest(
+    config: Config,
+    result: FitResult,
+    run_id: str,
+    started: float,
+    timings: dict[str, float],
+    input_fingerprint: dict[str, Any] | None = None,
+    refresh: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest: the fit's numbers, row accounting, input, config, versions, timings."""
+    return {
+        "run_id": run_id,
+        **result.summary(),
+        "input_fingerprint": input_fingerprint,
+        "refresh": refresh,
+        "components": result.components.to_dicts(),
+        "coefficients": result.coefficients.to_dicts(),
+        "outputs": [f"{name}.parquet" for name in OUTPUT_TABLES]
+        + ([f"{POSTSTRATIFIED}.parquet"] if config.poststratify is not None else [])
+        + ([REPORT] if config.output.report else []),
+        "config": config.raw,
+        "config_file": str(config.file),
+        "versions": dict(versions()),
+        "timings_seconds": timings,
+        "started_at": _iso(started),
+        "finished_at": _iso(time.time()),
+    }
+
+
+def _stage(name: str, seconds: float) -> dict[str, Any]:
+    """The structured fields of a stage's log record."""
+    return {"stage": name, "seconds": round(seconds, 6)}
+
+
+def _poststratify(config: Config, result: FitResult) -> pl.DataFrame | None:
+    """The poststratified table of ``[poststratify]`` (None without the section)."""
+    post = config.poststratify
+    if post is None:
+        return None
+    if result.predictor is None:
+        raise ConfigError(
+            f"[poststratify] needs a binomial or poisson model; got family = {result.family!r}"
+        )
+    t0 = time.perf_counter()
+    table, _, _ = read_population(result.predictor, post)
+    out = poststratify(result.predictor, post, config.output.interval, table)
+    seconds = time.perf_counter() - t0
+    result.timings["poststratify"] = seconds
+    log_event(
+        "poststratify",
+        "poststratify: %d population cells, %d groups, %d draws (%.3f s)",
+        table.height,
+        out.height,
+        post.draws,
+        seconds,
+        **_stage("poststratify", seconds),
+    )
+    return out
+
+
+def run(config: Config, progress: bool = False, full: bool = False) -> RunOutcome:
+    """Run the job described by ``config`` and publish its outputs.
+
+    Holds the output lock throughout; fails with SourceChangedError (nothing
+    published) if a source file is written, added or removed during the scan.
+    ``progress`` shows DuckDB's progress bar on long scans (a terminal only).
+    A path source is refreshed incrementally from the statistics store under
+    ``<output>/state/`` (:mod:`pooljob.job.refresh`), saved once the run is
+    published; ``full`` scans every file and rebuilds the store.
+    """
+    started = time.time()
+    t0 = time.perf_counter()
+    run_id = new_run_id()
+    src = config.source
+    if config.output.report:
+        require_matplotlib()  # fail before the scan, not after the fit
+    if config.poststratify is not None:
+        require_population(config.poststratify)
+    if config.engine.kind == "spark":
+        from pooljob.scan.spark import require_spark
+
+        require_spark()
+    with output_lock(config.output.path, run_id), log_context(run_id=run_id):
+        what = src.path or src.table or "query"
+        log_event("start", "run %s: reading %s", run_id, what, source=what)
+        before = snapshot(src)
+        with open_source(config, progress=progress) as source:
+            t_open = time.perf_counter()
+            log_event(
+                "open",
+                "open: %s (%.3f s)",
+                source.description,
+                t_open - t0,
+                **_stage("open", t_open - t0),
+            )
+            result, refresh = fit_refreshed(config, source, before, full)
+        check_unchanged(before, snapshot(src))
+        poststratified = _poststratify(config, result)
+        rows = result.rows
+        dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in rows["dropped"].items() if v)
+        log_event(
+            "scan",
+            "scan: %d rows read, %d used%s (%.3f s)",
+            rows["read"],
+            rows["used"],
+            f"; dropped {dropped}" if dropped else "",
+            result.timings["scan"],
+            **_stage("scan", result.timings["scan"]),
+            rows_read=rows["read"],
+            rows_used=rows["used"],
+            dropped=rows["dropped"],
+        )
+        log_event(
+            "fit",
+            "fit: %s %s, objective %.6f, %s%s (%d evaluations, %.3f s)",
+            config.model.method.upper(),
+            config.model.formula.text,
+            result.objective,
+            "converged" if result.converged else "NOT converged",
+            ", singular" if result.singular else "",
+            result.optimizer["evaluations"],
+            result.timings["fit"],
+            **_stage("fit", result.timings["fit"]),
+            objective=result.objective,
+            converged=result.converged,
+            singular=result.singular,
+            evaluations=result.optimizer["evaluations"],
+        )
+        t_tables = result.timings.get("tables", 0.0)
+        log_event("tables", "tables: built (%.3f s)", t_tables, **_stage("tables", t_tables))
+        timings = {"open": t_open - t0, **result.timings}
+        input_fingerprint = fingerprint(before)
+
+        def write(directory: Path) -> None:
+            t_w = time.perf_counter()
+            for name in OUTPUT_TABLES:
+                getattr(result, name).write_parquet(directory / f"{name}.parquet")
+            if poststratified is not None:
+                poststratified.write_parquet(directory / f"{POSTSTRATIFIED}.parquet")
+            timings["write"] = time.perf_counter() - t_w
+            timings["total"] = time.perf_counter() - t0
+            manifest.update(
+                build_manifest(
+                    config,
+                    result,
+                    run_id,
+                    started,
+                    timings,
+                    input_fingerprint,
+                    refresh.manifest(),
+                )
+            )
+            (directory / "manifest.json").write_text(
+                json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8"
+            )
+            t_write = time.perf_counter() - t_w
+            log_event("write", "write: %s (%.3f s)", directory, t_write, **_stage("write", t_write))
+            if config.output.report:  # inside the partial run: a failed report publishes nothing
+                t_r = time.perf_counter()
+                write_report(directory, config.output.report_grouping)
+                log.info("report: %s (%.3f s)", REPORT, time.perf_counter() - t_r)
+
+        manifest: dict[str, Any] = {}
+        written: list[float] = []
+
+        def write_all(directory: Path) -> None:
+            write(directory)
+            written.append(time.perf_counter())
+
+        run_dir = publish(config.output.path, run_id, write_all, config.output.keep_runs)
+        t_end = time.perf_counter()
+        t_pub = t_end - written[0]  # sync, rename, swap of current, pruning
+        log_event(
+            "publish", "publish: current -> %s (%.3f s)", run_dir, t_pub, **_stage("publish", t_pub)
+        )
+        refresh.save(config.output.path, run_id)  # only now: the store follows `current`
+        t_end = time.perf_counter()
+        log_event(
+            "done",
+            "published %s (%.3f s in all)",
+            run_dir,
+            t_end - t0,
+            seconds=round(t_end - t0, 6),
+            run_dir=str(run_dir),
+        )
+    return RunOutcome(
+        run_id=run_id,
+        run_dir=run_dir,
+        result=result,
+        manifest=manifest,
+        poststratified=poststratified,
+    )

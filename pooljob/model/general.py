@@ -1,0 +1,465 @@
+"""Fit a general Gaussian mixed model: scan cells, build blocks, optimise θ, tabulate.
+
+Covariates, categorical fixed effects, random slopes, crossed and nested
+groupings.  The data are reduced to per-cell moments in one DuckDB pass
+(:mod:`pooljob.scan.cell_moments`); the criterion is lme4's, evaluated from cross-product
+blocks (:mod:`pooljob.model.lmm`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from numpy.typing import NDArray
+from scipy.optimize import minimize, minimize_scalar
+
+from pooljob.errors import InputError
+from pooljob.model import profiled
+from pooljob.model.blocks import Blocks, ColumnWeights, build_blocks
+from pooljob.model.design import (
+    Column,
+    Design,
+    RandomBlock,
+    build_design,
+    check_rank,
+    grouping_codes,
+    indicator,
+)
+from pooljob.model.formula import Formula
+from pooljob.model.lmm import MAX_DENSE, Solution, objective, prediction_variance, solve
+from pooljob.model.optimize import SINGULAR_TOL, OptSummary, diagonal_positions, snap_to_zero
+from pooljob.model.polish import gradient_polish, newton_polish
+from pooljob.model.profiled import objective_and_gradient, workspace
+from pooljob.outputs.frames import (
+    ESTIMATE_COLUMNS,
+    align,
+    coefficients_frame,
+    components_frame,
+    effects_frame,
+    estimates_part,
+    intercept_shrinkage,
+    level_keys,
+)
+from pooljob.scan.cell_moments import CellTable
+
+Array = NDArray[np.float64]
+
+
+def _weights(keys: pl.DataFrame, n_cells: int, columns: tuple[Column, ...]) -> ColumnWeights:
+    w = (
+        np.column_stack([indicator(keys, n_cells, c.spec) for c in columns])
+        if columns
+        else np.zeros((n_cells, 0))
+    )
+    return ColumnWeights(w, np.array([c.variable for c in columns], dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The design, its blocks and the cell bookkeeping of one data set."""
+
+    design: Design
+    cells: CellTable
+    blocks: Blocks
+    fixed: ColumnWeights
+    random: list[ColumnWeights]
+    codes: list[NDArray[np.int64]]
+    moments: Array
+
+
+def prepare(
+    formula: Formula, cells: CellTable, numeric: set[str], categorical: list[str]
+) -> Prepared:
+    """Lay out the design on the cells and assemble the blocks."""
+    levels = {c: sorted(cells.keys[c].drop_nulls().unique().to_list()) for c in categorical}
+    design = build_design(formula, numeric, levels)
+    s = cells.moments()
+    fixed = _weights(cells.keys, len(cells.n), design.fixed)
+    codes = grouping_codes(cells.keys, design)
+    random, spec = [], []
+    for block, code in zip(design.blocks, codes, strict=True):
+        cw = _weights(cells.keys, len(cells.n), block.columns)
+        random.append(cw)
+        spec.append((code, int(code.max()) + 1, cw, block.free_entries()))
+    blocks = build_blocks(s, design.response, fixed, spec)
+    names = [c.name for c in design.fixed]
+    if names:
+        check_rank(blocks.xtx[:-1, :-1], names)
+    for k, q in enumerate(blocks.levels):
+        if q * blocks.widths[k] >= blocks.n and blocks.widths[k] == 1:
+            name = design.blocks[blocks.order[k]].grouping.name
+            raise InputError(
+                f"grouping {name!r} has {q} groups for {int(blocks.n)} rows: as many groups "
+                "as rows, so its variance cannot be told from the residual variance; use a "
+                "coarser grouping or more data per group"
+            )
+    if blocks.dense_size > MAX_DENSE:
+        sizes = ", ".join(
+            f"{design.blocks[blocks.order[k]].grouping.name} {q:,} levels × {w} columns"
+            for k, (q, w) in enumerate(zip(blocks.levels, blocks.widths, strict=True))
+        )
+        raise InputError(
+            f"crossed groupings too large for the exact dense solver: {sizes}; all but the "
+            f"largest form a dense {blocks.dense_size:,} × {blocks.dense_size:,} block "
+            f"({8 * blocks.dense_size**2 / 1e9:.1f} GB, limit {MAX_DENSE:,}); see "
+            "docs/crossed-at-scale.md"
+        )
+    return Prepared(design, cells, blocks, fixed, random, codes, s)
+
+
+def optimize(blocks: Blocks, reml: bool) -> tuple[Array, OptSummary]:
+    """Minimise the profiled criterion over θ (diagonal entries ≥ 0).
+
+    From lme4's start (1 on the diagonal, 0 elsewhere).  With the exact
+    gradient (:mod:`pooljob.model.profiled`, whenever block 0's pair products fit
+    in memory): L-BFGS-B without bounds (the criterion is even in each column
+    of ``T_k``; a column whose diagonal ends negative is negated), then Newton
+    steps with a Hessian from differences of the gradient
+    (:func:`pooljob.model.polish.gradient_polish`); about 20-30 evaluations of the
+    criterion and gradient where COBYQA takes 100-150 of the criterion.
+    Otherwise COBYQA (Powell's derivative-free trust-region method with
+    quadratic models, the successor of the BOBYQA that lme4 uses) to a
+    trust-region radius of 1e-7, then a finite-difference Newton polish
+    (:func:`pooljob.model.polish.newton_polish`).  The criterion is even in each
+    column of ``T_k``, so it is flat to first order where a diagonal entry is
+    0: a point there is accepted only if moving the entry off 0 does not
+    lower the criterion; otherwise the search restarts from there.
+    """
+    n_theta = blocks.n_theta
+    diag = diagonal_positions(blocks.free)
+    x0 = np.zeros(n_theta)
+    x0[diag] = 1.0
+    if n_theta == 0:
+        f0 = objective(blocks, x0, reml)
+        return x0, OptSummary("none (no variance parameters)", [], [], f0, 1, "no θ", True)
+    bounds: list[tuple[float | None, float | None]] = [(None, None)] * n_theta
+    for i in diag:
+        bounds[i] = (0.0, None)
+    ws = workspace(blocks)
+    evaluations = 0
+
+    def fun(theta: Array) -> float:
+        nonlocal evaluations
+        evaluations += 1
+        if ws is None:
+            return objective(blocks, theta, reml)
+        return profiled.objective(blocks, ws, theta, reml)
+
+    last: list[tuple[Array, float, Array]] = []
+
+    def fun_grad(theta: Array) -> tuple[float, Array]:
+        nonlocal evaluations
+        assert ws is not None
+        if last and np.array_equal(last[0][0], theta):
+            return last[0][1], last[0][2].copy()
+        evaluations += 1
+        f, g = objective_and_gradient(blocks, ws, theta, reml)
+        last[:] = [(np.array(theta, dtype=np.float64), f, g.copy())]
+        return f, g
+
+    start, messages, converged, note = x0.copy(), [], False, ""
+    theta, fmin = x0, fun(x0)
+    if ws is not None:
+        # lme4's start scaled by the best common factor c (a 1-D search on log c,
+        # criterion only): the criterion can be concave at c = 1 and it is
+        # flat along weakly identified components, where L-BFGS-B goes slowly
+        scaled = minimize_scalar(
+            lambda lc: fun(np.exp(lc) * x0),
+            bounds=(np.log(1e-3), np.log(10.0)),
+            method="bounded",
+            options={"xatol": 0.05},
+        )
+        if float(scaled.fun) < fmin:
+            start = np.exp(float(scaled.x)) * x0
+            note = f"start: lme4's scaled by {np.exp(float(scaled.x)):.4g}; "
+    for _ in range(6):
+        if ws is None:
+            res = minimize(
+                fun,
+                start,
+                method="COBYQA",
+                bounds=bounds,
+                options={"final_tr_radius": 1e-7, "maxfev": 200 * (n_theta + 1) ** 2},
+            )
+        else:
+            # unbounded: the criterion is even in each column of T_k, so the sign
+            # of a diagonal entry is immaterial and 0 is no barrier to cross
+            res = minimize(
+                fun_grad,
+                start,
+                jac=True,
+                method="L-BFGS-B",
+                # to |∂f/∂θ| ~1e-7 |f|: the Newton steps after it go the rest of the
+                # way (much tighter, the search stalls on the criterion's rounding)
+                options={"ftol": 1e-14, "gtol": 1e-7 * max(1.0, abs(fmin)), "maxiter": 1000},
+            )
+            res.x = _positive_diagonal(blocks, np.asarray(res.x, dtype=np.float64))
+        messages.append(str(res.message))
+        if float(res.fun) <= fmin:
+            theta, fmin = np.asarray(res.x, dtype=np.float64), float(res.fun)
+        converged = bool(res.success)
+        restart = None
+        for i in diag:
+            if theta[i] < SINGULAR_TOL:
+                trial = theta.copy()
+                trial[i] = 0.1
+                ft = fun(trial)
+                if ft < fmin - 1e-9 * max(1.0, abs(fmin)):
+                    restart = trial
+                    break
+        if restart is None:
+            break
+        start = restart
+    theta, fmin, _ = snap_to_zero(fun, theta, fmin, diag)  # fun counts its evaluations
+    free = _interior(blocks, theta)
+    if ws is None:
+        theta, fmin, polish_evaluations = newton_polish(fun, theta, free)
+        name = "COBYQA (derivative-free, quadratic models), then a Newton polish"
+        how = "by finite differences"
+    else:
+        theta, fmin, polish_evaluations = gradient_polish(fun_grad, theta, free)
+        # L-BFGS-B may stop on the criterion's rounding ("ABNORMAL"): judge the end point
+        grad = fun_grad(theta)[1]
+        converged = converged or bool(np.all(np.abs(grad[free]) <= 1e-7 * max(1.0, abs(fmin))))
+        name = "L-BFGS-B (exact gradient), then Newton steps"
+        how = "with the exact gradient"
+    summary = OptSummary(
+        optimizer=name,
+        initial=[float(x) for x in x0],
+        final=[float(x) for x in theta],
+        fmin=float(fmin),
+        evaluations=evaluations,
+        message=note
+        + "; restart: ".join(messages)
+        + f"; Newton polish {how} ({polish_evaluations} evaluations)",
+        converged=converged,
+    )
+    return theta, summary
+
+
+def _positive_diagonal(blocks: Blocks, theta: Array) -> Array:
+    """θ with every column of ``T_k`` whose diagonal is negative negated (same criterion)."""
+    out, pos = theta.copy(), 0
+    for entries in blocks.free:
+        for a, (i, j) in enumerate(entries):
+            if i == j and theta[pos + a] < 0:
+                for b, (_, jj) in enumerate(entries):
+                    if jj == j:
+                        out[pos + b] = -theta[pos + b]
+        pos += len(entries)
+    return out
+
+
+def _interior(blocks: Blocks, theta: Array) -> list[int]:
+    """Entries of θ away from the boundary: the polish refines these.
+
+    A diagonal entry of ``T_k`` below ``10 × SINGULAR_TOL`` stays where the
+    search left it, and so does every entry of its column (the criterion is
+    flat in them when the diagonal is 0).
+    """
+    out, pos = [], 0
+    for entries in blocks.free:
+        diagonal = {j: pos + a for a, (i, j) in enumerate(entries) if i == j}
+        for a, (_, j) in enumerate(entries):
+            if j in diagonal and theta[diagonal[j]] >= 10 * SINGULAR_TOL:
+                out.append(pos + a)
+        pos += len(entries)
+    return out
+
+
+@dataclass(frozen=True)
+class Transform:
+    """From the centred fit back to the original columns (``coef = M coef_c + shift``)."""
+
+    fixed: Array  # (p, p)
+    fixed_shift: Array  # (p,)
+    random: list[Array]  # per block in design order, (p_k, p_k)
+
+
+def back_transform(prep: Prepared) -> Transform:
+    """The linear maps undoing the centring of variables (identity if none).
+
+    A centred column ``I·(v − c)`` is ``I·v − c·(I·1)``; its coefficient
+    moves ``−c`` times onto the column ``I·1``.  The response shift moves
+    onto the constant: ``β += c_y e`` with ``X e = 1``.
+    """
+    shifts = prep.cells.shifts
+    design = prep.design
+
+    def matrix(columns: tuple[Column, ...]) -> Array:
+        m = np.eye(len(columns))
+        const = {c.spec: i for i, c in enumerate(columns) if c.variable == 0}
+        for j, c in enumerate(columns):
+            if c.variable > 0 and shifts[c.variable - 1] != 0.0:
+                m[const[c.spec], j] -= shifts[c.variable - 1]
+        return m
+
+    mx = matrix(design.fixed)
+    p = len(design.fixed)
+    c_y = float(np.dot(design.response, shifts))
+    shift = np.zeros(p)
+    if c_y != 0.0 and p:
+        xt1 = (prep.fixed.weights * prep.moments[:, prep.fixed.variables, 0]).sum(axis=0)
+        xtx = prep.blocks.xtx[:p, :p]
+        # X'X and X'1 are in the centred columns: e_c solves X_c e_c = 1, e = M e_c
+        shift = c_y * (mx @ np.linalg.solve(xtx, xt1))
+    return Transform(mx, shift, [matrix(b.columns) for b in design.blocks])
+
+
+@dataclass(frozen=True)
+class GeneralFit:
+    """Numbers of a general fit, in the original parametrisation."""
+
+    prepared: Prepared
+    solution: Solution
+    theta: Array
+    optimizer: OptSummary
+    beta: Array
+    vcov: Array
+    b: list[Array]  # design order
+    cond_var: list[Array]
+    covariance: list[Array]  # Var(b_k) per block, design order
+    objective: float
+
+
+def fit_general(prep: Prepared, reml: bool) -> GeneralFit:
+    """Optimise θ and return every estimate in the original parametrisation."""
+    theta, summary = optimize(prep.blocks, reml)
+    sol = solve(prep.blocks, theta, reml)
+    tr = back_transform(prep)
+    beta = tr.fixed @ sol.beta + tr.fixed_shift
+    vcov = tr.fixed @ sol.vcov @ tr.fixed.T
+    b: list[Array] = [np.zeros(0)] * len(prep.design.blocks)
+    cv: list[Array] = [np.zeros(0)] * len(prep.design.blocks)
+    cov: list[Array] = [np.zeros(0)] * len(prep.design.blocks)
+    for k, d in enumerate(prep.blocks.order):
+        m = tr.random[d]
+        b[d] = sol.b[k] @ m.T
+        cv[d] = np.einsum("ij,ljk,mk->lim", m, sol.cond_var[k], m)
+        t = sol.factor.t[k]
+        cov[d] = sol.sigma2 * (m @ t @ t.T @ m.T)
+    return GeneralFit(prep, sol, theta, summary, beta, vcov, b, cv, cov, summary.fmin)
+
+
+def _group_frames(prep: Prepared) -> list[tuple[RandomBlock, NDArray[np.int64], pl.DataFrame]]:
+    """Per block: cell codes and the key frame of its levels (first cell of each)."""
+    return [
+        (block, prep.codes[d], level_keys(prep.cells.keys, block.grouping.columns, prep.codes[d]))
+        for d, block in enumerate(prep.design.blocks)
+    ]
+
+
+def tables(fit: GeneralFit, interval: float) -> dict[str, pl.DataFrame]:
+    """Return estimates, effects, coefficients and components as polars frames."""
+    prep = fit.prepared
+    design = prep.design
+    all_keys = [
+        c for c in prep.cells.keys.columns if any(c in b.grouping.columns for b in design.blocks)
+    ]
+    schema = prep.cells.keys.schema
+    coefficients = coefficients_frame([c.name for c in design.fixed], fit.beta, fit.vcov)
+    groups = _group_frames(prep)
+    effects = effects_frame(design, [g[2] for g in groups], fit.b, fit.cond_var, all_keys, schema)
+    estimates = _estimates(fit, groups, interval, all_keys, schema)
+    return {
+        "estimates": estimates,
+        "effects": effects,
+        "coefficients": coefficients,
+        "components": components_frame(
+            design,
+            fit.covariance,
+            [int(c.max()) + 1 for c in prep.codes],
+            fit.solution.sigma2,
+        ),
+    }
+
+
+def _estimates(
+    fit: GeneralFit,
+    groups: list[tuple[RandomBlock, NDArray[np.int64], pl.DataFrame]],
+    interval: float,
+    keys: list[str],
+    schema: Any,
+) -> pl.DataFrame:
+    """Per group of each grouping: mean of the conditional fitted values over its rows."""
+    prep = fit.prepared
+    design, s, sol = prep.design, prep.moments, fit.solution
+    n_cell = s[:, 0, 0]
+    fixed_sum = prep.fixed.weights * s[:, prep.fixed.variables, 0]  # (C, p) Σ x over rows
+    # fitted sums per cell in the centred parametrisation, plus offsets and the y shift
+    fitted = fixed_sum @ sol.beta
+    rand_sums = []
+    for k, d in enumerate(prep.blocks.order):
+        cw = prep.random[d]
+        zsum = cw.weights * s[:, cw.variables, 0]  # (C, p_k)
+        rand_sums.append((d, zsum))
+        fitted = fitted + (zsum * sol.b[k][prep.codes[d]]).sum(axis=1)
+    for o in design.offsets:
+        fitted = fitted + s[:, o, 0]
+    shifts = prep.cells.shifts
+    fitted = fitted + n_cell * (shifts[0])
+    y_sum = s[:, 1, 0] + n_cell * shifts[0]
+    z = NormalDist().inv_cdf(0.5 + interval / 2.0)
+    parts = []
+    g_total = sum(len(kf) for _, _, kf in groups)
+    a_fixed = np.zeros((len(design.fixed), g_total))
+    a_random: dict[int, tuple[list[Any], list[Any], list[Any]]] = {
+        k: ([], [], []) for k in range(prep.blocks.n_blocks)
+    }
+    info = []
+    start = 0
+    for d, (block, code, keyframe) in enumerate(groups):
+        q = keyframe.height
+        n = np.bincount(code, n_cell, minlength=q)
+        est = np.bincount(code, fitted, minlength=q) / n
+        raw = np.bincount(code, y_sum, minlength=q) / n
+        for j in range(len(design.fixed)):
+            a_fixed[j, start : start + q] = np.bincount(code, fixed_sum[:, j], minlength=q) / n
+        for k, (dk, zsum) in enumerate(rand_sums):
+            pk = zsum.shape[1]
+            other = prep.codes[dk]
+            for a in range(pk):
+                rows, cols, vals = a_random[k]
+                rows.append(other * pk + a)
+                cols.append(start + code)
+                vals.append(zsum[:, a] / n[code])
+        info.append((d, block, keyframe, n, est, raw, start))
+        start += q
+    sparse = []
+    for k in range(prep.blocks.n_blocks):
+        rows, cols, vals = a_random[k]
+        size = prep.blocks.levels[k] * prep.blocks.widths[k]
+        sparse.append(
+            sp.csr_matrix(
+                (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                shape=(size, g_total),
+            )
+        )
+    pev = prediction_variance(prep.blocks, sol, a_fixed, sparse)
+    for d, block, keyframe, n, est, raw, st in info:
+        se = np.sqrt(np.maximum(pev[st : st + len(n)], 0.0))
+        shrink = intercept_shrinkage(design, d, fit.covariance[d], fit.cond_var[d])
+        parts.append(
+            estimates_part(
+                keyframe,
+                block.grouping.name,
+                {
+                    "n": n,
+                    "raw_mean": raw,
+                    "estimate": est,
+                    "std_error": se,
+                    "lower": est - z * se,
+                    "upper": est + z * se,
+                    "shrinkage": shrink,
+                },
+            )
+        )
+    tail = list(ESTIMATE_COLUMNS)
+    if not parts:
+        return pl.DataFrame(schema={"grouping": pl.String, **{t: pl.Float64 for t in tail}})
+    return align(parts, ["grouping"], keys, schema, tail)

@@ -1,0 +1,347 @@
+"""The profiled criterion and its exact gradient, from one dense Cholesky per θ.
+
+:mod:`pooljob.model.lmm` factorises ``[ΛZ X y]'[ΛZ X y] + diag(I, 0)`` block by
+block.  Here the largest grouping (block 0, block-diagonal) is eliminated
+algebraically and everything else — the other groupings, ``X`` and ``y`` —
+forms one extended Schur complement of order ``m + p + 1``::
+
+    S(θ) = D'(Ā − Ḡ' W(θ₀) Ḡ) D + diag(I_m, 0)
+    Ā = [Z₂ X y]'[Z₂ X y]        dense, fixed
+    Ḡ = Z₀'[Z₂ X y]              sparse, fixed
+    W = blockdiag_l T₀ N_l T₀',  N_l = (T₀'Z₀'Z₀ₗT₀ + I)⁻¹
+    D = blockdiag(I ⊗ T_k for k ≥ 1, I_{p+1})
+
+``Ā`` and the products ``Ḡ[la, i] Ḡ[lb, j]`` of every pair of columns
+``i ≥ j`` met by one level ``l`` are computed once (:class:`Workspace`), so
+each θ costs one weighted ``bincount``, an elementwise scaling and one LAPACK
+``potrf``.  The Cholesky factor ``L_S`` of ``S`` holds ``L22``, ``L_X`` and
+``r`` (its last diagonal entry), so::
+
+    log|L|²    = Σ_l log|N_l⁻¹| + 2 Σ_{i<m} log L_S[i, i]
+    log|R_X|²  = 2 Σ_{m≤i<m+p} log L_S[i, i]
+    r²         = L_S[m+p, m+p]²
+
+The gradient (:func:`objective_and_gradient`) is, for the template ``T_k``
+of block k with ``q_k`` levels,
+
+    ∂f/∂T_k = 2 T_k⁻ᵀ (q_k I − P̄_k − S_k / σ̂²)
+
+where ``P̄_k = Σ_l Σ_ll`` sums the diagonal ``p_k × p_k`` blocks of
+``Ω⁻¹`` over the levels (``Ω = Λ'Z'ZΛ + I`` for ML; for REML ``Ω`` also
+holds the ``X`` rows and columns), ``S_k = Σ_l u_l u_lᵀ`` sums the
+conditional modes' outer products in the spherical scale (``b = T u``) and
+``σ̂² = r²/ν`` (``ν = n − p`` for REML, ``n`` for ML).  The first term is
+``∂ log|Ω|`` written as ``tr(Ω⁻¹ ∂Ω)`` with ``Λ'Z'ZΛ = Ω − I``; the second is
+``ν ∂r²/r²`` with ``∂r² = −2 uᵀ Λ⁻¹ (∂Λ) u`` (the envelope theorem on the
+penalised least squares ``r² = min ‖y − Xβ − ZΛu‖² + ‖u‖²``).  It needs
+``T_k`` invertible: the criterion is even in each column of ``T_k``, so for a
+random intercept at ``θ = 0`` the derivative is 0; for a singular template
+with slopes the block's entries fall back to central differences.
+
+This module is pure numerics (numpy, scipy): no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg as sla
+import scipy.sparse as sp
+from numpy.typing import NDArray
+from scipy.linalg import lapack
+
+from pooljob.model.blocks import Blocks
+from pooljob.model.lmm import templates
+
+Array = NDArray[np.float64]
+
+#: Largest memory (bytes) the pair products may take; above it the optimizer
+#: falls back to :func:`pooljob.model.lmm.objective` without a gradient.
+MAX_PAIR_BYTES = 1_500_000_000
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Everything about the blocks that does not depend on θ.
+
+    Attributes
+    ----------
+    size : int
+        Order ``m + p + 1`` of the extended Schur complement.
+    m, p : int
+        Columns of the dense random-effect part and of ``X``.
+    a_bar : ndarray, (size * size,)
+        ``Ā`` in column-major order (only its lower triangle is used).
+    g_bar : sparse, (q₀ p₀, size)
+        ``Ḡ = Z₀'[Z₂ X y]``.
+    flat : ndarray of int64
+        Column-major position ``j·size + i`` of each pair ``i ≥ j``.
+    level : ndarray of int32
+        The level of block 0 that meets the pair.
+    prod : ndarray, (pairs, p₀, p₀)
+        ``Ḡ[(l, a), i] Ḡ[(l, b), j]``.
+    half : ndarray
+        1 where ``i > j``, ½ on the diagonal (a symmetric sum counts each
+        pair twice).
+    """
+
+    size: int
+    m: int
+    p: int
+    a_bar: Array
+    g_bar: sp.csr_matrix
+    flat: NDArray[np.int64]
+    level: NDArray[np.int32]
+    prod: Array
+    half: Array
+
+
+def pair_count(blocks: Blocks) -> int:
+    """Number of column pairs ``i ≥ j`` met by one level of block 0."""
+    cols = np.full(blocks.levels[0], blocks.xtx.shape[0], dtype=np.int64)
+    for (k, j), pair in blocks.pairs.items():
+        if k == 0:
+            cols += blocks.widths[j] * np.bincount(pair.codes_a, minlength=blocks.levels[0])
+    return int((cols * (cols + 1) // 2).sum())
+
+
+def workspace(blocks: Blocks) -> Workspace | None:
+    """Precompute ``Ā``, ``Ḡ`` and the pair products (None if too large)."""
+    if not blocks.n_blocks:
+        return None
+    p1 = blocks.widths[0]
+    pairs = pair_count(blocks)
+    if pairs * (20 + 8 * p1 * p1) > MAX_PAIR_BYTES:
+        return None
+    m = blocks.dense_size
+    p = blocks.xtx.shape[0] - 1
+    size = m + p + 1
+    off = blocks.offsets
+    a_bar = np.zeros((size, size))
+    for k in range(1, blocks.n_blocks):
+        pk, qk = blocks.widths[k], blocks.levels[k]
+        idx = off[k] + np.arange(qk * pk).reshape(qk, pk)
+        a_bar[idx[:, :, None], idx[:, None, :]] = blocks.ztz[k]
+        a_bar[idx[:, :, None], m + np.arange(p + 1)] = blocks.ztxy[k]
+        a_bar[m + np.arange(p + 1)[:, None], idx.reshape(-1)] = blocks.ztxy[k].reshape(-1, p + 1).T
+    for (k, j), pair in blocks.pairs.items():
+        if k == 0:
+            continue
+        rows = off[k] + pair.codes_a[:, None] * blocks.widths[k] + np.arange(blocks.widths[k])
+        cols = off[j] + pair.codes_b[:, None] * blocks.widths[j] + np.arange(blocks.widths[j])
+        a_bar[rows[:, :, None], cols[:, None, :]] = pair.values
+        a_bar[cols[:, None, :], rows[:, :, None]] = pair.values.transpose(0, 2, 1)
+    a_bar[m:, m:] = blocks.xtx
+    # Ḡ as (level, column, values over the p₁ rows of the level)
+    q1 = blocks.levels[0]
+    lev = [np.repeat(np.arange(q1), p + 1)]
+    col = [np.tile(m + np.arange(p + 1), q1)]
+    val = [blocks.ztxy[0].transpose(0, 2, 1).reshape(-1, p1)]
+    for (k, j), pair in blocks.pairs.items():
+        if k != 0:
+            continue
+        pj = blocks.widths[j]
+        lev.append(np.repeat(pair.codes_a, pj))
+        col.append((off[j] + pair.codes_b[:, None] * pj + np.arange(pj)).reshape(-1))
+        val.append(pair.values.transpose(0, 2, 1).reshape(-1, p1))
+    levels_all, cols_all = np.concatenate(lev), np.concatenate(col)
+    order = np.lexsort((cols_all, levels_all))
+    levels_all, cols_all = levels_all[order], cols_all[order]
+    vals = np.concatenate(val)[order]
+    rows_g = (levels_all[:, None] * p1 + np.arange(p1)).reshape(-1)
+    g_bar = sp.csr_matrix(
+        (vals.reshape(-1), (rows_g, np.repeat(cols_all, p1))), shape=(q1 * p1, size)
+    )
+    counts = np.bincount(levels_all, minlength=q1)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    flat, level, prod, half = [], [], [], []
+    for c in np.unique(counts):
+        if c == 0:
+            continue
+        ls = np.flatnonzero(counts == c)
+        ii, jj = np.tril_indices(int(c))
+        pi = starts[ls][:, None] + ii  # positions of i (the larger column)
+        pj_ = starts[ls][:, None] + jj
+        flat.append((cols_all[pj_] * size + cols_all[pi]).reshape(-1))
+        level.append(np.repeat(ls, len(ii)))
+        prod.append((vals[pi][:, :, :, None] * vals[pj_][:, :, None, :]).reshape(-1, p1, p1))
+        half.append(np.tile(np.where(ii == jj, 0.5, 1.0), len(ls)))
+    return Workspace(
+        size,
+        m,
+        p,
+        a_bar.reshape(-1, order="F").copy(),
+        g_bar,
+        np.concatenate(flat).astype(np.int64),
+        np.concatenate(level).astype(np.int32),
+        np.concatenate(prod),
+        np.concatenate(half),
+    )
+
+
+@dataclass
+class _State:
+    """The factor at one θ and the pieces the gradient reuses."""
+
+    t: list[Array]
+    scale: Array | sp.csr_matrix  # D: a vector when every dense block is an intercept
+    n_inv: Array  # (q₀, p₀, p₀) N_l
+    chol: Array  # L_S, column-major, lower
+    logdet_l: float
+
+
+def _scaling(blocks: Blocks, ws: Workspace, t: list[Array]) -> Array | sp.csr_matrix:
+    """``D``: the vector of its diagonal if it is diagonal, else a sparse matrix."""
+    if all(w == 1 for w in blocks.widths[1:]):
+        parts = [np.full(blocks.levels[k], t[k][0, 0]) for k in range(1, blocks.n_blocks)]
+        return np.concatenate([*parts, np.ones(ws.p + 1)])
+    mats = [sp.kron(sp.identity(blocks.levels[k]), t[k]) for k in range(1, blocks.n_blocks)]
+    return sp.block_diag([*mats, sp.identity(ws.p + 1)], format="csr")
+
+
+def _scale(mat: Array, d: Array | sp.csr_matrix, lower_only: bool, outer: bool = False) -> Array:
+    """``D' mat D`` (``D mat D'`` if ``outer``) for a symmetric ``mat``, in place if D is diagonal.
+
+    With ``lower_only`` only the lower triangle of ``mat`` is read.
+    """
+    if isinstance(d, np.ndarray):
+        mat *= d[:, None]
+        mat *= d[None, :]
+        return mat
+    if lower_only:
+        mat = np.tril(mat) + np.tril(mat, -1).T
+    e = d if outer else d.T.tocsr()
+    half = np.asarray(e @ mat)
+    return np.asfortranarray(np.asarray(e @ half.T))
+
+
+def _factor(blocks: Blocks, ws: Workspace, theta: Array) -> _State | None:
+    t = templates(blocks, theta)
+    t0 = t[0]
+    p1 = blocks.widths[0]
+    a11 = np.einsum("ji,ljk,km->lim", t0, blocks.ztz[0], t0) + np.eye(p1)
+    if p1 == 1:
+        n_inv = 1.0 / a11
+        logdet = float(np.log(a11).sum())
+        w = (t0[0, 0] ** 2) * n_inv[:, 0, 0]
+        weights = w[ws.level] * ws.prod[:, 0, 0]
+    else:
+        l11 = np.linalg.cholesky(a11)
+        logdet = 2.0 * float(np.log(np.einsum("lii->li", l11)).sum())
+        n_inv = np.linalg.inv(a11)
+        w_all = np.einsum("ij,ljk,mk->lim", t0, n_inv, t0)
+        weights = np.einsum("tab,tab->t", w_all[ws.level], ws.prod)
+    h = np.asarray(np.bincount(ws.flat, weights, ws.size * ws.size), dtype=np.float64)
+    np.subtract(ws.a_bar, h, out=h)
+    s: Array = h.reshape(ws.size, ws.size, order="F")
+    d = _scaling(blocks, ws, t)
+    s = _scale(s, d, lower_only=True)
+    s[np.arange(ws.m), np.arange(ws.m)] += 1.0
+    chol, info = lapack.dpotrf(s, lower=1, overwrite_a=1, clean=0)
+    if info != 0:
+        return None
+    diag = np.diag(chol)
+    logdet += 2.0 * float(np.log(diag[: ws.m]).sum())
+    return _State(t, d, n_inv, chol, logdet)
+
+
+def _criterion(st: _State, ws: Workspace, n: float, reml: bool) -> float:
+    diag = np.diag(st.chol)
+    r2 = diag[-1] ** 2
+    if reml:
+        nu = n - ws.p
+        logdet_x = 2.0 * float(np.log(diag[ws.m : ws.m + ws.p]).sum())
+        return float(st.logdet_l + logdet_x + nu * (1.0 + np.log(2.0 * np.pi * r2 / nu)))
+    return float(st.logdet_l + n * (1.0 + np.log(2.0 * np.pi * r2 / n)))
+
+
+def objective(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> float:
+    """The profiled criterion at θ (equal to :func:`pooljob.model.lmm.objective`)."""
+    st = _factor(blocks, ws, np.asarray(theta, dtype=np.float64))
+    return float("inf") if st is None else _criterion(st, ws, blocks.n, reml)
+
+
+def objective_and_gradient(
+    blocks: Blocks, ws: Workspace, theta: Array, reml: bool
+) -> tuple[float, Array]:
+    """The criterion and its exact gradient in θ (module docstring)."""
+    theta = np.asarray(theta, dtype=np.float64)
+    st = _factor(blocks, ws, theta)
+    if st is None:
+        return float("inf"), np.zeros_like(theta)
+    f = _criterion(st, ws, blocks.n, reml)
+    m, p, size = ws.m, ws.p, ws.size
+    s_dim = m + p if reml else m
+    nu = blocks.n - p if reml else blocks.n
+    sigma2 = st.chol[-1, -1] ** 2 / nu
+    # the solution [u₂; β] of the scaled system, then u₀ per level
+    # L_Sᵀ z = r e_last gives z = [−x; 1] (the last row of L_S is [L_low⁻¹ c; r])
+    rhs = np.zeros(size)
+    rhs[-1] = st.chol[-1, -1]
+    ext = sla.solve_triangular(st.chol, rhs, lower=True, trans="T", check_finite=False)
+    x = -ext[:-1]
+    dx = st.scale * ext if isinstance(st.scale, np.ndarray) else st.scale @ ext
+    q1, p1 = blocks.levels[0], blocks.widths[0]
+    resid = np.asarray(ws.g_bar @ dx).reshape(q1, p1)
+    u0 = np.einsum("lab,cb,lc->la", st.n_inv, st.t[0], resid)  # N_l T₀' (Ḡ_l D [−x; 1])
+    # Σ = the inverse of the leading s_dim × s_dim part of S, padded with zeros
+    # (lower triangles only): potri on [[L_s, 0], [0, I]], then the I cleared
+    buf = np.array(st.chol, order="F")
+    buf[s_dim:, :] = 0.0
+    buf[np.arange(s_dim, size), np.arange(s_dim, size)] = 1.0
+    sigma, info = lapack.dpotri(buf, lower=1, overwrite_c=1)
+    if info != 0:
+        return f, np.full_like(theta, np.nan)
+    sigma[np.arange(s_dim, size), np.arange(s_dim, size)] = 0.0
+    pbars = [np.zeros((p1, p1))]
+    us = [u0]
+    for k in range(1, blocks.n_blocks):
+        qk, pk = blocks.levels[k], blocks.widths[k]
+        idx = blocks.offsets[k] + np.arange(qk * pk).reshape(qk, pk)
+        low = np.tril(sigma[idx[:, :, None], idx[:, None, :]].sum(axis=0))
+        pbars.append(low + np.tril(low, -1).T)
+        us.append(x[idx])
+    sig_t = _scale(sigma, st.scale, lower_only=True, outer=True)
+    vals = sig_t.reshape(-1, order="F")[ws.flat] * ws.half
+    if p1 == 1:
+        coef = (st.t[0][0, 0] * st.n_inv[:, 0, 0]) ** 2
+        pbar0 = np.array(
+            [[st.n_inv[:, 0, 0].sum() + 2.0 * float(coef[ws.level] @ (vals * ws.prod[:, 0, 0]))]]
+        )
+    else:
+        r = np.stack(
+            [
+                np.bincount(ws.level, weights=vals * ws.prod[:, a, b], minlength=q1)
+                for a in range(p1)
+                for b in range(p1)
+            ],
+            axis=1,
+        ).reshape(q1, p1, p1)
+        qmat = r + r.transpose(0, 2, 1)
+        tn = np.einsum("ac,lci->lai", st.t[0], st.n_inv)  # T₀ N_l
+        pbar0 = st.n_inv.sum(axis=0) + np.einsum("lai,lab,lbj->ij", tn, qmat, tn)
+    pbars[0] = pbar0
+    grad = np.zeros_like(theta)
+    pos = 0
+    fallback: list[int] = []
+    for k, entries in enumerate(blocks.free):
+        tk = st.t[k]
+        sk = us[k].T @ us[k]
+        inner = blocks.levels[k] * np.eye(blocks.widths[k]) - pbars[k] - sk / sigma2
+        dg = np.abs(np.diag(tk))
+        if np.all(dg > 0):
+            gk = 2.0 * sla.solve_triangular(tk, inner, lower=True, trans="T", check_finite=False)
+            for a, (i, j) in enumerate(entries):
+                grad[pos + a] = gk[i, j]
+        elif blocks.widths[k] > 1:
+            fallback.extend(range(pos, pos + len(entries)))
+        pos += len(entries)
+    for i in fallback:
+        h = 1e-6 * max(1.0, abs(theta[i]))
+        e = np.zeros_like(theta)
+        e[i] = h
+        grad[i] = (
+            objective(blocks, ws, theta + e, reml) - objective(blocks, ws, theta - e, reml)
+        ) / (2 * h)
+    return f, grad

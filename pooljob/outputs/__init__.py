@@ -1,0 +1,1 @@
+"""The outputs: the tables of the output contract, publishing, the report."""

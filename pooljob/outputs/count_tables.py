@@ -1,0 +1,313 @@
+"""Binomial and Poisson models end to end: counts in, output tables out.
+
+The scan is :func:`pooljob.scan.cell_counts.scan_counts`, the fit
+:func:`pooljob.model.glmm.fit_counts`.  The tables follow the output contract
+(docs/outputs.md): ``estimates`` on the response scale (a proportion, or a
+rate per unit of exposure), ``effects`` and ``coefficients`` on the link
+scale, ``components`` as lme4's ``as.data.frame(VarCorr(m))`` (no residual
+row: a binomial or Poisson model has none).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from pooljob.errors import InputError
+from pooljob.model.design import Design, build_design, check_rank, grouping_codes, indicator
+from pooljob.model.formula import Formula
+from pooljob.model.glmm import (
+    CountFit,
+    CountModel,
+    count_model,
+    fit_counts,
+    link,
+    mean_link,
+    sample_effects,
+)
+from pooljob.model.lmm import MAX_DENSE, prediction_variance
+from pooljob.model.optimize import is_singular
+from pooljob.outputs.frames import (
+    ESTIMATE_COLUMNS,
+    align,
+    coefficients_frame,
+    components_frame,
+    effects_frame,
+    estimates_part,
+    intercept_shrinkage,
+    level_keys,
+)
+from pooljob.outputs.poststratify import Predictor
+from pooljob.outputs.tables import FitResult
+from pooljob.scan.cell_counts import CountTable, count_stats_sql, covariate_indices, scan_counts
+from pooljob.scan.source import TableSource
+from pooljob.scan.statistics import ScanSpec
+
+Array = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class PreparedCounts:
+    """The design laid out on the cells of a count table."""
+
+    design: Design
+    counts: CountTable
+    model: CountModel
+    codes: list[NDArray[np.int64]]  # design order
+    design_formula: Formula
+
+
+def _columns(counts: CountTable, columns: tuple[Any, ...]) -> Array:
+    c = len(counts.n)
+    if not columns:
+        return np.zeros((c, 0))
+    out = []
+    for col in columns:
+        v = indicator(counts.keys, c, col.spec)
+        if col.variable:
+            v = v * counts.values[:, col.variable - 1]
+        out.append(v)
+    return np.column_stack(out)
+
+
+def prepare_counts(
+    formula: Formula, family: str, counts: CountTable, numeric: set[str], categorical: list[str]
+) -> PreparedCounts:
+    """Lay out the design on the cells; check rank, groups and size."""
+    levels = {c: sorted(counts.keys[c].drop_nulls().unique().to_list()) for c in categorical}
+    design = build_design(formula, numeric, levels)
+    x = _columns(counts, design.fixed)
+    names = [c.name for c in design.fixed]
+    if names:
+        check_rank(x.T @ (counts.t[:, None] * x), names)
+    codes = grouping_codes(counts.keys, design)
+    random = [
+        (code, int(code.max()) + 1, _columns(counts, block.columns), block.free_entries())
+        for block, code in zip(design.blocks, codes, strict=True)
+    ]
+    model = count_model(family, counts.y, counts.t, counts.offset, counts.constant, x, random)
+    dense = sum(q * w for q, w in zip(model.levels[1:], model.widths[1:], strict=True))
+    if dense > MAX_DENSE:
+        raise InputError(
+            f"crossed groupings too large for the exact dense solver: all but the largest "
+            f"grouping form a dense {dense:,} × {dense:,} block (limit {MAX_DENSE:,}); see "
+            "docs/crossed-at-scale.md"
+        )
+    return PreparedCounts(design, counts, model, codes, formula)
+
+
+def _key_frames(prep: PreparedCounts) -> list[pl.DataFrame]:
+    """Per design block: the key columns of its levels."""
+    return [
+        level_keys(prep.counts.keys, block.grouping.columns, prep.codes[d])
+        for d, block in enumerate(prep.design.blocks)
+    ]
+
+
+def count_tables(prep: PreparedCounts, fit: CountFit, interval: float) -> dict[str, pl.DataFrame]:
+    """Estimates, effects, coefficients and components of a count fit."""
+    design, model, counts = prep.design, prep.model, prep.counts
+    all_keys = [
+        c for c in counts.keys.columns if any(c in b.grouping.columns for b in design.blocks)
+    ]
+    schema = counts.keys.schema
+    by_design = {d: k for k, d in enumerate(model.order)}
+    blocks = range(len(design.blocks))
+    coefficients = coefficients_frame([c.name for c in design.fixed], fit.beta, fit.vcov)
+    frames = _key_frames(prep)
+    effects = effects_frame(
+        design,
+        frames,
+        [fit.solution.b[by_design[d]] for d in blocks],
+        [fit.solution.cond_var[by_design[d]] for d in blocks],
+        all_keys,
+        schema,
+    )
+    estimates = _estimates(prep, fit, frames, interval, all_keys, schema)
+    return {
+        "estimates": estimates,
+        "effects": effects,
+        "coefficients": coefficients,
+        "components": components_frame(
+            design,
+            [fit.covariance[by_design[d]] for d in blocks],
+            [model.levels[by_design[d]] for d in blocks],
+            None,
+        ),
+    }
+
+
+def _estimates(
+    prep: PreparedCounts,
+    fit: CountFit,
+    frames: list[pl.DataFrame],
+    interval: float,
+    keys: list[str],
+    schema: Any,
+) -> pl.DataFrame:
+    """Per group: ``Σ t_c m(η_c) / Σ t_c`` over its cells, with a delta-method SE.
+
+    ``m`` is the inverse link per unit of ``t`` (a probability, or a rate
+    per unit of exposure).  Its variance is ``gᵀ M⁻¹ g`` with ``g`` the
+    gradient in (β, b) and ``M`` Henderson's matrix at the mode
+    (:func:`pooljob.model.lmm.prediction_variance`); the interval is symmetric on
+    the link scale and mapped back, so it stays inside the mean's range.
+    """
+    design, model, counts = prep.design, prep.model, prep.counts
+    eta = fit.mode.eta - model.offset
+    mean, deriv = mean_link(model.family, eta)
+    family = model.family
+    z = NormalDist().inv_cdf(0.5 + interval / 2.0)
+    g_total = sum(f.height for f in frames)
+    p = model.x.shape[1]
+    a_fixed = np.zeros((p, g_total))
+    a_random: list[tuple[list[Any], list[Any], list[Any]]] = [([], [], []) for _ in model.order]
+    info = []
+    start = 0
+    by_design = {d: k for k, d in enumerate(model.order)}
+    for d, keyframe in enumerate(frames):
+        code = prep.codes[d]
+        q = keyframe.height
+        tsum = np.bincount(code, counts.t, minlength=q)
+        est = np.bincount(code, counts.t * mean, minlength=q) / tsum
+        raw = np.bincount(code, counts.y, minlength=q) / tsum
+        n = np.bincount(code, counts.n, minlength=q)
+        grad = counts.t * deriv / tsum[code]  # ∂est/∂η_c
+        for j in range(p):
+            a_fixed[j, start : start + q] = np.bincount(code, grad * model.x[:, j], minlength=q)
+        for k in range(len(model.order)):
+            zk, other = model.z[k], model.codes[k]
+            pk = zk.shape[1]
+            rows, cols, vals = a_random[k]
+            for a in range(pk):
+                rows.append(other * pk + a)
+                cols.append(start + code)
+                vals.append(grad * zk[:, a])
+        info.append((d, keyframe, n, est, raw, start))
+        start += q
+    sparse = []
+    for k in range(len(model.order)):
+        rows, cols, vals = a_random[k]
+        size = model.levels[k] * model.widths[k]
+        sparse.append(
+            sp.csr_matrix(
+                (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                shape=(size, g_total),
+            )
+        )
+    pev = prediction_variance(fit.henderson, fit.solution, a_fixed, sparse)
+    parts = []
+    for d, keyframe, n, est, raw, st in info:
+        block = design.blocks[d]
+        se = np.sqrt(np.maximum(pev[st : st + len(n)], 0.0))
+        centre = link(family, est)
+        _, slope = mean_link(family, centre)
+        se_link = se / np.maximum(slope, 1e-300)
+        lower = mean_link(family, centre - z * se_link)[0]
+        upper = mean_link(family, centre + z * se_link)[0]
+        k = by_design[d]
+        shrink = intercept_shrinkage(design, d, fit.covariance[k], fit.solution.cond_var[k])
+        parts.append(
+            estimates_part(
+                keyframe,
+                block.grouping.name,
+                {
+                    "n": n,
+                    "raw_mean": raw,
+                    "estimate": est,
+                    "std_error": se,
+                    "lower": lower,
+                    "upper": upper,
+                    "shrinkage": shrink,
+                },
+            )
+        )
+    tail = list(ESTIMATE_COLUMNS)
+    return align(parts, ["grouping"], keys, schema, tail)
+
+
+def _predictor(prep: PreparedCounts, fit: CountFit) -> Predictor:
+    """Predictions and posterior draws for new cells (:mod:`pooljob.outputs.poststratify`)."""
+    order = prep.model.order
+    by_design = {d: k for k, d in enumerate(order)}
+    n_blocks = len(order)
+
+    def sample(draws: int, rng: np.random.Generator) -> tuple[Array, list[Array]]:
+        beta, b = sample_effects(fit, prep.model, draws, rng)
+        return beta, [b[by_design[d]] for d in range(n_blocks)]
+
+    return Predictor(
+        family=prep.model.family,
+        formula=prep.design_formula,
+        design=prep.design,
+        beta=fit.beta,
+        b=[fit.solution.b[by_design[d]] for d in range(n_blocks)],
+        levels=_key_frames(prep),
+        covariance=[fit.covariance[by_design[d]] for d in range(n_blocks)],
+        keys=prep.counts.keys.schema,
+        sample=sample,
+    )
+
+
+def count_sql(formula: Formula, family: str, spec: ScanSpec) -> str:
+    """The count query of a binomial or Poisson model (for ``pooljob explain``)."""
+    covariates = [spec.variables[k] for k in covariate_indices(spec)]
+    return count_stats_sql(formula, family, spec.keys, covariates)
+
+
+def fit_count_source(
+    formula: Formula,
+    source: TableSource,
+    spec: ScanSpec,
+    family: str,
+    interval: float,
+) -> FitResult:
+    """Scan ``source`` into per-cell counts and fit ``formula`` by Laplace."""
+    t0 = time.perf_counter()
+    if not formula.random:
+        raise InputError(
+            f"formula {formula.text!r} has no random-effect term; pooljob fits multilevel "
+            "models: add one, e.g. '+ (1 | group)'"
+        )
+    counts = scan_counts(source, formula, family, spec)
+    t1 = time.perf_counter()
+    prep = prepare_counts(formula, family, counts, spec.numeric, spec.categorical)
+    fit = fit_counts(prep.model)
+    t2 = time.perf_counter()
+    frames = count_tables(prep, fit, interval)
+    t3 = time.perf_counter()
+    singular = is_singular(prep.model.free, fit.theta)
+    groups = {
+        b.grouping.name: int(prep.codes[d].max()) + 1 for d, b in enumerate(prep.design.blocks)
+    }
+    result = FitResult(
+        predictor=_predictor(prep, fit),
+        formula=formula,
+        family=family,
+        method="laplace",
+        interval=interval,
+        estimates=frames["estimates"],
+        effects=frames["effects"],
+        coefficients=frames["coefficients"],
+        components=frames["components"],
+        objective=fit.deviance,
+        loglik=-0.5 * fit.deviance,
+        converged=fit.optimizer.converged,
+        singular=singular,
+        nobs=int(counts.n.sum()),
+        sigma=1.0,
+        groups=groups,
+        rows=counts.rows,
+        optimizer=fit.optimizer.to_dict(),
+        hierarchy=tuple(b.grouping for b in prep.design.blocks),
+        nested=False,
+    )
+    result.timings.update({"scan": t1 - t0, "fit": t2 - t1, "tables": t3 - t2})
+    return result

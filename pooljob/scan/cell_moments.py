@@ -1,0 +1,371 @@
+"""One DuckDB pass: the source reduced to per-cell moments of the model's variables.
+
+A cell is one combination of the model's key columns (grouping factors and
+categorical variables).  Every row of a cell shares its levels, so for a
+Gaussian model the cross-products ``[Z X y]'[Z X y]`` are sums over cells of
+the cells' counts, means and co-moments of the numeric variables.  The query
+is ``sql/cell_stats.sql``; this module fills it with quoted identifiers,
+binds the centring shifts, and accounts for the rows it cannot use.  The
+same query, transpiled by sqlglot, runs on Spark (:mod:`pooljob.scan.spark_sql`):
+one definition of each statistic serves both engines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from numpy.typing import NDArray
+
+from pooljob.errors import InputError
+from pooljob.scan.source import TableSource, quote_identifier
+
+#: Largest ratio of |mean| to the spread of a variable for which uncentred
+#: sums lose less than ~1e-12 relative (doubles carry ~1e-16).
+CENTRING_RATIO = 1e4
+
+DROP_REASONS = ("null_group_key", "null_response", "nonfinite_response", "unusable_covariate")
+
+#: The column naming each row's source file in the per-file scan
+#: (``sql/file_cell_stats.sql``, :mod:`pooljob.job.refresh`).
+FILE_COLUMN = "__pooljob_file"
+
+
+def sql_text(name: str) -> str:
+    """Return the text of ``sql/<name>.sql``, installed or from the source tree."""
+    package = Path(__file__).resolve().parent.parent  # pooljob/
+    for folder in (package / "sql", package.parent / "sql"):
+        candidate = folder / f"{name}.sql"
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8")
+    raise FileNotFoundError(f"pooljob SQL file {name}.sql is missing from the installation")
+
+
+@dataclass(frozen=True)
+class NumericVariable:
+    """A numeric variable: the product of one or more numeric columns.
+
+    Attributes
+    ----------
+    columns : tuple of str
+        Source columns multiplied together (one for a plain covariate).
+    centrable : bool
+        Whether the model may be fitted with this variable centred (its
+        design is closed under the shift; see :mod:`pooljob.model.design`).
+    """
+
+    columns: tuple[str, ...]
+    centrable: bool = True
+
+
+def cell_stats_sql(
+    keys: tuple[str, ...],
+    variables: tuple[NumericVariable, ...],
+    finite_only: bool,
+    count_finite_response: bool = False,
+    by: str | None = None,
+) -> str:
+    """The cell query with identifiers quoted; shifts are the parameters ``$s<i>``.
+
+    With ``by``, the column naming each row's source file, it is the per-file
+    query ``sql/file_cell_stats.sql``: the same statistics, one row per file
+    and cell.
+    """
+    key_sql = ", ".join(quote_identifier(k) for k in keys)
+    exprs = []
+    for i, v in enumerate(variables):
+        product = " * ".join(f"cast({quote_identifier(c)} as double)" for c in v.columns)
+        exprs.append(f"{product} - $s{i} as v{i}")
+    aggs = []
+    for i in range(len(variables)):
+        aggs += [f"count(v{i}) as n_{i}", f"avg(v{i}) as mean_{i}"]
+    for i in range(len(variables)):
+        for j in range(i, len(variables)):
+            agg = f"var_pop(v{i})" if i == j else f"covar_pop(v{i}, v{j})"
+            aggs.append(f"{agg} as cov_{i}_{j}")
+    if count_finite_response:
+        aggs.append("count(*) filter (where isfinite(v0)) as n_finite_0")
+    filt = (
+        "where " + " and ".join(f"isfinite(v{i})" for i in range(len(variables)))
+        if finite_only
+        else ""
+    )
+    fields = {
+        "key_list": key_sql + "," if keys else "",
+        "group_by": f"group by {key_sql}" if keys else "",
+        "variables": ",\n        ".join(exprs),
+        "aggregates": ",\n        ".join(aggs),
+        "filter": filt,
+    }
+    if by is None:
+        return sql_text("cell_stats").format(**fields)
+    file_sql = quote_identifier(by)
+    fields["group_by"] = f"group by {file_sql}" + (f", {key_sql}" if keys else "")
+    return sql_text("file_cell_stats").format(file_column=file_sql, **fields)
+
+
+@dataclass(frozen=True)
+class CellTable:
+    """Per-cell moments of the model's numeric variables.
+
+    Attributes
+    ----------
+    keys : polars.DataFrame
+        One row per cell: the key columns with their original types.
+    n : ndarray, shape (C,)
+        Rows per cell.
+    mean : ndarray, shape (C, m)
+        Means of the variables, centred at ``shifts``.
+    comoment : ndarray, shape (C, m, m)
+        ``Σ (v_i − v̄_i)(v_j − v̄_j)`` within each cell.
+    shifts : ndarray, shape (m,)
+    rows : dict
+        ``read``, ``used`` and ``dropped`` (reason to count).
+    """
+
+    keys: pl.DataFrame
+    n: NDArray[np.float64]
+    mean: NDArray[np.float64]
+    comoment: NDArray[np.float64]
+    shifts: NDArray[np.float64]
+    rows: dict[str, object]
+
+    def moments(self) -> NDArray[np.float64]:
+        """``S[c] = Σ_rows w wᵀ`` with ``w = (1, v_1 − s_1, …)``, shape (C, m+1, m+1)."""
+        c, m = self.mean.shape
+        s = np.empty((c, m + 1, m + 1))
+        s[:, 0, 0] = self.n
+        s[:, 0, 1:] = self.n[:, None] * self.mean
+        s[:, 1:, 0] = s[:, 0, 1:]
+        s[:, 1:, 1:] = self.comoment + self.n[:, None, None] * (
+            self.mean[:, :, None] * self.mean[:, None, :]
+        )
+        return s
+
+
+def _run(
+    source: TableSource,
+    keys: tuple[str, ...],
+    variables: tuple[NumericVariable, ...],
+    shifts: NDArray[np.float64],
+    finite_only: bool,
+    count_finite_response: bool = False,
+    by: str | None = None,
+) -> pl.DataFrame:
+    sql = cell_stats_sql(keys, variables, finite_only, count_finite_response, by)
+    params = {f"s{i}": float(s) for i, s in enumerate(shifts)}
+    table = pl.from_arrow(source.arrow(sql, params))
+    assert isinstance(table, pl.DataFrame)
+    return table
+
+
+def null_key(keys: tuple[str, ...]) -> pl.Expr:
+    """True for a cell with a null in any of its key columns (its rows are dropped)."""
+    if not keys:
+        return pl.lit(False)
+    return pl.any_horizontal([pl.col(k).is_null() for k in keys])
+
+
+def centring_shifts(
+    n: NDArray[np.float64],
+    mean: NDArray[np.float64],
+    comoment: NDArray[np.float64],
+    centrable: list[bool],
+) -> NDArray[np.float64]:
+    """Shifts that centre the variables far from 0; 0.0 where none is needed.
+
+    Means are doubles: a mean of 1e9 carries an error of ~1e-7, large beside
+    a spread of 1.  A variable whose ``max |mean|`` exceeds
+    ``CENTRING_RATIO`` times the smaller of its within-cell and between-cell
+    standard deviations is shifted by its overall mean, rounded to a power
+    of ten at the scale of the spread (so the shift does not depend on
+    summation order), if the model allows (``centrable``).
+    """
+    total = float(n.sum())
+    shifts = np.zeros(mean.shape[1])
+    for i in range(mean.shape[1]):
+        if not centrable[i]:
+            continue
+        grand = float(np.dot(n, mean[:, i])) / total
+        within = float(comoment[:, i, i].sum()) / total
+        between = float(np.dot(n, (mean[:, i] - grand) ** 2)) / total
+        spreads = [s for s in (within, between) if s > 0.0]
+        if not spreads:
+            continue
+        spread = float(np.sqrt(min(spreads)))
+        if float(np.max(np.abs(mean[:, i]))) <= CENTRING_RATIO * spread:
+            continue
+        quantum = 10.0 ** np.floor(np.log10(spread))
+        shifts[i] = float(np.round(grand / quantum) * quantum)
+    return shifts
+
+
+def cell_arrays(
+    table: pl.DataFrame, m: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """Counts, means and co-moments (``var_pop · n``) of the query's rows, as arrays."""
+    n = table["n_0"].to_numpy().astype(np.float64)
+    mean = np.column_stack([table[f"mean_{i}"].to_numpy() for i in range(m)]).astype(np.float64)
+    cov = np.empty((table.height, m, m))
+    for i in range(m):
+        for j in range(i, m):
+            cov[:, i, j] = cov[:, j, i] = table[f"cov_{i}_{j}"].to_numpy()
+    return n, mean, cov * n[:, None, None]
+
+
+@dataclass(frozen=True)
+class MomentScan:
+    """The usable cells a scan found, and what it did with every row.
+
+    Attributes
+    ----------
+    good : polars.DataFrame
+        The query's rows (:func:`cell_stats_sql`) of the cells with usable
+        rows: no null key, at least one row, and, when ``finite_only``,
+        only the rows whose every variable is finite.
+    counts : polars.DataFrame
+        One row per value of the ``by`` column (one row in all without it):
+        ``read``, ``used`` and one column per entry of ``DROP_REASONS``.
+    finite_only : bool
+        Whether some value was null, NaN or infinite, so that rows had to be
+        left out; a rescan at other shifts must leave them out too.
+    """
+
+    good: pl.DataFrame
+    counts: pl.DataFrame
+    finite_only: bool
+
+
+def scan_moments(
+    source: TableSource,
+    keys: tuple[str, ...],
+    variables: tuple[NumericVariable, ...],
+    shifts: NDArray[np.float64],
+    by: str | None = None,
+) -> MomentScan:
+    """Scan at the given shifts; again, keeping the finite rows, only if some value is not.
+
+    Variable 0 is the response.  Rows with a null key, or a null, NaN or
+    infinite value in any variable, are dropped and counted by reason, per
+    value of ``by`` (the column naming each row's source file) when given.
+    """
+    m = len(variables)
+    multi = m > 1
+    table = _run(source, keys, variables, shifts, False, count_finite_response=multi, by=by)
+    keyed = table.filter(~null_key(keys))
+    complete = keyed.height > 0 and all(
+        (keyed[f"n_{i}"] == keyed["n_rows"]).all() for i in range(m)
+    )
+    finite = complete and all(
+        keyed[f"mean_{i}"].is_finite().all() and keyed[f"cov_{i}_{i}"].is_finite().all()
+        for i in range(m)
+    )
+    good = keyed.filter(pl.col("n_rows") > 0)
+    if not finite and keyed.height:
+        good = rescan_moments(source, keys, variables, shifts, True, by)
+    return MomentScan(good, _row_counts(table, good, keys, multi, by), not finite)
+
+
+def rescan_moments(
+    source: TableSource,
+    keys: tuple[str, ...],
+    variables: tuple[NumericVariable, ...],
+    shifts: NDArray[np.float64],
+    finite_only: bool,
+    by: str | None = None,
+) -> pl.DataFrame:
+    """One scan at ``shifts``: the usable cells (``MomentScan.good``), no accounting."""
+    table = _run(source, keys, variables, shifts, finite_only, by=by)
+    return table.filter(~null_key(keys)).filter(pl.col("n_rows") > 0)
+
+
+def _row_counts(
+    table: pl.DataFrame, good: pl.DataFrame, keys: tuple[str, ...], multi: bool, by: str | None
+) -> pl.DataFrame:
+    """Rows read, used and dropped by reason (``MomentScan.counts``), per value of ``by``."""
+    group = by if by is not None else "__all"
+    if by is None:
+        table = table.with_columns(pl.lit(0).alias(group))
+        good = good.with_columns(pl.lit(0).alias(group))
+    keyed = pl.col("__keyed")
+    sums = [
+        pl.col("n_rows").sum().alias("read"),
+        pl.col("n_rows").filter(keyed).sum().alias("keyed"),
+        pl.col("n_0").filter(keyed).sum().alias("non_null"),
+    ]
+    if multi:
+        sums.append(pl.col("n_finite_0").filter(keyed).sum().alias("finite"))
+    used = good.group_by(group).agg(pl.col("n_rows").sum().alias("used"))
+    counts = (
+        table.with_columns((~null_key(keys)).alias("__keyed"))
+        .group_by(group)
+        .agg(sums)
+        .join(used, on=group, how="left")
+        .with_columns(pl.col("used").fill_null(0))
+    )
+    nonfinite = pl.col("non_null") - (pl.col("finite") if multi else pl.col("used"))
+    return counts.select(
+        group,
+        "read",
+        "used",
+        null_group_key=pl.col("read") - pl.col("keyed"),
+        null_response=pl.col("keyed") - pl.col("non_null"),
+        nonfinite_response=nonfinite,
+        unusable_covariate=pl.col("non_null") - pl.col("used") - nonfinite,
+    )
+
+
+def row_totals(counts: pl.DataFrame) -> dict[str, object]:
+    """``read``, ``used`` and ``dropped`` by reason, summed over the rows of ``counts``."""
+    total = {c: int(counts[c].sum()) for c in ("read", "used", *DROP_REASONS)}
+    return {
+        "read": total["read"],
+        "used": total["used"],
+        "dropped": {r: total[r] for r in DROP_REASONS},
+    }
+
+
+def require_rows(counts: pl.DataFrame, description: str) -> None:
+    """Raise InputError, naming what was dropped, when ``counts`` has no usable row."""
+    if int(counts["used"].sum()) > 0:
+        return
+    dropped = {r: int(counts[r].sum()) for r in DROP_REASONS}
+    detail = ", ".join(f"{v} with {k.replace('_', ' ')}" for k, v in dropped.items() if v)
+    raise InputError(
+        f"no usable rows in {description}: {int(counts['read'].sum())} rows read"
+        + (f" ({detail})" if detail else "")
+        + "; check the [source] where filter and the model's columns"
+    )
+
+
+def scan_cells(
+    source: TableSource, keys: tuple[str, ...], variables: tuple[NumericVariable, ...]
+) -> CellTable:
+    """Scan the source once (more only when the data need it) into a CellTable.
+
+    Variable 0 is the response.  Rows with a null key, or a null, NaN or
+    infinite value in any variable, are dropped and counted by reason.  A
+    second scan is made only if there are such values (keeping the finite
+    rows) and a third only if a variable must be centred.
+    """
+    m = len(variables)
+    shifts = np.zeros(m)
+    scan = scan_moments(source, keys, variables, shifts)
+    require_rows(scan.counts, source.description)
+    good = scan.good
+    n, mean, comoment = cell_arrays(good, m)
+    new_shifts = centring_shifts(n, mean, comoment, [v.centrable for v in variables])
+    if np.any(new_shifts != 0.0):
+        shifts = new_shifts
+        good = rescan_moments(source, keys, variables, shifts, scan.finite_only)
+        n, mean, comoment = cell_arrays(good, m)
+    return CellTable(
+        keys=good.select(list(keys)),
+        n=n,
+        mean=mean,
+        comoment=comoment,
+        shifts=shifts,
+        rows=row_totals(scan.counts),
+    )

@@ -1,0 +1,372 @@
+"""Open the input as a DuckDB view named ``source``, in process, with no server.
+
+Files (Parquet or CSV, globs, hive partitions), a table of a DuckDB database
+(attached read-only), a trusted SQL query, or an in-memory table (polars,
+pandas, Arrow) or DuckDB relation.  Only identifiers checked against the
+source's schema, quoted, and bound values reach DuckDB; the optional
+``where`` filter and ``query`` are trusted SQL from the config's owner.
+"""
+
+from __future__ import annotations
+
+import difflib
+import glob
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import duckdb
+import pyarrow as pa
+
+from pooljob.errors import InputError, MissingColumnError
+
+_CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".txt")
+_PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+
+
+def quote_identifier(name: str) -> str:
+    """Quote a column or table name for DuckDB: ``"`` doubled inside quotes."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class TableSource(Protocol):
+    """What the scan needs of an input, whatever engine reads it.
+
+    :class:`Source` (DuckDB) and :class:`pooljob.scan.spark.SparkSource` both
+    provide it: the statistics query of :mod:`pooljob.scan.cell_moments` is written once,
+    for DuckDB, and an engine runs it on its view named ``source``.
+    """
+
+    description: str
+    columns: dict[str, str]
+
+    def arrow(self, sql: str, params: dict[str, float] | None = None) -> pa.Table:
+        """Run ``sql`` (DuckDB SQL reading ``source``; ``$name`` parameters) as Arrow."""
+        ...
+
+    def require(self, names: tuple[str, ...]) -> None:
+        """Raise MissingColumnError unless every name is a column."""
+        ...
+
+
+def require_columns(description: str, columns: dict[str, str], names: tuple[str, ...]) -> None:
+    """Check that every name is a column; the error lists what exists."""
+    missing = [n for n in names if n not in columns]
+    if not missing:
+        return
+    name = missing[0]
+    close = difflib.get_close_matches(name, list(columns), n=1)
+    lowered = [c for c in columns if c.lower() == name.lower()]
+    hint = lowered or close
+    did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+    raise MissingColumnError(
+        f"column {name!r} named in the formula is not in {description}{did_you_mean}; "
+        f"available columns: {', '.join(columns)}"
+    )
+
+
+@dataclass
+class Source:
+    """A DuckDB view ``source`` over the input, with its schema.
+
+    Attributes
+    ----------
+    description : str
+        What the source is, for messages (a path, ``db:table``, ``query``).
+    columns : dict of str to str
+        Column name to DuckDB type name.
+    """
+
+    description: str
+    _con: duckdb.DuckDBPyConnection | None = None
+    _relation: duckdb.DuckDBPyRelation | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+
+    def relation(self, sql: str, params: dict[str, float] | None = None) -> duckdb.DuckDBPyRelation:
+        """Return ``sql`` (which reads the view ``source``) as a relation.
+
+        Values in ``params`` are bound as parameters (``$name``).  DuckDB's
+        relation API cannot bind parameters, so for a relation given to the
+        Python API they are written as float literals with ``repr``: numbers
+        pooljob computed, never user text.
+        """
+        if self._relation is not None:
+            for name, value in (params or {}).items():
+                sql = sql.replace(f"${name}", f"cast('{float(value)!r}' as double)")
+            rel = self._relation.query("source", sql)
+        else:
+            assert self._con is not None
+            rel = self._con.sql(sql, params=params) if params else self._con.sql(sql)
+        assert rel is not None
+        return rel
+
+    def arrow(self, sql: str, params: dict[str, float] | None = None) -> pa.Table:
+        """Run ``sql`` on the source and return the result as an Arrow table."""
+        try:
+            return self.relation(sql, params).to_arrow_table()
+        except duckdb.Error as exc:
+            raise InputError(f"reading {self.description} failed: {_first_line(exc)}") from exc
+
+    def require(self, names: tuple[str, ...]) -> None:
+        """Check that every name is a column; the error lists what exists."""
+        require_columns(self.description, self.columns, names)
+
+    def view_sql(self) -> list[str]:
+        """The ``create view`` statements of ``source_raw`` and ``source``, as DuckDB holds them."""
+        if self._con is None:
+            return []
+        rows = self._con.execute(
+            "select sql from duckdb_views() where view_name in ('source_raw', 'source') "
+            "order by view_name desc"
+        ).fetchall()
+        return [str(r[0]).strip().rstrip(";") + ";" for r in rows]
+
+
+def _read_schema(src: Source) -> None:
+    rel = src.relation("select * from source limit 0")
+    src.columns = {c: str(t) for c, t in zip(rel.columns, rel.types, strict=True)}
+
+
+def file_format(pattern: str) -> str:
+    """``csv`` or ``parquet``, from the name of a path or glob; InputError otherwise."""
+    lower = pattern.lower()
+    if lower.endswith(_CSV_SUFFIXES):
+        return "csv"
+    if lower.endswith(_PARQUET_SUFFIXES) or lower.endswith("*"):
+        return "parquet"
+    raise InputError(
+        f"source path {pattern!r}: cannot tell the file format from its name; "
+        "use a name ending in .parquet or .csv (globs like data/*.parquet are fine)"
+    )
+
+
+def _file_relation(con: duckdb.DuckDBPyConnection, pattern: str) -> duckdb.DuckDBPyRelation:
+    if not _is_remote(pattern):
+        matches = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else []
+        if not matches and not os.path.exists(pattern):
+            where = Path(pattern).parent
+            raise InputError(
+                f"source path {pattern!r} matches no file (looked in {str(where)!r}); "
+                "check [source] path, which is relative to the config file"
+            )
+        if not glob.has_magic(pattern) and os.path.isdir(pattern):
+            pattern = os.path.join(pattern, "**", "*.parquet")
+    kind = file_format(pattern)
+    try:
+        if kind == "csv":
+            return con.read_csv(pattern, hive_partitioning=True, union_by_name=True)
+        return con.read_parquet(pattern, hive_partitioning=True, union_by_name=True)
+    except duckdb.Error as exc:
+        raise InputError(f"cannot read {pattern!r} as {kind}: {_first_line(exc)}") from exc
+
+
+def _apply_where(con: duckdb.DuckDBPyConnection, where: str | None, description: str) -> None:
+    if not where:
+        con.execute("create temp view source as select * from source_raw")
+        return
+    try:
+        con.execute(f"create temp view source as select * from source_raw where ({where})")
+        con.sql("select * from source limit 0").fetchall()
+    except duckdb.Error as exc:
+        raise InputError(
+            f"[source] where = {where!r} is not a valid filter on {description}: {_first_line(exc)}"
+        ) from exc
+
+
+_DEFAULT_MEMORY_CAP = 3 * 2**30
+
+
+def default_memory_limit() -> str:
+    """DuckDB's memory limit when ``[engine] memory_limit`` is not set.
+
+    A quarter of physical RAM, at most 3 GiB (DuckDB's own default is 80% of
+    RAM).  The scan is a streaming aggregation: it needs memory for the
+    per-group statistics, not for the rows, and spills to DuckDB's temporary
+    directory beyond the limit, so a 1-billion-row scan stays under 4 GB.
+    """
+    try:
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
+        ram = 4 * _DEFAULT_MEMORY_CAP
+    limit = max(min(ram // 4, _DEFAULT_MEMORY_CAP), 256 * 2**20)
+    return f"{limit // 2**20}MiB"
+
+
+def _connect(
+    threads: int | None, memory_limit: str | None, progress: bool = False
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory connection; DuckDB's progress bar on only if ``progress``.
+
+    ``memory_limit`` defaults to :func:`default_memory_limit`.  The bar is
+    drawn on stdout after ``progress_bar_time`` ms; these are session
+    settings (DuckDB refuses them in ``connect``'s config), set one
+    statement at a time.
+    """
+    config: dict[str, Any] = {"memory_limit": memory_limit or default_memory_limit()}
+    if threads:
+        config["threads"] = threads
+    con = duckdb.connect(":memory:", config=config)
+    con.execute(f"set enable_progress_bar_print = {str(progress).lower()}")
+    con.execute(f"set enable_progress_bar = {str(progress).lower()}")
+    if progress:
+        con.execute("set progress_bar_time = 2000")
+    return con
+
+
+@contextmanager
+def open_config_source(
+    *,
+    path: str | None = None,
+    database: str | None = None,
+    table: str | None = None,
+    query: str | None = None,
+    where: str | None = None,
+    threads: int | None = None,
+    memory_limit: str | None = None,
+    progress: bool = False,
+) -> Iterator[Source]:
+    """Open the source of a config: exactly one of path, database+table, query.
+
+    ``progress`` turns on DuckDB's progress bar for long scans (for an
+    interactive terminal only); it is off otherwise.
+    """
+    con = _connect(threads, memory_limit, progress)
+    try:
+        if path is not None:
+            description = path
+            _file_relation(con, path).create_view("source_raw")
+        elif database is not None and table is not None:
+            description = f"table {table!r} of {database!r}"
+            if not os.path.exists(database):
+                raise InputError(
+                    f"[source] database {database!r} does not exist; "
+                    "give the path of a DuckDB database file"
+                )
+            try:
+                con.execute("attach ? as warehouse (read_only)", [database])
+            except duckdb.Error as exc:
+                raise InputError(f"cannot open database {database!r}: {_first_line(exc)}") from exc
+            tables = [
+                r[0]
+                for r in con.execute(
+                    "select table_name from information_schema.tables "
+                    "where table_catalog = 'warehouse' order by table_name"
+                ).fetchall()
+            ]
+            if table not in tables:
+                raise InputError(
+                    f"[source] table {table!r} is not in {database!r}; "
+                    f"tables there: {', '.join(tables) or '(none)'}"
+                )
+            con.execute(
+                f"create temp view source_raw as select * from warehouse.{quote_identifier(table)}"
+            )
+        elif query is not None:
+            description = "the [source] query"
+            try:
+                con.execute(f"create temp view source_raw as {query}")
+                con.sql("select * from source_raw limit 0").fetchall()
+            except duckdb.Error as exc:
+                raise InputError(f"[source] query failed: {_first_line(exc)}") from exc
+        else:  # pragma: no cover - the config validator rules this out
+            raise InputError("no source given")
+        _apply_where(con, where, description)
+        src = Source(description=description, _con=con)
+        _read_schema(src)
+        yield src
+    finally:
+        con.close()
+
+
+@contextmanager
+def open_file_list(
+    files: list[str],
+    *,
+    path: str,
+    columns: dict[str, str],
+    file_column: str,
+    where: str | None = None,
+    threads: int | None = None,
+    memory_limit: str | None = None,
+) -> Iterator[Source]:
+    """Open only ``files`` of the ``[source] path`` ``path``, naming each row's file.
+
+    The view ``source`` has the schema ``columns`` of the whole source (as
+    :func:`open_config_source` found it over every file), so that the
+    statistics of these files are their share of a scan of all of them: a
+    column these files lack is null, one typed otherwise in them is cast.
+    The column ``file_column`` holds each row's path as given in ``files``
+    (bound as a parameter, never pasted).  Hive partitions and the
+    ``where`` filter apply as for the whole source.
+    """
+    kind = "parquet" if os.path.isdir(path) and not glob.has_magic(path) else file_format(path)
+    name = "'" + file_column.replace("'", "''") + "'"
+    reader = (
+        f"read_{kind}($files, hive_partitioning = true, union_by_name = true, filename = {name})"
+    )
+    description = f"{len(files)} file{'' if len(files) == 1 else 's'} of {path}"
+    con = _connect(threads, memory_limit)
+    try:
+        try:
+            found = con.sql(f"select * from {reader} limit 0", params={"files": files})
+            have = {c: str(t) for c, t in zip(found.columns, found.types, strict=True)}
+            select = []
+            for column, ctype in columns.items():
+                q = quote_identifier(column)
+                if column not in have:
+                    select.append(f"cast(null as {ctype}) as {q}")
+                elif have[column] != ctype:
+                    select.append(f"cast({q} as {ctype}) as {q}")
+                else:
+                    select.append(q)
+            select.append(quote_identifier(file_column))
+            rel = con.sql(f"select {', '.join(select)} from {reader}", params={"files": files})
+            rel.create_view("source_raw")
+        except duckdb.Error as exc:
+            raise InputError(f"cannot read {description} as {kind}: {_first_line(exc)}") from exc
+        _apply_where(con, where, description)
+        src = Source(description=description, _con=con)
+        _read_schema(src)
+        yield src
+    finally:
+        con.close()
+
+
+@contextmanager
+def open_data(data: Any, threads: int | None = None) -> Iterator[Source]:
+    """Open API input: a path or glob, a DuckDB relation, or an in-memory table."""
+    if isinstance(data, str | os.PathLike):
+        with open_config_source(path=os.fspath(data), threads=threads) as src:
+            yield src
+        return
+    if isinstance(data, duckdb.DuckDBPyRelation):
+        src = Source(description="the DuckDB relation", _relation=data)
+        _read_schema(src)
+        yield src
+        return
+    con = _connect(threads, None)
+    try:
+        try:
+            con.register("source", data)
+        except (duckdb.Error, TypeError, ValueError) as exc:
+            raise InputError(
+                f"data of type {type(data).__name__} is not a table pooljob can read; pass a "
+                "path or glob, a DuckDB relation, or a polars, pandas or Arrow table"
+            ) from exc
+        src = Source(description=f"the {type(data).__name__}", _con=con)
+        _read_schema(src)
+        yield src
+    finally:
+        con.close()
