@@ -3,118 +3,14 @@
 from __future__ import annotations
 
 import os
-import time
 from typing import Any, Literal
 
-from pooljob.errors import ConfigError, NotNestedError
-from pooljob.model.formula import Formula, parse_formula
-from pooljob.model.nested_fit import fit_nested
-from pooljob.outputs.tables import FitResult, build, build_general
-from pooljob.scan.cell_counts import COUNT_FAMILIES
-from pooljob.scan.cell_moments import CellTable, scan_cells
-from pooljob.scan.source import TableSource, open_data
-from pooljob.scan.statistics import ScanSpec, check_schema, nested_statistics
-
-FAMILIES = ("gaussian", "binomial", "poisson")
-METHODS = ("reml", "ml", "laplace")
-#: The estimation methods of each family; the first is the default.
-FAMILY_METHODS = {"gaussian": ("reml", "ml"), "binomial": ("laplace",), "poisson": ("laplace",)}
-
-
-def default_method(family: str) -> str:
-    """The default method of ``family``: REML for gaussian, Laplace otherwise."""
-    return FAMILY_METHODS.get(family, ("reml",))[0]
-
-
-def check_options(family: str, method: str, interval: float) -> list[str]:
-    """Return the problems with the model options (empty when all is well)."""
-    problems = []
-    if family not in FAMILIES:
-        problems.append(f"family = {family!r} is not supported; use one of {', '.join(FAMILIES)}")
-        if method not in METHODS:
-            problems.append(
-                f"method = {method!r} is not supported; use one of {', '.join(METHODS)}"
-            )
-    elif method not in FAMILY_METHODS[family]:
-        allowed = ", ".join(repr(m) for m in FAMILY_METHODS[family])
-        problems.append(
-            f"method = {method!r} is not supported for family = {family!r}; use {allowed}"
-        )
-    if (
-        isinstance(interval, bool)
-        or not isinstance(interval, int | float)
-        or not (0.0 < float(interval) < 1.0)
-    ):
-        problems.append(f"interval = {interval!r} must be a number between 0 and 1, e.g. 0.95")
-    return problems
-
-
-def fit_source(
-    formula: Formula, source: TableSource, family: str, method: str, interval: float
-) -> FitResult:
-    """Fit ``formula`` to an open source: one scan, then the solver.
-
-    Random intercepts on groupings that nest in the data go to the exact tree
-    solver (:mod:`pooljob.model.nested`, linear in the number of groups); every
-    other model to the blocked-Cholesky solver (:mod:`pooljob.model.lmm`).  Both
-    start from the same cell statistics.
-    """
-    t0 = time.perf_counter()
-    spec = check_schema(source, formula, family)
-    if family in COUNT_FAMILIES:
-        from pooljob.outputs.count_tables import fit_count_source
-
-        return fit_count_source(formula, source, spec, family, interval)
-    cells = scan_cells(source, spec.keys, spec.variables)
-    return fit_cells(
-        formula,
-        cells,
-        spec,
-        family,
-        method,
-        interval,
-        source.description,
-        scan_seconds=time.perf_counter() - t0,
-    )
-
-
-def fit_cells(
-    formula: Formula,
-    cells: CellTable,
-    spec: ScanSpec,
-    family: str,
-    method: str,
-    interval: float,
-    description: str,
-    scan_seconds: float = 0.0,
-) -> FitResult:
-    """Fit ``formula`` to cell statistics, scanned or merged from a store.
-
-    ``description`` names the data in messages; ``scan_seconds`` is recorded
-    as the ``scan`` timing.  The solver is chosen as in :func:`fit_source`.
-    """
-    t1 = time.perf_counter()
-    reml = method == "reml"
-    result: FitResult | None = None
-    if formula.nested_intercepts:
-        try:
-            gs = nested_statistics(cells, formula, description)
-        except NotNestedError:
-            gs = None
-        if gs is not None:
-            fitted = fit_nested(gs.stats, "reml" if reml else "ml")
-            t2 = time.perf_counter()
-            result = build(formula, gs, fitted, interval, family)
-    if result is None:
-        from pooljob.model.general import fit_general, prepare
-
-        prep = prepare(formula, cells, spec.numeric, spec.categorical)
-        general = fit_general(prep, reml)
-        t2 = time.perf_counter()
-        result = build_general(formula, general, interval, family, method)
-    t3 = time.perf_counter()
-    result.timings.update({"scan": scan_seconds, "fit": t2 - t1, "tables": t3 - t2})
-    return result
+from pooljob.errors import ConfigError
+from pooljob.model.formula import parse_formula
+from pooljob.model.options import check_options, default_method
+from pooljob.outputs.tables import FitResult
+from pooljob.pipeline import fit_source
+from pooljob.scan.source import open_data
 
 
 def fit(

@@ -24,7 +24,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from pooljob.api import fit_source
+from pooljob.pipeline import fit_source
 from pooljob.errors import ConfigError, InputError
 from pooljob.job.config import load_config
 from pooljob.model.formula import parse_formula

@@ -43,9 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pooljob.api import FAMILIES, METHODS, check_options, default_method
 from pooljob.errors import ConfigError, FormulaError
 from pooljob.model.formula import Formula, parse_formula
+from pooljob.model.options import FAMILIES, METHODS, check_options, default_method
 from pooljob.outputs.poststratify import PoststratifyConfig
 from pooljob.outputs.report_data import resolve_grouping
 

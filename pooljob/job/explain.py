@@ -44,7 +44,7 @@ def explain(config: Config) -> str:
         columns = dict(source.columns)
     formula = config.model.formula
     if config.model.family in COUNT_FAMILIES:
-        from pooljob.outputs.count_tables import count_sql
+        from pooljob.pipeline import count_sql
 
         stats_sql = count_sql(formula, config.model.family, spec)
         what = [

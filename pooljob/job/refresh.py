@@ -35,10 +35,10 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
-from pooljob.api import fit_cells
 from pooljob.job.fingerprint import FileStamp, InputSnapshot
 from pooljob.job.logs import log_event
 from pooljob.outputs.tables import FitResult
+from pooljob.pipeline import fit_cells
 from pooljob.scan.cell_counts import COUNT_FAMILIES
 from pooljob.scan.cell_moments import (
     FILE_COLUMN,
@@ -160,7 +160,7 @@ def fit_refreshed(
     family = config.model.family
     spec = check_schema(source, formula, family)
     if family in COUNT_FAMILIES:
-        from pooljob.outputs.count_tables import fit_count_source
+        from pooljob.pipeline import fit_count_source
 
         log_event(
             "refresh",

@@ -10,7 +10,6 @@ row: a binomial or Poisson model has none).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
@@ -27,13 +26,11 @@ from pooljob.model.glmm import (
     CountFit,
     CountModel,
     count_model,
-    fit_counts,
     link,
     mean_link,
     sample_effects,
 )
 from pooljob.model.lmm import MAX_DENSE, prediction_variance
-from pooljob.model.optimize import is_singular
 from pooljob.outputs.frames import (
     ESTIMATE_COLUMNS,
     align,
@@ -45,10 +42,7 @@ from pooljob.outputs.frames import (
     level_keys,
 )
 from pooljob.outputs.poststratify import Predictor
-from pooljob.outputs.tables import FitResult
-from pooljob.scan.cell_counts import CountTable, count_stats_sql, covariate_indices, scan_counts
-from pooljob.scan.source import TableSource
-from pooljob.scan.statistics import ScanSpec
+from pooljob.scan.cell_counts import CountTable
 
 Array = NDArray[np.float64]
 
@@ -233,7 +227,7 @@ def _estimates(
     return align(parts, ["grouping"], keys, schema, tail)
 
 
-def _predictor(prep: PreparedCounts, fit: CountFit) -> Predictor:
+def predictor(prep: PreparedCounts, fit: CountFit) -> Predictor:
     """Predictions and posterior draws for new cells (:mod:`pooljob.outputs.poststratify`)."""
     order = prep.model.order
     by_design = {d: k for k, d in enumerate(order)}
@@ -254,60 +248,3 @@ def _predictor(prep: PreparedCounts, fit: CountFit) -> Predictor:
         keys=prep.counts.keys.schema,
         sample=sample,
     )
-
-
-def count_sql(formula: Formula, family: str, spec: ScanSpec) -> str:
-    """The count query of a binomial or Poisson model (for ``pooljob explain``)."""
-    covariates = [spec.variables[k] for k in covariate_indices(spec)]
-    return count_stats_sql(formula, family, spec.keys, covariates)
-
-
-def fit_count_source(
-    formula: Formula,
-    source: TableSource,
-    spec: ScanSpec,
-    family: str,
-    interval: float,
-) -> FitResult:
-    """Scan ``source`` into per-cell counts and fit ``formula`` by Laplace."""
-    t0 = time.perf_counter()
-    if not formula.random:
-        raise InputError(
-            f"formula {formula.text!r} has no random-effect term; pooljob fits multilevel "
-            "models: add one, e.g. '+ (1 | group)'"
-        )
-    counts = scan_counts(source, formula, family, spec)
-    t1 = time.perf_counter()
-    prep = prepare_counts(formula, family, counts, spec.numeric, spec.categorical)
-    fit = fit_counts(prep.model)
-    t2 = time.perf_counter()
-    frames = count_tables(prep, fit, interval)
-    t3 = time.perf_counter()
-    singular = is_singular(prep.model.free, fit.theta)
-    groups = {
-        b.grouping.name: int(prep.codes[d].max()) + 1 for d, b in enumerate(prep.design.blocks)
-    }
-    result = FitResult(
-        predictor=_predictor(prep, fit),
-        formula=formula,
-        family=family,
-        method="laplace",
-        interval=interval,
-        estimates=frames["estimates"],
-        effects=frames["effects"],
-        coefficients=frames["coefficients"],
-        components=frames["components"],
-        objective=fit.deviance,
-        loglik=-0.5 * fit.deviance,
-        converged=fit.optimizer.converged,
-        singular=singular,
-        nobs=int(counts.n.sum()),
-        sigma=1.0,
-        groups=groups,
-        rows=counts.rows,
-        optimizer=fit.optimizer.to_dict(),
-        hierarchy=tuple(b.grouping for b in prep.design.blocks),
-        nested=False,
-    )
-    result.timings.update({"scan": t1 - t0, "fit": t2 - t1, "tables": t3 - t2})
-    return result

@@ -200,7 +200,7 @@ def build_general(
     formula: Formula, fit: GeneralFit, interval: float, family: str, method: str
 ) -> FitResult:
     """Assemble the output tables of a general (blocked-Cholesky) fit."""
-    from pooljob.model.general import tables
+    from pooljob.outputs.gaussian_tables import tables
 
     frames = tables(fit, interval)
     prep = fit.prepared

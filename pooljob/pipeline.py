@@ -1,0 +1,149 @@
+"""One fit end to end: the scan, the solver, the output tables.
+
+``fit_source`` scans an open source once and fits; ``fit_cells`` fits cell
+statistics that were scanned or merged from the statistics store (incremental
+refresh).  Gaussian random intercepts on groupings that nest in the data go to
+the exact tree solver (:mod:`pooljob.model.nested`); every other Gaussian model
+to the blocked-Cholesky solver (:mod:`pooljob.model.general`); binomial and
+Poisson models to the Laplace solver (:mod:`pooljob.model.glmm`).  The tables
+are built by :mod:`pooljob.outputs`.
+"""
+
+from __future__ import annotations
+
+import time
+
+from pooljob.errors import InputError, NotNestedError
+from pooljob.model.formula import Formula
+from pooljob.model.glmm import fit_counts
+from pooljob.model.nested_fit import fit_nested
+from pooljob.model.optimize import is_singular
+from pooljob.outputs.count_tables import count_tables, predictor, prepare_counts
+from pooljob.outputs.tables import FitResult, build, build_general
+from pooljob.scan.cell_counts import COUNT_FAMILIES, count_stats_sql, covariate_indices, scan_counts
+from pooljob.scan.cell_moments import CellTable, scan_cells
+from pooljob.scan.source import TableSource
+from pooljob.scan.statistics import ScanSpec, check_schema, nested_statistics
+
+
+def fit_source(
+    formula: Formula, source: TableSource, family: str, method: str, interval: float
+) -> FitResult:
+    """Fit ``formula`` to an open source: one scan, then the solver.
+
+    Random intercepts on groupings that nest in the data go to the exact tree
+    solver (:mod:`pooljob.model.nested`, linear in the number of groups); every
+    other model to the blocked-Cholesky solver (:mod:`pooljob.model.lmm`).  Both
+    start from the same cell statistics.
+    """
+    t0 = time.perf_counter()
+    spec = check_schema(source, formula, family)
+    if family in COUNT_FAMILIES:
+        return fit_count_source(formula, source, spec, family, interval)
+    cells = scan_cells(source, spec.keys, spec.variables)
+    return fit_cells(
+        formula,
+        cells,
+        spec,
+        family,
+        method,
+        interval,
+        source.description,
+        scan_seconds=time.perf_counter() - t0,
+    )
+
+
+def fit_cells(
+    formula: Formula,
+    cells: CellTable,
+    spec: ScanSpec,
+    family: str,
+    method: str,
+    interval: float,
+    description: str,
+    scan_seconds: float = 0.0,
+) -> FitResult:
+    """Fit ``formula`` to cell statistics, scanned or merged from a store.
+
+    ``description`` names the data in messages; ``scan_seconds`` is recorded
+    as the ``scan`` timing.  The solver is chosen as in :func:`fit_source`.
+    """
+    t1 = time.perf_counter()
+    reml = method == "reml"
+    result: FitResult | None = None
+    if formula.nested_intercepts:
+        try:
+            gs = nested_statistics(cells, formula, description)
+        except NotNestedError:
+            gs = None
+        if gs is not None:
+            fitted = fit_nested(gs.stats, "reml" if reml else "ml")
+            t2 = time.perf_counter()
+            result = build(formula, gs, fitted, interval, family)
+    if result is None:
+        from pooljob.model.general import fit_general, prepare
+
+        prep = prepare(formula, cells, spec.numeric, spec.categorical)
+        general = fit_general(prep, reml)
+        t2 = time.perf_counter()
+        result = build_general(formula, general, interval, family, method)
+    t3 = time.perf_counter()
+    result.timings.update({"scan": scan_seconds, "fit": t2 - t1, "tables": t3 - t2})
+    return result
+
+
+def count_sql(formula: Formula, family: str, spec: ScanSpec) -> str:
+    """The count query of a binomial or Poisson model (for ``pooljob explain``)."""
+    covariates = [spec.variables[k] for k in covariate_indices(spec)]
+    return count_stats_sql(formula, family, spec.keys, covariates)
+
+
+def fit_count_source(
+    formula: Formula,
+    source: TableSource,
+    spec: ScanSpec,
+    family: str,
+    interval: float,
+) -> FitResult:
+    """Scan ``source`` into per-cell counts and fit ``formula`` by Laplace."""
+    t0 = time.perf_counter()
+    if not formula.random:
+        raise InputError(
+            f"formula {formula.text!r} has no random-effect term; pooljob fits multilevel "
+            "models: add one, e.g. '+ (1 | group)'"
+        )
+    counts = scan_counts(source, formula, family, spec)
+    t1 = time.perf_counter()
+    prep = prepare_counts(formula, family, counts, spec.numeric, spec.categorical)
+    fit = fit_counts(prep.model)
+    t2 = time.perf_counter()
+    frames = count_tables(prep, fit, interval)
+    t3 = time.perf_counter()
+    singular = is_singular(prep.model.free, fit.theta)
+    groups = {
+        b.grouping.name: int(prep.codes[d].max()) + 1 for d, b in enumerate(prep.design.blocks)
+    }
+    result = FitResult(
+        predictor=predictor(prep, fit),
+        formula=formula,
+        family=family,
+        method="laplace",
+        interval=interval,
+        estimates=frames["estimates"],
+        effects=frames["effects"],
+        coefficients=frames["coefficients"],
+        components=frames["components"],
+        objective=fit.deviance,
+        loglik=-0.5 * fit.deviance,
+        converged=fit.optimizer.converged,
+        singular=singular,
+        nobs=int(counts.n.sum()),
+        sigma=1.0,
+        groups=groups,
+        rows=counts.rows,
+        optimizer=fit.optimizer.to_dict(),
+        hierarchy=tuple(b.grouping for b in prep.design.blocks),
+        nested=False,
+    )
+    result.timings.update({"scan": t1 - t0, "fit": t2 - t1, "tables": t3 - t2})
+    return result
