@@ -25,16 +25,25 @@ from pooljob.scan.cell_moments import CellTable, scan_cells
 from pooljob.scan.source import TableSource
 from pooljob.scan.statistics import ScanSpec, check_schema, nested_statistics
 
+#: Gaussian solvers: ``auto`` (the tree where the groupings nest) or ``blocked`` (always).
+SOLVERS = ("auto", "blocked")
+
 
 def fit_source(
-    formula: Formula, source: TableSource, family: str, method: str, interval: float
+    formula: Formula,
+    source: TableSource,
+    family: str,
+    method: str,
+    interval: float,
+    solver: str = "auto",
 ) -> FitResult:
     """Fit ``formula`` to an open source: one scan, then the solver.
 
     Random intercepts on groupings that nest in the data go to the exact tree
     solver (:mod:`pooljob.model.nested`, linear in the number of groups); every
     other model to the blocked-Cholesky solver (:mod:`pooljob.model.lmm`).  Both
-    start from the same cell statistics.
+    start from the same cell statistics and publish the same tables
+    (``solver = "blocked"`` forces the blocked solver, for tests that say so).
     """
     t0 = time.perf_counter()
     spec = check_schema(source, formula, family)
@@ -50,6 +59,7 @@ def fit_source(
         interval,
         source.description,
         scan_seconds=time.perf_counter() - t0,
+        solver=solver,
     )
 
 
@@ -62,6 +72,7 @@ def fit_cells(
     interval: float,
     description: str,
     scan_seconds: float = 0.0,
+    solver: str = "auto",
 ) -> FitResult:
     """Fit ``formula`` to cell statistics, scanned or merged from a store.
 
@@ -71,7 +82,7 @@ def fit_cells(
     t1 = time.perf_counter()
     reml = method == "reml"
     result: FitResult | None = None
-    if formula.nested_intercepts:
+    if formula.nested_intercepts and solver == "auto":
         try:
             gs = nested_statistics(cells, formula, description)
         except NotNestedError:

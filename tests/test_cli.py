@@ -43,6 +43,7 @@ def test_run_publishes_all_outputs(job: Path, capsys) -> None:
         "n",
         "raw_mean",
         "estimate",
+        "parent",
         "std_error",
         "lower",
         "upper",

@@ -84,12 +84,14 @@ def test_fit_equals_dense_henderson(seed: int, depth: int) -> None:
             j = offsets[k] + index[k][tuple(row[c] for c in g.columns)]
             assert row["estimate"] == pytest.approx(b[j], rel=1e-7, abs=1e-9)
             assert row["cond_sd"] == pytest.approx(np.sqrt(cv[j, j]), rel=1e-7)
-        # a node's estimate is μ + its own and its ancestors' effects; its
-        # prediction error variance is c' C⁻¹ c with c the indicator of those terms
+        # a group's estimate is the mean of its rows' fitted values a'(β, b), a the
+        # mean of its rows of [1 Z]; its prediction error variance a' C⁻¹ a; its
+        # parent a'(β, b) without its own level's and the finer levels' effects
+        z_all = np.hstack(zs)
         for row in fit.estimates.filter(pl.col("grouping") == g.name).iter_rows(named=True):
-            c = np.zeros(cinv.shape[0])
-            c[0] = 1.0
-            for i, gi in enumerate(fit.hierarchy[: k + 1]):
-                c[1 + offsets[i] + index[i][tuple(row[col] for col in gi.columns)]] = 1.0
-            assert row["estimate"] == pytest.approx(c[0] * beta + c[1:] @ b, rel=1e-8)
-            assert row["std_error"] == pytest.approx(np.sqrt(c @ cinv @ c), rel=1e-7)
+            rows = np.all([df[c].to_numpy() == row[c] for c in g.columns], axis=0)
+            a = np.concatenate([[1.0], z_all[rows].mean(axis=0)])
+            assert row["estimate"] == pytest.approx(a[0] * beta + a[1:] @ b, rel=1e-8)
+            assert row["std_error"] == pytest.approx(np.sqrt(a @ cinv @ a), rel=1e-7)
+            a[1 + offsets[k] :] = 0.0
+            assert row["parent"] == pytest.approx(a[0] * beta + a[1:] @ b, rel=1e-8)

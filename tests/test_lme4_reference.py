@@ -87,19 +87,30 @@ def test_effects_and_cond_sd(case) -> None:
         assert close(mine["cond_sd"], row["cond_sd"], scale=scale), row
 
 
-def test_estimates_are_fixed_part_plus_own_and_ancestor_effects(case) -> None:
-    """estimate = fixef + ranef of the group and all its ancestors (lme4 coef for a leaf)."""
-    ref, fit, _ = case
-    mu = fit.coefficients["estimate"][0]
+def test_estimates_are_group_means_of_lme4_fitted_values(case) -> None:
+    """estimate = the group's mean of lme4's fitted values; parent = fixef + ancestors' ranef."""
+    ref, fit, csv = case
+    df = pl.read_csv(DATA / csv)
+    mu = next(r["estimate"] for r in ref["fixef"] if r["term"] == "(Intercept)")
     eff = {(r["grouping"], r["level"]): r["estimate"] for r in ref["ranef"]}
     hier = fit.hierarchy
-    for row in fit.estimates.to_dicts():
-        k = [g.name for g in hier].index(row["grouping"])
-        expected = mu
-        for g in hier[: k + 1]:
-            label = ":".join(str(row[c]) for c in g.columns)
-            expected += eff[(g.name, label)]
-        assert row["estimate"] == pytest.approx(expected, rel=1e-6, abs=1e-6 * ref["sigma"])
+
+    def label(g, row) -> str:
+        return ":".join(str(row[c]) for c in g.columns)
+
+    fitted = np.array(
+        [mu + sum(eff[(g.name, label(g, row))] for g in hier) for row in df.iter_rows(named=True)]
+    )
+    df = df.with_columns(pl.Series("fitted", fitted))
+    scale = ref["sigma"]
+    for k, g in enumerate(hier):
+        truth = df.group_by(list(g.columns)).agg(pl.col("fitted").mean())
+        mine = fit.estimates.filter(pl.col("grouping") == g.name).join(truth, on=list(g.columns))
+        assert mine.height == truth.height
+        np.testing.assert_allclose(mine["estimate"], mine["fitted"], rtol=1e-6, atol=1e-6 * scale)
+        for row in mine.iter_rows(named=True):
+            parent = mu + sum(eff[(a.name, label(a, row))] for a in hier[:k])
+            assert row["parent"] == pytest.approx(parent, rel=1e-6, abs=1e-6 * scale)
 
 
 def test_leaf_coef_matches_lme4_coef(case) -> None:

@@ -112,16 +112,16 @@ def format_summary(result: FitResult, top: int = 6) -> str:
     ]
     est = result.estimates
     if result.nested:
-        overall = result.coefficients["estimate"][0]
         for k in range(len(result.hierarchy) - 1, -1, -1):
-            lines.extend(_pulled(est, result.hierarchy, k, overall, top if k else 3))
+            lines.extend(_pulled(est, result.hierarchy, result.key_columns, k, top if k else 3))
         return "\n".join(lines)
+    names = result.key_columns
     for grouping in result.hierarchy:
         rows = est.filter(pl.col("grouping") == grouping.name)
         rows = rows.sort((pl.col("estimate") - pl.col("raw_mean")).abs(), descending=True)
         lines.append(f"{grouping.name}: groups whose estimate moved furthest from their raw mean:")
         for r in rows.head(3).iter_rows(named=True):
-            label = ":".join(str(r[c]) for c in grouping.columns)
+            label = ":".join(str(r[names[c]]) for c in grouping.columns)
             shrink = r["shrinkage"]
             tail = f"  (shrinkage {shrink:.2f})" if shrink is not None and shrink == shrink else ""
             lines.append(
@@ -132,28 +132,19 @@ def format_summary(result: FitResult, top: int = 6) -> str:
 
 
 def _pulled(
-    est: pl.DataFrame, hier: tuple[Grouping, ...], k: int, overall: float, top: int
+    est: pl.DataFrame, hier: tuple[Grouping, ...], names: dict[str, str], k: int, top: int
 ) -> list[str]:
     """Lines for the groups of level ``k`` whose estimate moved furthest from their raw mean."""
     level = hier[k]
     rows = est.filter(pl.col("grouping") == level.name)
-    if k > 0:
-        parent = hier[k - 1]
-        parent_est = est.filter(pl.col("grouping") == parent.name).select(
-            *parent.columns, pl.col("estimate").alias("parent_estimate")
-        )
-        rows = rows.join(parent_est, on=list(parent.columns), how="left")
-        toward = parent.name
-    else:
-        rows = rows.with_columns(pl.lit(overall).alias("parent_estimate"))
-        toward = "the overall mean"
+    toward = hier[k - 1].name if k > 0 else "the overall mean"
     rows = rows.sort((pl.col("estimate") - pl.col("raw_mean")).abs(), descending=True).head(top)
     lines = [f"{level.name}: groups pulled furthest toward {toward} (raw mean -> estimate):"]
     for r in rows.iter_rows(named=True):
-        label = ":".join(str(r[c]) for c in level.columns)
+        label = ":".join(str(r[names[c]]) for c in level.columns)
         lines.append(
             f"  {label:<18} n={r['n']:<6} {_fmt(r['raw_mean']):>8} -> {_fmt(r['estimate']):>8}"
-            f"  (parent {_fmt(r['parent_estimate'])}, shrinkage {r['shrinkage']:.2f})"
+            f"  (parent {_fmt(r['parent'])}, shrinkage {r['shrinkage']:.2f})"
         )
     return lines
 

@@ -327,3 +327,59 @@ def level_totals(stats: NestedStats) -> tuple[tuple[Array, ...], tuple[Array, ..
             n = _sum_by(stats.parents[lev], n, k)
             s = _sum_by(stats.parents[lev], s, k)
     return tuple(reversed(ns)), tuple(reversed(ss))
+
+
+@dataclass(frozen=True)
+class GroupMeans:
+    """Per level, the mean of the fitted values over each group's rows.
+
+    Attributes
+    ----------
+    mean : tuple of ndarray
+        ``E[F_g | y]`` with ``F_g = Σ_leaves (n_l / n_g) T_l``: the row-weighted
+        mean of the node values ``T_l = μ + b₁ + … + b_L`` of the leaves below
+        ``g``, i.e. the mean over the group's rows of the fitted values.
+    var : tuple of ndarray
+        ``Var(F_g | y)`` over σ²: Henderson's prediction error variance of
+        ``F_g`` (with the uncertainty of ``μ̂`` when ``smoothed`` has it).
+    """
+
+    mean: tuple[Array, ...]
+    var: tuple[Array, ...]
+
+
+def group_means(stats: NestedStats, up: Upward, r: Array, smoothed: Smoothed) -> GroupMeans:
+    """Means of the fitted values over each group's rows, and their prediction error.
+
+    Given its parent's value ``T_p``, a child's subtree is independent of the
+    rest of the tree, and (with ``a = v/(v + r)``, ``ω = r v/(r + v)`` of the
+    downward pass) ``E[T_c | T_p, y] = a T_p + (1 − a) m``, ``Var = ω``.  So by
+    induction from the leaves (``α = 1``, ``V = 0``), with ``w_c = n_c/n_p``::
+
+        E[F_p | T_p, y] = α_p T_p + const,   α_p = Σ_c w_c α_c a_c
+        Var(F_p | T_p, y) = V_p = Σ_c w_c² (V_c + α_c² ω_c)
+
+    and ``Var(F_g | y) = α_g² Var(T_g | y) + V_g``.  One ``bincount`` per level.
+    """
+    n_levels = len(stats.parents)
+    n = stats.n
+    mean = smoothed.mean[-1]
+    alpha = np.ones_like(n)
+    big_v = np.zeros_like(n)
+    means: list[Array] = [mean]
+    variances: list[Array] = [smoothed.var[-1]]
+    for lev in range(n_levels - 1, 0, -1):
+        parent = stats.parents[lev]
+        size = len(stats.parents[lev - 1])
+        level = up.levels[lev]
+        a = level.v / (level.v + r[lev])
+        own = r[lev] * a
+        n_parent = _sum_by(parent, n, size)
+        w = n / n_parent[parent]
+        mean = _sum_by(parent, w * mean, size)
+        new_alpha = _sum_by(parent, w * alpha * a, size)
+        big_v = _sum_by(parent, w**2 * (big_v + alpha**2 * own), size)
+        alpha, n = new_alpha, n_parent
+        means.append(mean)
+        variances.append(alpha**2 * smoothed.var[lev - 1] + big_v)
+    return GroupMeans(mean=tuple(reversed(means)), var=tuple(reversed(variances)))

@@ -17,6 +17,7 @@ from pooljob.model.nested import (
     Array,
     NestedStats,
     downward,
+    group_means,
     level_totals,
     moment_start,
     objective_and_gradient_r,
@@ -38,20 +39,28 @@ class LevelEstimates:
     raw_mean : ndarray
         Mean of the group's rows (centred response).
     estimate : ndarray
-        Partially pooled mean ``μ̂ + Σ b̂`` over the group and its ancestors.
+        Mean over the group's rows of the fitted values ``μ̂ + Σ_ℓ b̂_ℓ``: its
+        own and its ancestors' effects, and the row-weighted mean of the
+        effects of the groups nested in it.
+    parent : ndarray
+        The same with the effects of the group's own level and of the levels
+        below it set to 0: ``μ̂ + Σ_{ancestors} b̂``.
     std_error : ndarray
-        ``√PEV`` of ``estimate``: includes the uncertainty of ``μ̂``.
+        ``√PEV`` of ``estimate`` (Henderson): includes the uncertainty of ``μ̂``.
     effect : ndarray
         Conditional mode of the group's own effect (lme4 ``ranef``).
     cond_sd : ndarray
         Its conditional standard deviation (lme4 ``condVar``).
     shrinkage : ndarray
-        Weight of the parent in the estimate, 0 (own mean) to 1 (pooled).
+        ``Var(b | y) / τ²`` of the group's own effect (lme4's ``condVar`` over
+        the level's variance; ``σ²/(σ² + n τ²)`` in a one-level model); 1 where
+        ``τ² = 0``.
     """
 
     n: Array
     raw_mean: Array
     estimate: Array
+    parent: Array
     std_error: Array
     effect: Array
     cond_sd: Array
@@ -110,6 +119,13 @@ class NestedFit:
         return bool(np.any(self.theta < SINGULAR_TOL))
 
 
+def _shrinkage(effect_var: Array, r: float) -> Array:
+    """``Var(b | y) / τ²`` (both over σ²); 1 where ``τ² = 0`` (fully pooled)."""
+    if r > 0.0:
+        return np.asarray(effect_var / r, dtype=np.float64)
+    return np.ones_like(effect_var)
+
+
 def fit_nested(stats: NestedStats, method: Method = "reml") -> NestedFit:
     """Fit ``y ~ 1 + (1 | g₁) + … + (1 | g_L)`` with nested groupings.
 
@@ -134,16 +150,19 @@ def fit_nested(stats: NestedStats, method: Method = "reml") -> NestedFit:
     sigma2 = up.q / nu
     cond = downward(stats, up, r, root_var=0.0)
     pred = downward(stats, up, r, root_var=1.0 / up.root_weight)
+    means = group_means(stats, up, r, pred)
     ns, sums = level_totals(stats)
+    parents = (np.full(1, up.root_mean), *cond.mean[:-1])
     levels = tuple(
         LevelEstimates(
             n=ns[k],
             raw_mean=sums[k] / ns[k],
-            estimate=cond.mean[k],
-            std_error=np.sqrt(pred.var[k] * sigma2),
+            estimate=means.mean[k],
+            parent=parents[k][stats.parents[k]],
+            std_error=np.sqrt(np.maximum(means.var[k], 0.0) * sigma2),
             effect=cond.effect[k],
             cond_sd=np.sqrt(cond.effect_var[k] * sigma2),
-            shrinkage=cond.pull[k],
+            shrinkage=_shrinkage(cond.effect_var[k], r[k]),
         )
         for k in range(n_levels)
     )

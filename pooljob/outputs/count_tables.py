@@ -11,12 +11,10 @@ row: a binomial or Poisson model has none).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from pooljob.errors import InputError
@@ -26,18 +24,21 @@ from pooljob.model.glmm import (
     CountFit,
     CountModel,
     count_model,
-    link,
     mean_link,
     sample_effects,
 )
 from pooljob.model.lmm import MAX_DENSE, prediction_variance
+from pooljob.outputs.estimates import (
+    CellGrouping,
+    CellPredictions,
+    cell_estimates,
+    estimates_frame,
+    nested_blocks,
+)
 from pooljob.outputs.frames import (
-    ESTIMATE_COLUMNS,
-    align,
     coefficients_frame,
     components_frame,
     effects_frame,
-    estimates_part,
     intercept_shrinkage,
     level_keys,
 )
@@ -157,74 +158,40 @@ def _estimates(
     design, model, counts = prep.design, prep.model, prep.counts
     eta = fit.mode.eta - model.offset
     mean, deriv = mean_link(model.family, eta)
-    family = model.family
-    z = NormalDist().inv_cdf(0.5 + interval / 2.0)
-    g_total = sum(f.height for f in frames)
-    p = model.x.shape[1]
-    a_fixed = np.zeros((p, g_total))
-    a_random: list[tuple[list[Any], list[Any], list[Any]]] = [([], [], []) for _ in model.order]
-    info = []
-    start = 0
     by_design = {d: k for k, d in enumerate(model.order)}
+    contribution = {
+        d: (model.z[k] * fit.solution.b[k][model.codes[k]]).sum(axis=1)
+        for k, d in enumerate(model.order)
+    }
+    grad = counts.t * deriv  # ∂(t m(η))/∂η per cell
+    cells = CellPredictions(
+        rows=counts.n,
+        weight=counts.t,
+        response=counts.y,
+        fitted=counts.t * mean,
+        grad_fixed=grad[:, None] * model.x,
+        grad_random=[(model.codes[k], grad[:, None] * model.z[k]) for k in range(len(model.order))],
+    )
+    nested = nested_blocks(prep.codes)
+    groupings = []
     for d, keyframe in enumerate(frames):
-        code = prep.codes[d]
-        q = keyframe.height
-        tsum = np.bincount(code, counts.t, minlength=q)
-        est = np.bincount(code, counts.t * mean, minlength=q) / tsum
-        raw = np.bincount(code, counts.y, minlength=q) / tsum
-        n = np.bincount(code, counts.n, minlength=q)
-        grad = counts.t * deriv / tsum[code]  # ∂est/∂η_c
-        for j in range(p):
-            a_fixed[j, start : start + q] = np.bincount(code, grad * model.x[:, j], minlength=q)
-        for k in range(len(model.order)):
-            zk, other = model.z[k], model.codes[k]
-            pk = zk.shape[1]
-            rows, cols, vals = a_random[k]
-            for a in range(pk):
-                rows.append(other * pk + a)
-                cols.append(start + code)
-                vals.append(grad * zk[:, a])
-        info.append((d, keyframe, n, est, raw, start))
-        start += q
-    sparse = []
-    for k in range(len(model.order)):
-        rows, cols, vals = a_random[k]
-        size = model.levels[k] * model.widths[k]
-        sparse.append(
-            sp.csr_matrix(
-                (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                shape=(size, g_total),
-            )
-        )
-    pev = prediction_variance(fit.henderson, fit.solution, a_fixed, sparse)
-    parts = []
-    for d, keyframe, n, est, raw, st in info:
-        block = design.blocks[d]
-        se = np.sqrt(np.maximum(pev[st : st + len(n)], 0.0))
-        centre = link(family, est)
-        _, slope = mean_link(family, centre)
-        se_link = se / np.maximum(slope, 1e-300)
-        lower = mean_link(family, centre - z * se_link)[0]
-        upper = mean_link(family, centre + z * se_link)[0]
+        removed = sum((contribution[j] for j in nested[d]), np.zeros_like(eta))
         k = by_design[d]
-        shrink = intercept_shrinkage(design, d, fit.covariance[k], fit.solution.cond_var[k])
-        parts.append(
-            estimates_part(
-                keyframe,
-                block.grouping.name,
-                {
-                    "n": n,
-                    "raw_mean": raw,
-                    "estimate": est,
-                    "std_error": se,
-                    "lower": lower,
-                    "upper": upper,
-                    "shrinkage": shrink,
-                },
+        groupings.append(
+            CellGrouping(
+                name=design.blocks[d].grouping.name,
+                keys=keyframe,
+                codes=prep.codes[d],
+                parent_fitted=counts.t * mean_link(model.family, eta - removed)[0],
+                shrinkage=intercept_shrinkage(
+                    design, d, fit.covariance[k], fit.solution.cond_var[k]
+                ),
             )
         )
-    tail = list(ESTIMATE_COLUMNS)
-    return align(parts, ["grouping"], keys, schema, tail)
+    estimates = cell_estimates(
+        cells, groupings, lambda a, b: prediction_variance(fit.henderson, fit.solution, a, b)
+    )
+    return estimates_frame(estimates, model.family, interval, keys, schema)
 
 
 def predictor(prep: PreparedCounts, fit: CountFit) -> Predictor:

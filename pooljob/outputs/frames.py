@@ -8,6 +8,8 @@ numpy arrays and the cells' key columns, with no Python object per group.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,6 +27,50 @@ COMPONENT_SCHEMA = {
     "variance": pl.Float64,
     "sd": pl.Float64,
 }
+
+
+#: Columns of the published tables that a key column must not shadow (compared
+#: case-insensitively, as DuckDB compares identifiers).
+RESERVED = frozenset(
+    {
+        "grouping",
+        "level",
+        "term",
+        "n",
+        "raw_mean",
+        "estimate",
+        "parent",
+        "std_error",
+        "lower",
+        "upper",
+        "shrinkage",
+        "cond_sd",
+        "population",
+    }
+)
+
+
+def published_names(keys: Iterable[str]) -> dict[str, str]:
+    """Each key column's name in the published tables.
+
+    A key column keeps its name unless that name (in any case) is a column of
+    the tables (``RESERVED``); then ``_key`` is appended, as often as needed
+    to differ from every other column: a grouping column ``level`` is
+    published as ``level_key``, ``n`` as ``n_key`` (``n_key_key`` if the data
+    also has an ``n_key``).  The same in every table of a run.
+    """
+    keys = list(keys)
+    taken = {k.lower() for k in keys} | RESERVED
+    out = {}
+    for k in keys:
+        name = k
+        if k.lower() in RESERVED:
+            name = k + "_key"
+            while name.lower() in taken:
+                name += "_key"
+            taken.add(name.lower())
+        out[k] = name
+    return out
 
 
 def level_label(columns: tuple[str, ...]) -> pl.Expr:
@@ -47,13 +93,22 @@ def level_keys(
 def align(
     parts: list[pl.DataFrame], lead: list[str], keys: list[str], schema: Any, tail: list[str]
 ) -> pl.DataFrame:
-    """Stack per-grouping frames with every key column (null where not part of the level)."""
+    """Stack per-grouping frames with every key column (null where not part of the level).
+
+    ``keys`` are the source's key columns and ``schema`` their types; in
+    ``parts`` they carry their :func:`published_names`.
+    """
+    names = published_names(keys)
     out = []
     for frame in parts:
         frame = frame.with_columns(
-            [pl.lit(None, dtype=schema[k]).alias(k) for k in keys if k not in frame.columns]
+            [
+                pl.lit(None, dtype=schema[k]).alias(names[k])
+                for k in keys
+                if names[k] not in frame.columns
+            ]
         )
-        out.append(frame.select(lead + keys + tail))
+        out.append(frame.select(lead + [names[k] for k in keys] + tail))
     return pl.concat(out, how="vertical") if out else pl.DataFrame()
 
 
@@ -69,6 +124,52 @@ def coefficients_frame(names: list[str], beta: Array, vcov: Array) -> pl.DataFra
     )
 
 
+@dataclass(frozen=True)
+class GroupingEffects:
+    """The conditional modes of one grouping's random effects (lme4's ``ranef``).
+
+    Attributes
+    ----------
+    name : str
+        lme4's name of the grouping.
+    columns : tuple of str
+        Its key columns (the ``level`` label joins their values with ``:``).
+    keys : polars.DataFrame
+        One row per level: its key columns.
+    terms : list of str
+        The random terms (``(Intercept)``, ``x``).
+    estimate, cond_sd : ndarray, shape (q, len(terms))
+        Conditional modes and their conditional standard deviations.
+    """
+
+    name: str
+    columns: tuple[str, ...]
+    keys: pl.DataFrame
+    terms: list[str]
+    estimate: Array
+    cond_sd: Array
+
+
+def effects_table(groups: list[GroupingEffects], keys: list[str], schema: Any) -> pl.DataFrame:
+    """``effects.parquet``: per grouping, level and term, in the order given."""
+    parts = []
+    names = published_names(keys)
+    for g in groups:
+        label = g.keys.select(level_label(g.columns).alias("level"))["level"]
+        frame = g.keys.rename({c: names[c] for c in g.keys.columns})
+        for i, term in enumerate(g.terms):
+            parts.append(
+                frame.with_columns(
+                    pl.lit(g.name).alias("grouping"),
+                    label.alias("level"),
+                    pl.lit(term).alias("term"),
+                    pl.Series("estimate", g.estimate[:, i], dtype=pl.Float64),
+                    pl.Series("cond_sd", g.cond_sd[:, i], dtype=pl.Float64),
+                )
+            )
+    return align(parts, ["grouping", "level"], keys, schema, ["term", "estimate", "cond_sd"])
+
+
 def effects_frame(
     design: Design,
     frames: list[pl.DataFrame],
@@ -77,21 +178,22 @@ def effects_frame(
     keys: list[str],
     schema: Any,
 ) -> pl.DataFrame:
-    """lme4's ``ranef(m, condVar = TRUE)``: per grouping, level and term (design order)."""
-    parts = []
-    for d, (block, frame) in enumerate(zip(design.blocks, frames, strict=True)):
-        label = frame.select(level_label(block.grouping.columns).alias("level"))["level"]
-        for i, col in enumerate(block.columns):
-            parts.append(
-                frame.with_columns(
-                    pl.lit(block.grouping.name).alias("grouping"),
-                    label.alias("level"),
-                    pl.lit(col.name).alias("term"),
-                    pl.Series("estimate", b[d][:, i]),
-                    pl.Series("cond_sd", np.sqrt(np.maximum(cond_var[d][:, i, i], 0.0))),
-                )
+    """lme4's ``ranef(m, condVar = TRUE)`` of a design's blocks (design order)."""
+    return effects_table(
+        [
+            GroupingEffects(
+                name=block.grouping.name,
+                columns=block.grouping.columns,
+                keys=frame,
+                terms=[c.name for c in block.columns],
+                estimate=b[d],
+                cond_sd=np.sqrt(np.maximum(np.diagonal(cond_var[d], axis1=1, axis2=2), 0.0)),
             )
-    return align(parts, ["grouping", "level"], keys, schema, ["term", "estimate", "cond_sd"])
+            for d, (block, frame) in enumerate(zip(design.blocks, frames, strict=True))
+        ],
+        keys,
+        schema,
+    )
 
 
 def components_frame(
@@ -145,38 +247,17 @@ def components_frame(
     return pl.DataFrame(rows, schema=COMPONENT_SCHEMA, orient="row")
 
 
-def intercept_shrinkage(design: Design, d: int, prior: Array, cond_var: Array) -> Array:
-    """``Var(b | y) / Var(b)`` of grouping d's random intercept; NaN without one."""
+def intercept_shrinkage(design: Design, d: int, prior: Array, cond_var: Array) -> Array | None:
+    """``Var(b | y) / Var(b)`` of grouping d's random intercept; None without one.
+
+    lme4's ``condVar`` of the intercept over its variance (``σ²/(σ² + n τ²)``
+    in the one-way model); 1 where the variance is 0 (fully pooled).
+    """
     block = design.blocks[d]
     intercept = [i for i, c in enumerate(block.columns) if c.variable == 0 and not c.spec]
     if not intercept:
-        return np.full(len(cond_var), np.nan)
+        return None
     i = intercept[0]
     if prior[i, i] > 0:
         return np.asarray(cond_var[:, i, i] / prior[i, i])
     return np.ones(len(cond_var))
-
-
-def estimates_part(
-    keys: pl.DataFrame,
-    grouping: str,
-    columns: dict[str, NDArray[Any]],
-) -> pl.DataFrame:
-    """One grouping's rows of ``estimates.parquet``: its key columns, then ``ESTIMATE_COLUMNS``.
-
-    ``columns`` maps each name of ``ESTIMATE_COLUMNS`` to its values (``n``
-    is rounded to an integer).
-    """
-    return keys.with_columns(
-        pl.lit(grouping).alias("grouping"),
-        *(
-            pl.Series(name, columns[name].round().astype(np.int64))
-            if name == "n"
-            else pl.Series(name, columns[name])
-            for name in ESTIMATE_COLUMNS
-        ),
-    )
-
-
-#: The per-group columns of ``estimates.parquet`` after the key columns.
-ESTIMATE_COLUMNS = ("n", "raw_mean", "estimate", "std_error", "lower", "upper", "shrinkage")

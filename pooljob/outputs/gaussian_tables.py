@@ -8,24 +8,26 @@ the fitted values and its prediction error from Henderson's equations;
 
 from __future__ import annotations
 
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from pooljob.model.design import RandomBlock
-from pooljob.model.general import GeneralFit, Prepared
+from pooljob.model.general import Array, GeneralFit, Prepared
 from pooljob.model.lmm import prediction_variance
+from pooljob.outputs.estimates import (
+    CellGrouping,
+    CellPredictions,
+    cell_estimates,
+    estimates_frame,
+    nested_blocks,
+)
 from pooljob.outputs.frames import (
-    ESTIMATE_COLUMNS,
-    align,
     coefficients_frame,
     components_frame,
     effects_frame,
-    estimates_part,
     intercept_shrinkage,
     level_keys,
 )
@@ -71,80 +73,44 @@ def _estimates(
     keys: list[str],
     schema: Any,
 ) -> pl.DataFrame:
-    """Per group of each grouping: mean of the conditional fitted values over its rows."""
+    """Per group of each grouping: mean of the fitted values over its rows (module docs)."""
     prep = fit.prepared
     design, s, sol = prep.design, prep.moments, fit.solution
     n_cell = s[:, 0, 0]
+    shift = prep.cells.shifts[0]
     fixed_sum = prep.fixed.weights * s[:, prep.fixed.variables, 0]  # (C, p) Σ x over rows
     # fitted sums per cell in the centred parametrisation, plus offsets and the y shift
-    fitted = fixed_sum @ sol.beta
-    rand_sums = []
-    for k, d in enumerate(prep.blocks.order):
-        cw = prep.random[d]
-        zsum = cw.weights * s[:, cw.variables, 0]  # (C, p_k)
-        rand_sums.append((d, zsum))
-        fitted = fitted + (zsum * sol.b[k][prep.codes[d]]).sum(axis=1)
+    fitted = fixed_sum @ sol.beta + n_cell * shift
     for o in design.offsets:
         fitted = fitted + s[:, o, 0]
-    shifts = prep.cells.shifts
-    fitted = fitted + n_cell * (shifts[0])
-    y_sum = s[:, 1, 0] + n_cell * shifts[0]
-    z = NormalDist().inv_cdf(0.5 + interval / 2.0)
-    parts = []
-    g_total = sum(len(kf) for _, _, kf in groups)
-    a_fixed = np.zeros((len(design.fixed), g_total))
-    a_random: dict[int, tuple[list[Any], list[Any], list[Any]]] = {
-        k: ([], [], []) for k in range(prep.blocks.n_blocks)
-    }
-    info = []
-    start = 0
-    for d, (block, code, keyframe) in enumerate(groups):
-        q = keyframe.height
-        n = np.bincount(code, n_cell, minlength=q)
-        est = np.bincount(code, fitted, minlength=q) / n
-        raw = np.bincount(code, y_sum, minlength=q) / n
-        for j in range(len(design.fixed)):
-            a_fixed[j, start : start + q] = np.bincount(code, fixed_sum[:, j], minlength=q) / n
-        for k, (dk, zsum) in enumerate(rand_sums):
-            pk = zsum.shape[1]
-            other = prep.codes[dk]
-            for a in range(pk):
-                rows, cols, vals = a_random[k]
-                rows.append(other * pk + a)
-                cols.append(start + code)
-                vals.append(zsum[:, a] / n[code])
-        info.append((d, block, keyframe, n, est, raw, start))
-        start += q
-    sparse = []
-    for k in range(prep.blocks.n_blocks):
-        rows, cols, vals = a_random[k]
-        size = prep.blocks.levels[k] * prep.blocks.widths[k]
-        sparse.append(
-            sp.csr_matrix(
-                (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-                shape=(size, g_total),
-            )
+    contribution: dict[int, Array] = {}
+    grad_random = []
+    for k, d in enumerate(prep.blocks.order):
+        cw = prep.random[d]
+        zsum = cw.weights * s[:, cw.variables, 0]  # (C, p_k) Σ z over rows
+        contribution[d] = (zsum * sol.b[k][prep.codes[d]]).sum(axis=1)
+        grad_random.append((prep.codes[d], zsum))
+    total = fitted + sum(contribution.values(), np.zeros_like(fitted))
+    cells = CellPredictions(
+        rows=n_cell,
+        weight=n_cell,
+        response=s[:, 1, 0] + n_cell * shift,
+        fitted=total,
+        grad_fixed=fixed_sum,
+        grad_random=grad_random,
+    )
+    nested = nested_blocks(prep.codes)
+    groupings = [
+        CellGrouping(
+            name=block.grouping.name,
+            keys=keyframe,
+            codes=code,
+            parent_fitted=total - sum((contribution[j] for j in nested[d]), np.zeros_like(total)),
+            shrinkage=intercept_shrinkage(design, d, fit.covariance[d], fit.cond_var[d]),
         )
-    pev = prediction_variance(prep.blocks, sol, a_fixed, sparse)
-    for d, block, keyframe, n, est, raw, st in info:
-        se = np.sqrt(np.maximum(pev[st : st + len(n)], 0.0))
-        shrink = intercept_shrinkage(design, d, fit.covariance[d], fit.cond_var[d])
-        parts.append(
-            estimates_part(
-                keyframe,
-                block.grouping.name,
-                {
-                    "n": n,
-                    "raw_mean": raw,
-                    "estimate": est,
-                    "std_error": se,
-                    "lower": est - z * se,
-                    "upper": est + z * se,
-                    "shrinkage": shrink,
-                },
-            )
-        )
-    tail = list(ESTIMATE_COLUMNS)
-    if not parts:
-        return pl.DataFrame(schema={"grouping": pl.String, **{t: pl.Float64 for t in tail}})
-    return align(parts, ["grouping"], keys, schema, tail)
+        for d, (block, code, keyframe) in enumerate(groups)
+    ]
+    estimates = cell_estimates(
+        cells, groupings, lambda a, b: prediction_variance(prep.blocks, sol, a, b)
+    )
+    return estimates_frame(estimates, "gaussian", interval, keys, schema)

@@ -32,6 +32,7 @@ from pooljob.errors import InputError
 from pooljob.model.design import Column, Design, indicator
 from pooljob.model.formula import Formula, display_name
 from pooljob.model.glmm import mean_link
+from pooljob.outputs.frames import published_names
 from pooljob.scan.source import open_data, quote_identifier
 
 Array = NDArray[np.float64]
@@ -313,6 +314,8 @@ def poststratify(
         "upper": upper,
         "population": total,
     }
-    if by:
-        return groups.with_columns([pl.Series(k, v) for k, v in columns.items()])
+    if by:  # a by column named like a column of the table gets `_key` appended
+        return groups.rename(published_names(by)).with_columns(
+            [pl.Series(k, v) for k, v in columns.items()]
+        )
     return pl.DataFrame(columns)

@@ -173,11 +173,13 @@ def parent_of(run: RunData, grouping: str) -> str | None:
 def level_frame(run: RunData, grouping: str) -> tuple[pl.DataFrame, str]:
     """The groups of ``grouping`` with ``label``, ``parent`` and ``pull`` columns.
 
-    ``parent`` is the estimate the group is pulled toward: its parent group's
-    estimate (joined on the key columns they share), or the overall mean for
-    the coarsest grouping.  It is null where the outputs do not say which
-    group is the parent (``(1 | state) + (1 | zip)`` keys a ZIP by ``zip``
-    alone).  ``pull`` is ``estimate − raw_mean``.
+    ``parent`` is the estimate the group is pulled toward: the published
+    ``parent`` column (the estimate with the effects of the group's own
+    grouping and of those nested in it set to 0).  For runs published
+    before that column existed, its parent group's estimate (joined on the
+    key columns they share), or the overall mean for the coarsest grouping,
+    null where the outputs do not say which group is the parent.  ``pull``
+    is ``estimate − raw_mean``.
 
     Returns
     -------
@@ -185,10 +187,15 @@ def level_frame(run: RunData, grouping: str) -> tuple[pl.DataFrame, str]:
     toward : str
         What ``parent`` is, in words (``county:state``, ``the overall mean``).
     """
-    rows, own = _keyed(run, run.estimates, grouping, *_VALUES)
+    published = "parent" in run.estimates.columns
+    rows, own = _keyed(run, run.estimates, grouping, *_VALUES, *(["parent"] if published else []))
     rows = _with_labels(run, grouping, own, rows)
     parent = parent_of(run, grouping)
-    if parent is not None:
+    if published:  # the contract's column: the estimate with no data of its own
+        toward = parent or (
+            "the overall mean" if grouping == run.groupings[0] else "the rest of the model"
+        )
+    elif parent is not None:  # runs published before the column existed
         parents, cols = _keyed(run, run.estimates, parent, "estimate")
         parents = parents.rename({"estimate": "parent"})
         rows = rows.join(parents, on=cols, how="left", maintain_order="left")

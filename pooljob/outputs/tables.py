@@ -7,7 +7,6 @@ is made per group.  Their meaning is the output contract (docs/outputs.md).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,7 +15,14 @@ import polars as pl
 from pooljob.model.formula import Formula, Grouping
 from pooljob.model.nested_fit import NestedFit
 from pooljob.model.optimize import is_singular
-from pooljob.outputs.frames import level_label
+from pooljob.outputs.estimates import GroupingEstimates, estimates_frame
+from pooljob.outputs.frames import (
+    COMPONENT_SCHEMA,
+    GroupingEffects,
+    coefficients_frame,
+    effects_table,
+    published_names,
+)
 
 if TYPE_CHECKING:
     from pooljob.model.general import GeneralFit
@@ -74,6 +80,18 @@ class FitResult:
     nested: bool = True
     predictor: Predictor | None = field(default=None, repr=False)
 
+    @property
+    def key_columns(self) -> dict[str, str]:
+        """Each grouping key column of the source → its name in the tables.
+
+        The same name unless it clashes with a column of the tables
+        (:func:`pooljob.outputs.frames.published_names`: ``level`` →
+        ``level_key``); in the order of the tables.
+        """
+        sources = list(dict.fromkeys(c for g in self.hierarchy for c in g.columns))
+        names = published_names(sources)
+        return {k: names[k] for k in sources if names[k] in self.estimates.columns}
+
     def summary(self) -> dict[str, Any]:
         """The fit's numbers for the manifest (no tables)."""
         return {
@@ -90,97 +108,81 @@ class FitResult:
             "optimizer": self.optimizer,
             "rows": self.rows,
             "interval": self.interval,
+            "key_columns": self.key_columns,
         }
 
 
 def _key_frame(gs: GroupStatistics, level: int) -> pl.DataFrame:
-    """Key columns for the groups of one level; columns not in it are null."""
+    """The key columns of the groups of one level (from the first leaf of each)."""
     lev = gs.levels[level]
-    own = set(lev.grouping.columns)
-    picked = gs.keys[lev.first]
-    return picked.with_columns(
-        [pl.lit(None, dtype=gs.keys.schema[c]).alias(c) for c in gs.keys.columns if c not in own]
-    )
+    return gs.keys[lev.first].select(list(lev.grouping.columns))
 
 
 def build(
     formula: Formula, gs: GroupStatistics, fit: NestedFit, interval: float, family: str
 ) -> FitResult:
     """Assemble the output tables from the statistics and the fit."""
-    z = NormalDist().inv_cdf(0.5 + interval / 2.0)
-    est_parts, eff_parts = [], []
+    groups, effects = [], []
     for k, lev in enumerate(gs.levels):
         res = fit.levels[k]
         keys = _key_frame(gs, k)
         name = lev.grouping.name
-        estimate = res.estimate + gs.shift
-        est_parts.append(
-            pl.concat(
-                [
-                    pl.repeat(name, len(estimate), eager=True).alias("grouping").to_frame(),
-                    keys,
-                    pl.DataFrame(
-                        {
-                            "n": res.n.astype(np.int64),
-                            "raw_mean": res.raw_mean + gs.shift,
-                            "estimate": estimate,
-                            "std_error": res.std_error,
-                            "lower": estimate - z * res.std_error,
-                            "upper": estimate + z * res.std_error,
-                            "shrinkage": res.shrinkage,
-                        }
-                    ),
-                ],
-                how="horizontal",
+        groups.append(
+            GroupingEstimates(
+                name=name,
+                keys=keys,
+                n=res.n,
+                raw_mean=res.raw_mean + gs.shift,
+                estimate=res.estimate + gs.shift,
+                parent=res.parent + gs.shift,
+                std_error=res.std_error,
+                shrinkage=res.shrinkage,
             )
         )
-        eff_parts.append(
-            pl.concat(
-                [
-                    keys.select(
-                        pl.lit(name).alias("grouping"),
-                        level_label(lev.grouping.columns).alias("level"),
-                    ),
-                    keys,
-                    pl.DataFrame(
-                        {
-                            "term": pl.repeat(INTERCEPT, len(res.effect), eager=True),
-                            "estimate": res.effect,
-                            "cond_sd": res.cond_sd,
-                        }
-                    ),
-                ],
-                how="horizontal",
+        effects.append(
+            GroupingEffects(
+                name=name,
+                columns=lev.grouping.columns,
+                keys=keys,
+                terms=[INTERCEPT],
+                estimate=res.effect[:, None],
+                cond_sd=res.cond_sd[:, None],
             )
         )
-    estimates = pl.concat(est_parts, how="vertical")
-    effects = pl.concat(list(reversed(eff_parts)), how="vertical")
-    coefficients = pl.DataFrame(
+    key_list, schema = list(gs.keys.columns), gs.keys.schema
+    coefficients = coefficients_frame(
+        [INTERCEPT], np.array([fit.intercept + gs.shift]), np.array([[fit.intercept_se**2]])
+    )
+    variances = fit.variances.tolist()
+    rows: list[dict[str, Any]] = [
         {
-            "term": [INTERCEPT],
-            "estimate": [fit.intercept + gs.shift],
-            "std_error": [fit.intercept_se],
+            "grouping": lev.grouping.name,
+            "term1": INTERCEPT,
+            "term2": None,
+            "variance": variances[k],
+            "sd": float(np.sqrt(variances[k])),
+        }
+        for k, lev in reversed(list(enumerate(gs.levels)))
+    ]
+    rows.append(
+        {
+            "grouping": "Residual",
+            "term1": None,
+            "term2": None,
+            "variance": fit.sigma2,
+            "sd": float(np.sqrt(fit.sigma2)),
         }
     )
-    names = [lev.grouping.name for lev in reversed(gs.levels)]
-    variances = list(reversed(fit.variances.tolist()))
-    components = pl.DataFrame(
-        {
-            "grouping": [*names, "Residual"],
-            "term1": [INTERCEPT] * len(names) + [None],
-            "term2": pl.Series([None] * (len(names) + 1), dtype=pl.String),
-            "variance": [*variances, fit.sigma2],
-            "sd": [float(np.sqrt(v)) for v in [*variances, fit.sigma2]],
-        },
-        schema_overrides={"term1": pl.String},
-    )
+    estimates = estimates_frame(groups, "gaussian", interval, key_list, schema)
+    effects_out = effects_table(list(reversed(effects)), key_list, schema)
+    components = pl.DataFrame(rows, schema=COMPONENT_SCHEMA, orient="row")
     return FitResult(
         formula=formula,
         family=family,
         method=fit.method,
         interval=interval,
         estimates=estimates,
-        effects=effects,
+        effects=effects_out,
         coefficients=coefficients,
         components=components,
         objective=fit.objective,

@@ -299,7 +299,8 @@ def _build_levels(frame: pl.DataFrame, formula: Formula) -> tuple[list[Level], n
                 f"groupings {g_low.name!r} and {g_up.name!r} are crossed in the data: "
                 f"{pairs - n_low} of the {n_low} {g_low.name!r} groups span more than one "
                 f"{g_up.name!r} group; write the nesting as (1 | {g_up.name}/{g_low.name}) "
-                "to read the finer grouping within the coarser one (crossed models come later)"
+                "to read the finer grouping within the coarser one, or fit the crossed model "
+                "with the blocked solver (pooljob.fit and jobs choose it by themselves)"
             )
         codes = (np.cumsum(starts) - 1).astype(np.int64)
         levels.append(Level(grouping=g_low, codes=codes, first=np.flatnonzero(starts)))
@@ -308,6 +309,7 @@ def _build_levels(frame: pl.DataFrame, formula: Formula) -> tuple[list[Level], n
         raise NotNestedError(
             f"the finest grouping {g_leaf.name!r} has {n_leaf} groups but the grouping columns "
             f"form {frame.height} combinations: the groupings are crossed; nest them as "
-            "(1 | a/b) (crossed models come later)"
+            "(1 | a/b), or fit the crossed model with the blocked solver (pooljob.fit and jobs "
+            "choose it by themselves)"
         )
     return levels, order
