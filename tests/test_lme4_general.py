@@ -65,6 +65,9 @@ CASES = [
     ("unequal_widths_ml", "unequal_widths.csv", UNEQUAL),
     ("equal_widths_reml", "equal_widths.csv", EQUAL),
     ("equal_widths_ml", "equal_widths.csv", EQUAL),
+    # a BOOLEAN covariate is a factor, as a logical is in R
+    ("bool_reml", "booleans.csv", "y ~ urban + (1 | g)"),
+    ("bool_nointercept_reml", "booleans.csv", "y ~ 0 + urban + x + (1 | g)"),
 ]
 #: Groupings renamed (in the data, the formula and the fixture) before the fit: a
 #: column named ``v1`` collides with the scan's aliases of the numeric variables

@@ -34,6 +34,8 @@ CASES = [
     ("grouseticks_poisson", "grouseticks.csv", "poisson", ["BROOD", "YEAR"]),
     ("poll_crossed", "poll.csv", "binomial", ["state", "age", "sex"]),
     ("claims_offset", "claims.csv", "poisson", ["district", "agecat"]),
+    # urban is read as a boolean (true/false): a factor, as a logical is in R
+    ("contraception_bool", "contraception.csv", "binomial", ["district", "livch"]),
 ]
 
 
