@@ -2,7 +2,8 @@
 
 Fixtures (tests/data, made by make_lme4_glmm.R): cbpp and grouseticks as
 lme4 ships them, a crossed 0/1 poll and a Poisson table with exposure that
-varies within cells.  Each comes twice: with glmer's defaults, and with its
+varies within cells; and (make_lme4_contract.R) mlmRev's Contraception with
+the boolean covariate ``urban``.  Each comes twice: with glmer's defaults, and with its
 PIRLS tolerance tightened (``_tight``).  glmer's default tolerance leaves
 its Laplace criterion off by up to ~6e-4 (the log-determinant is taken at
 the weights of the previous PIRLS iterate), so against the default fits
