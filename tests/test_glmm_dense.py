@@ -4,7 +4,9 @@ The reference builds Z and Λ as dense matrices, finds the conditional mode
 by plain Newton iterations on the penalised deviance and takes
 ``log|Λ'Z'WZΛ + I|`` from a dense Cholesky: no blocks, no cells, no
 bookkeeping.  Designs: crossed intercepts, a correlated random slope on a
-cell-constant covariate, and nested groupings; binomial and Poisson.
+cell-constant covariate, nested groupings, and three crossed groupings with
+slopes whose dense block pairs terms of unequal (2 and 1) or equal widths
+(2 and 2); binomial and Poisson.
 """
 
 from __future__ import annotations
@@ -91,6 +93,24 @@ def design(seed: int, kind: str, family: str) -> tuple[object, ...]:
     elif kind == "slope":
         random = [(a, 7, np.column_stack([np.ones(c), v]), [(0, 0), (1, 0), (1, 1)])]
         dense = [indicators(a, 7, v)]
+    elif kind in ("unequal_widths", "equal_widths"):
+        # slopes on a and b; a (14 columns) comes first, b and d form the dense block, so
+        # its pair blocks Z_b'WZ_d are 2 x 1, or 2 x 2 and not symmetric ([1 v]'[1 w])
+        d = rng.integers(0, 3, c)
+        d[:3] = np.arange(3)
+        w = rng.normal(size=c)
+        slope = [(0, 0), (1, 0), (1, 1)]
+        random = [
+            (a, 7, np.column_stack([np.ones(c), v]), slope),
+            (b, 4, np.column_stack([np.ones(c), v]), slope),
+        ]
+        dense = [indicators(a, 7, v), indicators(b, 4, v)]
+        if kind == "unequal_widths":
+            random.append((d, 3, np.ones((c, 1)), [(0, 0)]))
+            dense.append(indicators(d, 3))
+        else:
+            random.append((d, 3, np.column_stack([np.ones(c), w]), slope))
+            dense.append(indicators(d, 3, w))
     else:  # nested: b within a
         ab = a * 4 + b
         _, ab = np.unique(ab, return_inverse=True)
@@ -101,7 +121,7 @@ def design(seed: int, kind: str, family: str) -> tuple[object, ...]:
 
 
 @pytest.mark.parametrize("family", ["binomial", "poisson"])
-@pytest.mark.parametrize("kind", ["crossed", "slope", "nested"])
+@pytest.mark.parametrize("kind", ["crossed", "slope", "nested", "unequal_widths", "equal_widths"])
 def test_criterion_matches_dense(family: str, kind: str) -> None:
     y, t, x, random, dense = design(3, kind, family)  # type: ignore[misc]
     model = count_model(family, y, t, np.zeros(len(y)), 0.0, x, random)  # type: ignore[arg-type]

@@ -2,16 +2,20 @@
 
 Numeric and categorical fixed effects (``factor(col)``, treatment contrasts,
 interactions, no intercept), offsets, random slopes with and without
-correlation, crossed and nested-plus-crossed groupings, and a model without a
-random term (``lm``).  Fixtures: the lme4 fits copied from
-shared/reference/lme4 (sleepstudy, Penicillin) and those made here with
-``tests/data/make_lme4_general.R`` (see ``tests/data/LME4_GENERAL.md``).
+correlation, crossed and nested-plus-crossed groupings, random terms of
+unequal and equal widths across crossed groupings, and a model without a
+random term (``lm``).  Fixtures: the lme4 fits copied from shared/reference/lme4
+(sleepstudy, Penicillin) and those made here with
+``tests/data/make_lme4_general.R`` (see ``tests/data/LME4_GENERAL.md``) and
+``tests/data/make_lme4_contract.R`` (``tests/data/LME4_CONTRACT.md``).
 
 Tolerances: objective within 1e-6 relative and never worse than lme4's beyond
 1e-9 relative; loglik 1e-6; sigma, coefficients, components, effects and
 cond_sd within 1e-4 relative, a value lme4 reports as about 0 being compared
 on the scale of its grouping's standard deviation (lme4 stops at about 1e-6
-in θ, which moves every effect by about 1e-6 sd).
+in θ, which moves every effect by about 1e-6 sd; ``REL_COMPONENTS`` where it
+stops further off).  Where the fixture has Henderson's ``group_means``, the
+estimates' std_error within 1e-4 relative.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ import pytest
 import pooljob
 from tests.conftest import DATA, reference
 
+UNEQUAL = "y ~ x1 + x2 + (0 + z1 + z2 | groups) + (1 | v1) + (1 | v2)"
+EQUAL = "y ~ x1 + (0 + z1 + z2 | g1) + (0 + z1 + z2 | g2) + (1 | w)"
 # (fixture, data, formula as pooljob gets it)
 CASES = [
     # copied from shared/reference/lme4
@@ -53,9 +59,30 @@ CASES = [
     ("crossed3_ml", "crossed3.csv", "y ~ x + (1 | f1) + (1 | f2) + (1 | f3)"),
     ("slopes_crossed_reml", "slopes_crossed.csv", "y ~ x + urban + (1 + x | g) + (1 | h)"),
     ("slopes_crossed_ml", "slopes_crossed.csv", "y ~ x + urban + (1 + x | g) + (1 | h)"),
+    # made here (tests/data/make_lme4_contract.R, issue 11): random terms of unequal and
+    # equal widths, whose off-diagonal blocks of Z'Z are mirrored in the dense block
+    ("unequal_widths_reml", "unequal_widths.csv", UNEQUAL),
+    ("unequal_widths_ml", "unequal_widths.csv", UNEQUAL),
+    ("equal_widths_reml", "equal_widths.csv", EQUAL),
+    ("equal_widths_ml", "equal_widths.csv", EQUAL),
+    # a BOOLEAN covariate is a factor, as a logical is in R
+    ("bool_reml", "booleans.csv", "y ~ urban + (1 | g)"),
+    ("bool_nointercept_reml", "booleans.csv", "y ~ 0 + urban + x + (1 | g)"),
 ]
+#: Groupings renamed (in the data, the formula and the fixture) before the fit: a
+#: column named ``v1`` collides with the scan's aliases of the numeric variables
+#: (``v0``, ``v1``, …; grouping_v1_reml.json is that bug's fixture).
+RENAMED = {
+    "unequal_widths_reml": {"v1": "va", "v2": "vb"},
+    "unequal_widths_ml": {"v1": "va", "v2": "vb"},
+}
 REL = 1e-4
 FLOOR = 1e-5  # times the grouping's sd: lme4's optimizer tolerance
+#: Components of fits where lme4 stops visibly short of the optimum.  equal_widths_reml:
+#: lme4's REMLcrit is 4.2e-7 above pooljob's (the dense criterion of
+#: tests/dense_general.py at lme4's θ reproduces lme4's to 2e-12, so the criteria agree);
+#: the g2 slope variances, weakly identified, differ by up to 1.8e-4 (their sds 0.9e-4).
+REL_COMPONENTS = {"equal_widths_reml": 4e-4}
 
 
 def key_columns(grouping: str) -> list[str]:
@@ -135,8 +162,24 @@ def case(request: pytest.FixtureRequest):
     ref = reference(name)
     assert ref["formula"] == formula
     assert ref.get("data", csv) == csv
+    if name in RENAMED:
+        return renamed_case(ref, csv, RENAMED[name])
     fit = pooljob.fit(formula, DATA / csv, method=ref["method"].lower())
     return ref, fit, pl.read_csv(DATA / csv)
+
+
+def renamed_case(ref: dict[str, Any], csv: str, names: dict[str, str]):
+    """Fit with the grouping columns renamed, and rename them in the fixture too."""
+    df = pl.read_csv(DATA / csv).rename(names)
+    formula = ref["formula"]
+    for old, new in names.items():
+        formula = re.sub(rf"\b{old}\b", new, formula)
+    for key in ("varcomp", "ranef", "coef", "fitted_group_means", "group_means"):
+        for row in ref.get(key) or []:
+            if isinstance(row, dict) and row.get("grouping") in names:
+                row["grouping"] = names[row["grouping"]]
+    fit = pooljob.fit(formula, df, method=ref["method"].lower())
+    return ref, fit, df
 
 
 def test_objective_matches_and_is_never_worse(case) -> None:
@@ -169,6 +212,7 @@ def test_coefficients_in_lme4_order(case) -> None:
 
 def test_components(case) -> None:
     ref, fit, _ = case
+    rel = REL_COMPONENTS.get(ref["name"], REL)
     got = {(r["grouping"], r["term1"], r["term2"]): r for r in fit.components.to_dicts()}
     assert len(got) == fit.components.height == len(ref["varcomp"])
     sigma = ref["sigma"]
@@ -181,12 +225,12 @@ def test_components(case) -> None:
         mine = got[(row["grouping"], row["term1"], row["term2"])]
         v, s = row["variance_or_cov"], row["sd_or_cor"]
         if row["term2"] is None:  # a variance and its sd (or the Residual row)
-            assert abs(mine["variance"] - v) <= REL * abs(v) + 1e-10 * sigma**2, row
-            assert abs(mine["sd"] - s) <= REL * abs(s) + FLOOR * sigma, row
+            assert abs(mine["variance"] - v) <= rel * abs(v) + 1e-10 * sigma**2, row
+            assert abs(mine["sd"] - s) <= rel * abs(s) + FLOOR * sigma, row
         else:  # a covariance and a correlation: ~0 compared on the sds' scale
             scale = sd[(row["grouping"], row["term1"])] * sd[(row["grouping"], row["term2"])]
-            assert abs(mine["variance"] - v) <= REL * abs(v) + FLOOR * scale, row
-            assert abs(mine["sd"] - s) <= REL * abs(s) + FLOOR, row
+            assert abs(mine["variance"] - v) <= rel * abs(v) + FLOOR * scale, row
+            assert abs(mine["sd"] - s) <= rel * abs(s) + FLOOR, row
 
 
 def test_components_in_lme4_order(case) -> None:
@@ -239,6 +283,20 @@ def test_estimates_are_the_group_means_of_lme4_fitted(case) -> None:
             assert abs(mine["estimate"] - r["fitted_mean"]) <= tol, (r, mine)
             assert mine["n"] == r["n"]
             assert mine["raw_mean"] == pytest.approx(r["raw_mean"], rel=1e-10, abs=1e-12), r
+
+
+def test_estimates_std_error_is_the_henderson_prediction_error(case) -> None:
+    """std_error = sqrt(a'Ca) of the fixture's ``group_means`` (LME4_CONTRACT.md), if any."""
+    ref, fit, _ = case
+    expected = ref.get("group_means") or []
+    names = {r["grouping"] for r in expected}
+    got = {}
+    for row in fit.estimates.to_dicts():
+        g = factor_name(row["grouping"], names)
+        got[(g, label(row, g))] = row
+    for r in expected:
+        mine = got[(r["grouping"], r["level"])]
+        assert mine["std_error"] == pytest.approx(r["std_error"], rel=REL), r
 
 
 def test_estimates_counts_and_raw_means_match_the_data(case) -> None:

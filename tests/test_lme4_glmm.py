@@ -2,7 +2,8 @@
 
 Fixtures (tests/data, made by make_lme4_glmm.R): cbpp and grouseticks as
 lme4 ships them, a crossed 0/1 poll and a Poisson table with exposure that
-varies within cells.  Each comes twice: with glmer's defaults, and with its
+varies within cells; and (make_lme4_contract.R) mlmRev's Contraception with
+the boolean covariate ``urban``.  Each comes twice: with glmer's defaults, and with its
 PIRLS tolerance tightened (``_tight``).  glmer's default tolerance leaves
 its Laplace criterion off by up to ~6e-4 (the log-determinant is taken at
 the weights of the previous PIRLS iterate), so against the default fits
@@ -34,6 +35,8 @@ CASES = [
     ("grouseticks_poisson", "grouseticks.csv", "poisson", ["BROOD", "YEAR"]),
     ("poll_crossed", "poll.csv", "binomial", ["state", "age", "sex"]),
     ("claims_offset", "claims.csv", "poisson", ["district", "agecat"]),
+    # urban is read as a boolean (true/false): a factor, as a logical is in R
+    ("contraception_bool", "contraception.csv", "binomial", ["district", "livch"]),
 ]
 
 

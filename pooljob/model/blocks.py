@@ -164,6 +164,35 @@ def build_blocks(
     )
 
 
+def pair_positions(blocks: Blocks, k: int, j: int) -> tuple[Codes, Codes]:
+    """Rows and columns of ``Z_k'Z_j`` (blocks ``0 < k < j``) in the dense block.
+
+    Returns
+    -------
+    rows : ndarray of int64, (npairs, p_k)
+        Dense positions of block k's columns at each pair's level ``codes_a``.
+    cols : ndarray of int64, (npairs, p_j)
+        Dense positions of block j's columns at each pair's level ``codes_b``.
+    """
+    pair, off = blocks.pairs[(k, j)], blocks.offsets
+    pk, pj = blocks.widths[k], blocks.widths[j]
+    rows = off[k] + pair.codes_a[:, None] * pk + np.arange(pk)
+    cols = off[j] + pair.codes_b[:, None] * pj + np.arange(pj)
+    return rows, cols
+
+
+def set_symmetric(mat: Array, rows: Codes, cols: Codes, values: Array) -> None:
+    """Write ``values[c]`` at ``(rows[c], cols[c])`` of ``mat`` and its transpose at the mirror.
+
+    ``values`` is (npairs, len(rows[c]), len(cols[c])).  The mirrored block is
+    indexed ``(cols, rows)``, so its values are ``values[c]ᵀ``: shape
+    (npairs, len(cols[c]), len(rows[c])).  The two index sets must not overlap
+    (blocks ``k < j`` are disjoint) and each pair is set once.
+    """
+    mat[rows[:, :, None], cols[:, None, :]] = values
+    mat[cols[:, :, None], rows[:, None, :]] = values.transpose(0, 2, 1)
+
+
 def sum_by(codes: Codes, values: Array, size: int) -> Array:
     """Row sums of ``values`` (C, k) per code: (size, k)."""
     return np.stack(

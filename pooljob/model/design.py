@@ -12,7 +12,8 @@ sorted order as reference, and R's rule for interactions: a categorical
 variable in a term is coded by contrasts when the term without it is in the
 model (the intercept counting as the empty term), by indicators otherwise.
 Column names are lme4's: ``(Intercept)``, ``Days``, ``urbanY``,
-``factor(period)2``, ``year:urbanY``.
+``factor(period)2``, ``year:urbanY``.  A boolean column is categorical with
+the levels ``False < True``, named as R names a logical's (``urbanTRUE``).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from scipy.linalg import lapack
 
-from pooljob.model.blocks import Blocks
+from pooljob.model.blocks import Blocks, pair_positions, set_symmetric
 
 Array = NDArray[np.float64]
 
@@ -94,11 +94,8 @@ def factorize(blocks: Blocks, theta: Array) -> Factor:
         if k == 0:
             continue
         v = np.einsum("ji,pjk,km->pim", t[k], pair.values, t[j])
-        rows = off[k] + pair.codes_a[:, None] * blocks.widths[k] + np.arange(blocks.widths[k])
-        cols = off[j] + pair.codes_b[:, None] * blocks.widths[j] + np.arange(blocks.widths[j])
-        # pairs are distinct and blocks k < j disjoint: each position is set once
-        a22[rows[:, :, None], cols[:, None, :]] += v
-        a22[cols[:, None, :], rows[:, :, None]] += v.transpose(0, 2, 1)
+        # off the diagonal blocks: a22 is 0 there, and each position is set once
+        set_symmetric(a22, *pair_positions(blocks, k, j), v)
     inv11 = np.linalg.inv(l11)
     data, rr, cc = [], [], []
     for (k, j), pair in blocks.pairs.items():

@@ -51,7 +51,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from scipy.linalg import lapack
 
-from pooljob.model.blocks import Blocks
+from pooljob.model.blocks import Blocks, pair_positions, set_symmetric
 from pooljob.model.lmm import templates
 
 Array = NDArray[np.float64]
@@ -126,12 +126,8 @@ def workspace(blocks: Blocks) -> Workspace | None:
         a_bar[idx[:, :, None], m + np.arange(p + 1)] = blocks.ztxy[k]
         a_bar[m + np.arange(p + 1)[:, None], idx.reshape(-1)] = blocks.ztxy[k].reshape(-1, p + 1).T
     for (k, j), pair in blocks.pairs.items():
-        if k == 0:
-            continue
-        rows = off[k] + pair.codes_a[:, None] * blocks.widths[k] + np.arange(blocks.widths[k])
-        cols = off[j] + pair.codes_b[:, None] * blocks.widths[j] + np.arange(blocks.widths[j])
-        a_bar[rows[:, :, None], cols[:, None, :]] = pair.values
-        a_bar[cols[:, None, :], rows[:, :, None]] = pair.values.transpose(0, 2, 1)
+        if k != 0:
+            set_symmetric(a_bar, *pair_positions(blocks, k, j), pair.values)
     a_bar[m:, m:] = blocks.xtx
     # Ḡ as (level, column, values over the p₁ rows of the level)
     q1 = blocks.levels[0]

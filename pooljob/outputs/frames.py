@@ -75,7 +75,16 @@ def published_names(keys: Iterable[str]) -> dict[str, str]:
 
 def level_label(columns: tuple[str, ...]) -> pl.Expr:
     """The ``level`` of a group as lme4 prints it: its key values joined by ``:``."""
-    return pl.concat_str([pl.col(c).cast(pl.String) for c in columns], separator=":")
+    return pl.concat_str(
+        [pl.col(c).map_batches(_key_text, return_dtype=pl.String) for c in columns],
+        separator=":",
+    )
+
+
+def _key_text(values: pl.Series) -> pl.Series:
+    """Key values as text; booleans as R prints a logical factor's levels (``FALSE``, ``TRUE``)."""
+    text = values.cast(pl.String)
+    return text.str.to_uppercase() if values.dtype == pl.Boolean else text
 
 
 def level_keys(

@@ -22,10 +22,15 @@ from pooljob.model.nested import NestedStats
 from pooljob.scan.cell_moments import CellTable, NumericVariable, cell_stats_sql, scan_cells
 from pooljob.scan.source import TableSource
 
-_NUMERIC = re.compile(
-    r"^(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|UBIGINT|UHUGEINT"
-    r"|FLOAT|DOUBLE|REAL|DECIMAL(\(.*\))?|BOOLEAN)$"
+#: Types read as numbers: covariates of these types are numeric, any other is categorical
+#: (a BOOLEAN covariate is a factor with levels FALSE, TRUE, as a logical is in R).
+_NUMBERS = (
+    r"TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT|UTINYINT|USMALLINT|UINTEGER|UBIGINT|UHUGEINT"
+    r"|FLOAT|DOUBLE|REAL|DECIMAL(\(.*\))?"
 )
+_NUMERIC = re.compile(rf"^({_NUMBERS})$")
+#: Types a response or an offset may have: the numbers, and BOOLEAN read as 0/1.
+_MEASURE = re.compile(rf"^({_NUMBERS}|BOOLEAN)$")
 _GROUPABLE_EXCLUDED = re.compile(r"(\[\]|^STRUCT|^MAP|^UNION|^LIST|\[\d+\]$)")
 
 
@@ -40,7 +45,7 @@ class ScanSpec:
     variables : tuple of NumericVariable
         Numeric variables, the response first.
     numeric : set of str
-        Source columns of numeric type.
+        Source columns of numeric type (not BOOLEAN: booleans are categorical).
     categorical : list of str
         The formula's categorical variables.
     offsets : tuple of int
@@ -148,12 +153,9 @@ def check_schema(source: TableSource, formula: Formula, family: str = "gaussian"
         roles.setdefault(formula.cbind[0], "response")
     for col in (*formula.offsets, *formula.log_offsets):
         roles.setdefault(col, "offset")
-    for v in formula.variables:
-        if not v.as_factor and _NUMERIC.match(source.columns[v.column]):
-            roles.setdefault(v.column, "covariate")
     for col, role in roles.items():
         ctype = source.columns[col]
-        if not _NUMERIC.match(ctype):
+        if not _MEASURE.match(ctype):
             raise InputError(
                 f"{role} column {col!r} has type {ctype}; a {family} model needs a "
                 "numeric column (integer, decimal, floating point or boolean): cast it in a "
