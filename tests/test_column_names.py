@@ -511,3 +511,38 @@ def test_cbpp_with_herd_named_o_matches_glmer() -> None:
     assert component["grouping"] == "o"
     assert _close(component["variance"], ref["varcomp"][0]["variance_or_cov"], 1e-4)
     assert result.estimates["o"].dtype == pl.String
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        {"ga": "__row", "cat": "__level", "weight": "__group"},
+        {"ga": "row", "cat": "k1", "weight": "new"},
+        {"ga": "k0", "cat": "group", "weight": "level"},
+    ],
+    ids=lambda n: n["ga"],
+)
+def test_poststratification_with_any_column_names(names: dict[str, str]) -> None:
+    """The population's cells are matched to the fit's levels whatever the columns are called."""
+    model = MODELS["counts"]
+    data = model.data.drop("shift")
+    formula = "cbind({succ}, {trials} - {succ}) ~ {cat} + (1 | {ga})"
+    population = pl.concat(
+        [
+            data.group_by("ga", "cat").agg(weight=pl.col("trials").sum()),
+            pl.DataFrame({"ga": ["99"], "cat": ["2"], "weight": [40]}),  # a herd never seen
+        ],
+        how="vertical_relaxed",
+    ).sort("ga", "cat")
+
+    def weighted(mapping: dict[str, str]) -> pl.DataFrame:
+        full = {c: mapping.get(c, c) for c in (*data.columns, "weight")}
+        text = formula.format(**{role: display_name(c) for role, c in full.items()})
+        fit = pooljob.fit(text, data.rename(full, strict=False), family="binomial")
+        return pooljob.poststratify(
+            fit, population.rename(full, strict=False), full["weight"], by=[full["ga"]], draws=50
+        )
+
+    want = weighted({})
+    got = weighted(names)
+    assert_frame_equal(got, want.rename({"ga": names["ga"]}), rel_tol=RTOL, abs_tol=ATOL)
