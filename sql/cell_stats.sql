@@ -3,9 +3,17 @@
 -- variables; null keys included, so that the rows they hold can be counted
 -- and reported as dropped).  With no key column, one row for the whole source.
 --
--- Columns: the key columns; n_rows (rows read); for every numeric variable
--- v<i> of the model (the response, covariates, products of covariates that
--- interactions need, offsets), centred at the bound value $s<i>:
+-- Names.  The first CTE is the only place a column of `source` is named:
+-- each is read qualified (source."col"), so it can only mean the source's
+-- column, and given a positional name of pooljob's own: key column i is
+-- k<i>, numeric variable i is v<i>.  Every later step, and the result, name
+-- only those, so no name a user's column can have changes what is computed
+-- (pooljob/scan/cell_moments.py maps k<i> back to the key's name and type).
+--
+-- Columns: k<i> for every key column (its original type); n_rows (rows
+-- read); for every numeric variable v<i> of the model (the response,
+-- covariates, products of covariates that interactions need, offsets),
+-- centred at the bound value $s<i>:
 --   n_<i>        its non-null values,
 --   mean_<i>     their mean,
 --   cov_<i>_<j>  (i <= j) the population co-moment of v<i> and v<j> about
@@ -18,10 +26,11 @@
 --
 -- Template fields (in braces below), filled by pooljob from quoted
 -- identifiers only:
---   key_list    the key columns followed by a comma, or nothing
---   group_by    group by the key columns, or nothing when there are none
+--   columns     source."key" as k<i>, ...,
+--               cast(source."col" as double) [* ...] - $s<i> as v<i>, ...
+--   key_list    k0, k1, ... followed by a comma, or nothing
+--   group_by    group by k0, k1, ..., or nothing when there is no key
 --               (then the aggregates make one row for the whole source)
---   variables   cast("col" as double) [* cast("col2" as double)] - $s<i> as v<i>, ...
 --   aggregates  the aggregates above
 --   filter      nothing on the first scan; a second scan, made only when
 --               some value is null, NaN or infinite, keeps the rows whose
@@ -31,8 +40,7 @@ with
 
 model_rows as (
     select
-        {key_list}
-        {variables}
+        {columns}
     from source
 ),
 

@@ -13,19 +13,29 @@
 --             = y_sum eta - t_sum e^eta + const_sum,  t_sum = sum_i e^(o_i)
 -- with t_i the trials of a row (1 for a 0/1 response) and o_i its offset.
 --
--- Columns: the key columns; n_rows (rows read); n_used; the dropped rows by
--- reason (n_null_response, n_nonfinite_response, n_unusable_covariate);
--- n_bad_response (usable rows whose response is not a valid count: these
--- stop the run); y_sum, t_sum, const_sum; and for every covariate c<k> and
--- the offset, their min_ and max_ over the used rows (a covariate must be
--- constant within a cell: the caller checks that max = min).
+-- Names.  The first CTE is the only place a column of `source` is named:
+-- each is read qualified (source."col"), so it can only mean the source's
+-- column, and given a name of pooljob's own: key column i is k<i>, the
+-- response y, the trials t, the offset o, covariate k c<k>.  Every later
+-- step (drop_code included), and the result, name only those, so no name a
+-- user's column can have changes what is computed
+-- (pooljob/scan/cell_counts.py maps k<i> back to the key's name and type).
+--
+-- Columns: k<i> for every key column (its original type); n_rows (rows
+-- read); n_used; the dropped rows by reason (n_null_response,
+-- n_nonfinite_response, n_unusable_covariate); n_bad_response (usable rows
+-- whose response is not a valid count: these stop the run); y_sum, t_sum,
+-- const_sum; and for every covariate c<k> and the offset, their min_ and
+-- max_ over the used rows (a covariate must be constant within a cell: the
+-- caller checks that max = min).
 --
 -- Template fields (in braces below), filled by pooljob from quoted
 -- identifiers only (pooljob/scan/cell_counts.py):
---   key_list     the key columns followed by a comma, or nothing
---   group_by     group by the key columns, or nothing
---   response     cast("y" as double) as y, <trials> as t, <offset> as o
---   covariates   cast("x" as double) [* ...] as c<k>, ... (or nothing)
+--   columns      source."key" as k<i>, ...,
+--                cast(source."resp" as double) as y, <trials> as t,
+--                <offset> as o, cast(source."x" as double) [* ...] as c<k>, ...
+--   key_list     k0, k1, ... followed by a comma, or nothing
+--   group_by     group by k0, k1, ..., or nothing
 --   drop_code    0 for a usable row, else 1 null response, 2 non-finite
 --                response, 3 null or non-finite covariate or offset
 --   bad          true where a used row's response is not a valid count
@@ -37,8 +47,7 @@ with
 
 model_rows as (
     select
-        {key_list}
-        {response}{covariates}
+        {columns}
     from source
 ),
 

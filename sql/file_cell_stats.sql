@@ -10,9 +10,16 @@
 -- (pooljob/scan/merge.py).  `source` here is a view over the files to scan
 -- only (the new and changed ones, or all of them on a rebuild), with a
 -- column naming each row's file, as DuckDB's read_parquet or
--- read_csv(..., filename = '__pooljob_file') gives it.
+-- read_csv(..., filename = '<name>') gives it; pooljob chooses that name so
+-- that it is no column of the source (pooljob/scan/cell_moments.py,
+-- file_column).
 --
--- Columns: __pooljob_file; the key columns; n_rows (rows read); for every
+-- Names, as in cell_stats.sql: the first CTE alone names columns of
+-- `source`, qualified, and renames them positionally (the file column to
+-- file, key column i to k<i>, numeric variable i to v<i>); everything after
+-- it, and the result, use those names only.
+--
+-- Columns: file; k<i> for every key column; n_rows (rows read); for every
 -- numeric variable v<i> of the model, centred at the bound value $s<i>:
 --   n_<i>        its non-null values,
 --   mean_<i>     their mean,
@@ -21,10 +28,11 @@
 --
 -- Template fields (in braces below), filled by pooljob from quoted
 -- identifiers only:
---   file_column the column naming the file: "__pooljob_file"
---   key_list    the key columns followed by a comma, or nothing
---   group_by    group by the file column and the key columns
---   variables   cast("col" as double) [* cast("col2" as double)] - $s<i> as v<i>, ...
+--   file_column source."<the file column>"
+--   columns     source."key" as k<i>, ...,
+--               cast(source."col" as double) [* ...] - $s<i> as v<i>, ...
+--   key_list    k0, k1, ... followed by a comma, or nothing
+--   group_by    group by file, k0, k1, ...
 --   aggregates  the aggregates of cell_stats.sql
 --   filter      nothing on the first scan; where isfinite(v0) and ... on a
 --               second scan, made only when some value is null, NaN or infinite
@@ -33,9 +41,8 @@ with
 
 model_rows as (
     select
-        {file_column},
-        {key_list}
-        {variables}
+        {file_column} as file,
+        {columns}
     from source
 ),
 
@@ -47,7 +54,7 @@ usable_rows as (
 
 file_cell_stats as (
     select
-        {file_column},
+        file,
         {key_list}
         count(*) as n_rows,
         {aggregates}

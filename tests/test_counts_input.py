@@ -109,7 +109,7 @@ def test_explain_and_validate_count_model(tmp_path: object) -> None:
     with contextlib.redirect_stdout(out):
         assert main(["explain", str(tmp_path / "job.toml")]) == 0
     text = out.getvalue()
-    assert "per-cell counts" in text and 'ln(cast("e" as double))' in text
+    assert "per-cell counts" in text and 'ln(cast(source."e" as double))' in text
     assert "lgamma(y + 1)" in text
 
 

@@ -41,10 +41,13 @@ from pooljob.outputs.tables import FitResult
 from pooljob.pipeline import fit_cells
 from pooljob.scan.cell_counts import COUNT_FAMILIES
 from pooljob.scan.cell_moments import (
-    FILE_COLUMN,
+    FILE_ALIAS,
     CellTable,
     cell_arrays,
     centring_shifts,
+    file_column,
+    key_aliases,
+    key_frame,
     require_rows,
     rescan_moments,
     row_totals,
@@ -196,8 +199,6 @@ def _without_store(config: Config, source: TableSource, snap: InputSnapshot) -> 
         return (
             f"the source is {what.get(snap.kind, snap.kind)}; incremental refresh needs local files"
         )
-    if FILE_COLUMN in source.columns:
-        return f"the source has a column named {FILE_COLUMN!r}, the name pooljob gives the file"
     return ""
 
 
@@ -272,17 +273,18 @@ def _scan_files(
     """
     m = len(spec.variables)
     assert config.source.path is not None
+    by = file_column(source.columns)  # a name no column of the source has
     with open_file_list(
         scan,
         path=config.source.path,
         columns=source.columns,
-        file_column=FILE_COLUMN,
+        file_column=by,
         where=config.source.where,
         threads=config.engine.threads,
         memory_limit=config.engine.memory_limit,
     ) as files:
         at = np.zeros(m) if shifts is None else shifts
-        scanned = scan_moments(files, spec.keys, spec.variables, at, by=FILE_COLUMN)
+        scanned = scan_moments(files, spec.keys, spec.variables, at, by=by)
         parts = _parts(scanned.good, spec.keys, m, paths)
         if shifts is None:  # a rebuild: centre as a scan of every file would
             require_rows(scanned.counts, source.description)
@@ -291,10 +293,10 @@ def _scan_files(
             at = centring_shifts(merged.n, merged.mean, merged.comoment, centrable)
             if np.any(at != 0.0):
                 good = rescan_moments(
-                    files, spec.keys, spec.variables, at, scanned.finite_only, by=FILE_COLUMN
+                    files, spec.keys, spec.variables, at, scanned.finite_only, by=by
                 )
                 parts = _parts(good, spec.keys, m, paths)
-    return parts, scanned.counts.rename({FILE_COLUMN: "path"}), at
+    return parts, scanned.counts.rename({FILE_ALIAS: "path"}), at
 
 
 def _rebuild(
@@ -419,14 +421,16 @@ def _parts(good: pl.DataFrame, keys: tuple[str, ...], m: int, paths: list[str]) 
     """The store's cell rows from the per-file query's usable rows, sorted by file.
 
     A part's file becomes its position in ``paths`` (the cast to an Enum of
-    the paths is that lookup, and fails on a path not in the list).
+    the paths is that lookup, and fails on a path not in the list).  The key
+    columns keep the query's names (``k<i>``): the store's columns are all
+    pooljob's own.
     """
     n, mean, comoment = cell_arrays(good, m)
     values = [n, *(mean[:, i] for i in range(m))]
     values += [comoment[:, i, j] for i in range(m) for j in range(i, m)]
     stats = [pl.Series(name, v) for name, v in zip(stat_columns(m), values, strict=True)]
-    index = pl.col(FILE_COLUMN).cast(pl.Enum(paths)).to_physical().cast(pl.UInt32)
-    frame = good.select(index.alias(FILE_INDEX), *keys).with_columns(stats)
+    index = pl.col(FILE_ALIAS).cast(pl.Enum(paths)).to_physical().cast(pl.UInt32)
+    frame = good.select(index.alias(FILE_INDEX), *key_aliases(keys)).with_columns(stats)
     return frame.sort(FILE_INDEX, maintain_order=True)
 
 
@@ -449,21 +453,22 @@ def merge_parts(
     pairs = [(i, j) for i in range(m) for j in range(i, m)]
     for (i, j), c in zip(pairs, columns[m + 1 :], strict=True):
         comoment[:, i, j] = comoment[:, j, i] = parts[c].to_numpy()
-    key_frame = parts.select(list(keys))
+    aliases = key_aliases(keys)  # the store's names of the key columns: k0, k1, …
+    part_keys = parts.select(aliases)
     if keys:
-        cell_keys = key_frame.unique().sort(list(keys))
-        coded = key_frame.join(
-            cell_keys.with_row_index("__cell"), on=list(keys), how="left", maintain_order="left"
+        cell_keys = part_keys.unique().sort(aliases)
+        coded = part_keys.join(
+            cell_keys.with_row_index("__cell"), on=aliases, how="left", maintain_order="left"
         )
         codes = coded["__cell"].to_numpy().astype(np.int64)
         size = cell_keys.height
     else:  # no key column: one cell, the whole source (a frame of no columns)
-        cell_keys = key_frame
+        cell_keys = part_keys
         codes = np.zeros(parts.height, dtype=np.int64)
         size = 1 if parts.height else 0
     total, merged_mean, merged = merge_moments(codes, size, n, mean.astype(np.float64), comoment)
     return CellTable(
-        keys=cell_keys,
+        keys=key_frame(cell_keys, keys),
         n=total,
         mean=merged_mean,
         comoment=merged,

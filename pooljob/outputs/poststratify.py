@@ -210,6 +210,15 @@ def _design_values(table: pl.DataFrame, columns: tuple[Column, ...], design: Des
     return np.column_stack(out)
 
 
+def _positional(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """``columns`` of ``frame``, renamed ``k0``, ``k1`` … in that order.
+
+    Joined beside an index column of pooljob's, a user's column name can then
+    clash with nothing.
+    """
+    return frame.select([pl.col(c).alias(f"k{i}") for i, c in enumerate(columns)])
+
+
 def _level_index(table: pl.DataFrame, levels: pl.DataFrame) -> tuple[NDArray[np.int64], int]:
     """Each population cell's level of one grouping, and the number of unseen levels.
 
@@ -217,17 +226,18 @@ def _level_index(table: pl.DataFrame, levels: pl.DataFrame) -> tuple[NDArray[np.
     it never saw gets its own index from ``q`` on.
     """
     cols = levels.columns
+    names = [f"k{i}" for i in range(len(cols))]
     q = levels.height
-    indexed = levels.with_row_index("__level")
-    joined = table.select(cols).with_row_index("__row").join(indexed, on=cols, how="left")
-    joined = joined.sort("__row")
-    level = joined["__level"].cast(pl.Int64).to_numpy(allow_copy=True).copy()
-    unseen = joined["__level"].is_null().to_numpy()
+    indexed = _positional(levels, cols).with_row_index("level")
+    cells = _positional(table, cols).with_row_index("row")
+    joined = cells.join(indexed, on=names, how="left").sort("row")
+    level = joined["level"].cast(pl.Int64).to_numpy(allow_copy=True).copy()
+    unseen = joined["level"].is_null().to_numpy()
     if not unseen.any():
         return level.astype(np.int64), 0
     new = (
         joined.filter(pl.Series(unseen))
-        .select(pl.struct(cols).rank("dense").cast(pl.Int64).alias("__u"))["__u"]
+        .select(pl.struct(names).rank("dense").cast(pl.Int64).alias("new"))["new"]
         .to_numpy()
     )
     level[unseen] = q + new - 1
@@ -260,11 +270,17 @@ def poststratify(
     by = list(config.by)
     if by:
         groups = table.select(by).unique().sort(by, nulls_last=True)
+        names = [f"k{i}" for i in range(len(by))]
         gid = (
-            table.select(by)
-            .with_row_index("__row")
-            .join(groups.with_row_index("__group"), on=by, how="left", nulls_equal=True)
-            .sort("__row")["__group"]
+            _positional(table, by)
+            .with_row_index("row")
+            .join(
+                _positional(groups, by).with_row_index("group"),
+                on=names,
+                how="left",
+                nulls_equal=True,
+            )
+            .sort("row")["group"]
             .to_numpy()
             .astype(np.int64)
         )

@@ -7,7 +7,10 @@ trials for a binomial model, events and exposure for a Poisson one, and the
 sum of the per-row constants (``log choose(t, y)``, ``y·o − log y!``) that
 make the log-likelihood the same whether the rows come one by one or
 already aggregated.  This module fills the query with quoted identifiers,
-checks what it returns, and accounts for every row.
+checks what it returns, and accounts for every row.  As in
+:mod:`pooljob.scan.cell_moments`, the query renames the source's columns in
+its first step (key column ``i`` is ``k<i>``) and names only its own
+columns after it.
 """
 
 from __future__ import annotations
@@ -23,11 +26,14 @@ from pooljob.model.formula import Formula, display_name
 from pooljob.scan.cell_moments import (
     DROP_REASONS,
     NumericVariable,
+    key_aliases,
+    key_frame,
     null_key,
     require_rows,
+    source_column,
     sql_text,
 )
-from pooljob.scan.source import TableSource, quote_identifier
+from pooljob.scan.source import TableSource
 from pooljob.scan.statistics import ScanSpec
 
 Array = NDArray[np.float64]
@@ -78,7 +84,7 @@ class CountTable:
 
 
 def _double(column: str) -> str:
-    return f"cast({quote_identifier(column)} as double)"
+    return f"cast({source_column(column)} as double)"
 
 
 def _offset_sql(formula: Formula) -> str:
@@ -110,11 +116,13 @@ def count_stats_sql(
         bad = "y < 0 or y <> round(y)"
         exposure = "exp(o)"
         constant = "y * o - lgamma(y + 1)"
-    key_sql = ", ".join(quote_identifier(k) for k in keys)
-    covs = "".join(
-        ",\n        " + " * ".join(_double(c) for c in v.columns) + f" as c{k}"
-        for k, v in enumerate(covariates)
-    )
+    aliases = key_aliases(keys)
+    key_sql = ", ".join(aliases)
+    columns = [f"{source_column(k)} as {a}" for k, a in zip(keys, aliases, strict=True)]
+    columns += [f"{y} as y", f"{trials} as t", f"{_offset_sql(formula)} as o"]
+    columns += [
+        " * ".join(_double(c) for c in v.columns) + f" as c{k}" for k, v in enumerate(covariates)
+    ]
     unusable = ["o is null", "not isfinite(o)"]
     for k in range(len(covariates)):
         unusable += [f"c{k} is null", f"not isfinite(c{k})"]
@@ -129,10 +137,9 @@ def count_stats_sql(
         for k in range(len(covariates))
     )
     return sql_text("count_stats").format(
+        columns=",\n        ".join(columns),
         key_list=key_sql + "," if keys else "",
         group_by=f"group by {key_sql}" if keys else "",
-        response=f"{y} as y, {trials} as t, {_offset_sql(formula)} as o",
-        covariates=covs,
         drop_code=drop_code,
         bad=bad,
         exposure=exposure,
@@ -142,7 +149,9 @@ def count_stats_sql(
 
 
 def _describe_cell(row: dict[str, object], keys: tuple[str, ...]) -> str:
-    return ", ".join(f"{k} = {row[k]!r}" for k in keys) or "the only cell"
+    """``k = value, …`` of a query's row (its key columns ``k<i>``)."""
+    values = [row[a] for a in key_aliases(keys)]
+    return ", ".join(f"{k} = {v!r}" for k, v in zip(keys, values, strict=True)) or "the only cell"
 
 
 def _response_problem(formula: Formula, family: str, count: int) -> str:
@@ -206,7 +215,7 @@ def scan_counts(source: TableSource, formula: Formula, family: str, spec: ScanSp
     # sorted by key: the same data give the same cells in the same order, and the same fit
     used = keyed.filter(pl.col("n_used") > 0)
     if keys:
-        used = used.sort(list(keys))
+        used = used.sort(key_aliases(keys))
     counts = pl.DataFrame(
         {
             "read": [int(table["n_rows"].sum())],
@@ -242,7 +251,7 @@ def scan_counts(source: TableSource, formula: Formula, family: str, spec: ScanSp
     for j, k in enumerate(covariate_index):
         values[:, k] = used[f"min_{j}"].to_numpy()
     return CountTable(
-        keys=used.select(list(keys)),
+        keys=key_frame(used, keys),
         n=used["n_used"].to_numpy().astype(np.float64),
         y=used["y_sum"].to_numpy().astype(np.float64),
         t=used["t_sum"].to_numpy().astype(np.float64),

@@ -8,10 +8,17 @@ is ``sql/cell_stats.sql``; this module fills it with quoted identifiers,
 binds the centring shifts, and accounts for the rows it cannot use.  The
 same query, transpiled by sqlglot, runs on Spark (:mod:`pooljob.scan.spark_sql`):
 one definition of each statistic serves both engines.
+
+Names: the query reads the source's columns in its first step only, and
+renames them there to names of its own (key column ``i`` is ``k<i>``,
+numeric variable ``i`` is ``v<i>``); its result names only those.  So a
+user's column may be called anything (``v1``, ``n_rows``, ``k0``) without
+changing a statistic.  :func:`key_frame` gives the keys back their names.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +35,42 @@ CENTRING_RATIO = 1e4
 
 DROP_REASONS = ("null_group_key", "null_response", "nonfinite_response", "unusable_covariate")
 
-#: The column naming each row's source file in the per-file scan
-#: (``sql/file_cell_stats.sql``, :mod:`pooljob.job.refresh`).
+#: The name :func:`file_column` starts from: of the column naming each row's
+#: source file in the per-file scan (``sql/file_cell_stats.sql``,
+#: :mod:`pooljob.job.refresh`).
 FILE_COLUMN = "__pooljob_file"
+#: What the per-file query calls that column in its result.
+FILE_ALIAS = "file"
+
+
+def file_column(columns: Iterable[str]) -> str:
+    """A name for the column naming each row's file that is no column of the source.
+
+    ``FILE_COLUMN``, else ``FILE_COLUMN_1``, ``_2`` …: the first that differs
+    from every name in ``columns`` ignoring case (DuckDB matches column
+    names without regard to case).
+    """
+    taken = {c.casefold() for c in columns}
+    name, k = FILE_COLUMN, 0
+    while name.casefold() in taken:
+        k += 1
+        name = f"{FILE_COLUMN}_{k}"
+    return name
+
+
+def key_aliases(keys: tuple[str, ...]) -> list[str]:
+    """The query's names of the key columns: ``k0``, ``k1`` … in the order of ``keys``."""
+    return [f"k{i}" for i in range(len(keys))]
+
+
+def key_frame(table: pl.DataFrame, keys: tuple[str, ...]) -> pl.DataFrame:
+    """The key columns of a query's rows (``k<i>``) under their own names, types kept."""
+    return table.select([pl.col(a).alias(k) for a, k in zip(key_aliases(keys), keys, strict=True)])
+
+
+def source_column(name: str) -> str:
+    """A column of the view ``source``, quoted and qualified: never one of the query's names."""
+    return "source." + quote_identifier(name)
 
 
 def sql_text(name: str) -> str:
@@ -71,12 +111,13 @@ def cell_stats_sql(
 
     With ``by``, the column naming each row's source file, it is the per-file
     query ``sql/file_cell_stats.sql``: the same statistics, one row per file
-    and cell.
+    (column ``file``) and cell.  Key column ``i`` is ``k<i>`` in the result.
     """
-    key_sql = ", ".join(quote_identifier(k) for k in keys)
-    exprs = []
+    aliases = key_aliases(keys)
+    key_sql = ", ".join(aliases)
+    exprs = [f"{source_column(k)} as {a}" for k, a in zip(keys, aliases, strict=True)]
     for i, v in enumerate(variables):
-        product = " * ".join(f"cast({quote_identifier(c)} as double)" for c in v.columns)
+        product = " * ".join(f"cast({source_column(c)} as double)" for c in v.columns)
         exprs.append(f"{product} - $s{i} as v{i}")
     aggs = []
     for i in range(len(variables)):
@@ -95,15 +136,14 @@ def cell_stats_sql(
     fields = {
         "key_list": key_sql + "," if keys else "",
         "group_by": f"group by {key_sql}" if keys else "",
-        "variables": ",\n        ".join(exprs),
+        "columns": ",\n        ".join(exprs),
         "aggregates": ",\n        ".join(aggs),
         "filter": filt,
     }
     if by is None:
         return sql_text("cell_stats").format(**fields)
-    file_sql = quote_identifier(by)
-    fields["group_by"] = f"group by {file_sql}" + (f", {key_sql}" if keys else "")
-    return sql_text("file_cell_stats").format(file_column=file_sql, **fields)
+    fields["group_by"] = f"group by {FILE_ALIAS}" + (f", {key_sql}" if keys else "")
+    return sql_text("file_cell_stats").format(file_column=source_column(by), **fields)
 
 
 @dataclass(frozen=True)
@@ -162,10 +202,10 @@ def _run(
 
 
 def null_key(keys: tuple[str, ...]) -> pl.Expr:
-    """True for a cell with a null in any of its key columns (its rows are dropped)."""
+    """True for a query's cell with a null in any of its key columns (its rows are dropped)."""
     if not keys:
         return pl.lit(False)
-    return pl.any_horizontal([pl.col(k).is_null() for k in keys])
+    return pl.any_horizontal([pl.col(a).is_null() for a in key_aliases(keys)])
 
 
 def centring_shifts(
@@ -222,11 +262,11 @@ class MomentScan:
     Attributes
     ----------
     good : polars.DataFrame
-        The query's rows (:func:`cell_stats_sql`) of the cells with usable
+        The query's rows (:func:`cell_stats_sql`, its own column names) of the cells with usable
         rows: no null key, at least one row, and, when ``finite_only``,
         only the rows whose every variable is finite.
     counts : polars.DataFrame
-        One row per value of the ``by`` column (one row in all without it):
+        One row per file (column ``file``) with ``by``, else one row in all:
         ``read``, ``used`` and one column per entry of ``DROP_REASONS``.
     finite_only : bool
         Whether some value was null, NaN or infinite, so that rows had to be
@@ -284,8 +324,8 @@ def rescan_moments(
 def _row_counts(
     table: pl.DataFrame, good: pl.DataFrame, keys: tuple[str, ...], multi: bool, by: str | None
 ) -> pl.DataFrame:
-    """Rows read, used and dropped by reason (``MomentScan.counts``), per value of ``by``."""
-    group = by if by is not None else "__all"
+    """Rows read, used and dropped by reason (``MomentScan.counts``), per file with ``by``."""
+    group = FILE_ALIAS if by is not None else "__all"
     if by is None:
         table = table.with_columns(pl.lit(0).alias(group))
         good = good.with_columns(pl.lit(0).alias(group))
@@ -362,7 +402,7 @@ def scan_cells(
         good = rescan_moments(source, keys, variables, shifts, scan.finite_only)
         n, mean, comoment = cell_arrays(good, m)
     return CellTable(
-        keys=good.select(list(keys)),
+        keys=key_frame(good, keys),
         n=n,
         mean=mean,
         comoment=comoment,

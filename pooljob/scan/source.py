@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import glob
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,27 @@ _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 def quote_identifier(name: str) -> str:
     """Quote a column or table name for DuckDB: ``"`` doubled inside quotes."""
     return '"' + name.replace('"', '""') + '"'
+
+
+#: A comment, a quoted identifier, a string literal, or a ``$name`` parameter.
+_TOKEN = re.compile(r"--[^\n]*|\"(?:[^\"]|\"\")*\"|'(?:[^']|'')*'|\$(\w+)")
+
+
+def inline_parameters(sql: str, params: dict[str, float]) -> str:
+    """``sql`` with its ``$name`` parameters written as double literals.
+
+    Only whole parameter tokens are replaced (``$s1`` is not part of
+    ``$s10``), never text inside a quoted identifier, a string or a comment:
+    a column named ``a$s0`` stays what it is.
+    """
+
+    def literal(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name is None or name not in params:
+            return match.group(0)
+        return f"cast('{float(params[name])!r}' as double)"
+
+    return _TOKEN.sub(literal, sql)
 
 
 def _is_remote(path: str) -> bool:
@@ -103,9 +125,7 @@ class Source:
         pooljob computed, never user text.
         """
         if self._relation is not None:
-            for name, value in (params or {}).items():
-                sql = sql.replace(f"${name}", f"cast('{float(value)!r}' as double)")
-            rel = self._relation.query("source", sql)
+            rel = self._relation.query("source", inline_parameters(sql, params or {}))
         else:
             assert self._con is not None
             rel = self._con.sql(sql, params=params) if params else self._con.sql(sql)

@@ -180,26 +180,21 @@ def nested_statistics(cells: CellTable, formula: Formula, where: str) -> GroupSt
         When the groupings are crossed in the data.
     """
     keys = list(formula.key_columns)
-    frame = cells.keys.with_columns(
-        pl.Series("__n", cells.n),
-        pl.Series("__mean", cells.mean[:, 0]),
-        pl.Series("__ss", cells.comoment[:, 0, 0]),
-    )
-    tree, order = _build_levels(frame, formula)
-    frame = frame[order]
+    # the statistics stay arrays beside the keys: no column name is added to the user's
+    tree, order = _build_levels(cells.keys, formula)
     levels = tuple(tree)
     parents = [np.zeros(levels[0].size, dtype=np.int64)]
     for upper, lower in pairwise(levels):
         parents.append(upper.codes[lower.first].astype(np.int64))
     stats = NestedStats(
-        n=frame["__n"].to_numpy().astype(np.float64),
-        mean=frame["__mean"].to_numpy().astype(np.float64),
-        within_ss=np.maximum(frame["__ss"].to_numpy().astype(np.float64), 0.0),
+        n=cells.n[order].astype(np.float64),
+        mean=cells.mean[order, 0].astype(np.float64),
+        within_ss=np.maximum(cells.comoment[order, 0, 0].astype(np.float64), 0.0),
         parents=tuple(parents),
     )
     _check_identifiable(stats, levels, where)
     return GroupStatistics(
-        keys=frame.select(keys),
+        keys=cells.keys[order].select(keys),
         stats=stats,
         levels=levels,
         shift=float(cells.shifts[0]),

@@ -9,10 +9,12 @@ Layout::
 ``files``, sorted by ``path``: ``path``, ``size``, ``mtime_ns`` (the file's
 stamp when it was read) and its rows ``read``, ``used`` and dropped by
 reason.  ``cells``, sorted by file: ``__file_index`` (the file's row in
-``files``), the key columns (original types), ``__n`` (rows),
-``__mean_<i>`` and ``__comoment_<i>_<j>`` (i ≤ j) of the model's numeric
-variables, centred at the store's shifts
-(:func:`pooljob.scan.merge.merge_moments` merges them).
+``files``), the key columns as ``k0``, ``k1`` … (the order of the
+identity's ``keys``; original types), ``__n`` (rows), ``__mean_<i>`` and
+``__comoment_<i>_<j>`` (i ≤ j) of the model's numeric variables, centred
+at the store's shifts (:func:`pooljob.scan.merge.merge_moments` merges
+them).  Every column name is pooljob's own, whatever the source's columns
+are called: the keys' names are in the identity only.
 
 ``store.json``: ``format``, ``identity`` (what the statistics are: pooljob
 version, the source path and ``where`` filter, the formula, the scan's keys
@@ -44,12 +46,13 @@ import polars as pl
 from numpy.typing import NDArray
 
 from pooljob.outputs.publish import fsync_path
-from pooljob.scan.cell_moments import DROP_REASONS
+from pooljob.scan.cell_moments import DROP_REASONS, key_aliases
 
 STATE = "state"
 RECORD = "store.json"
 #: Version of the layout above; a store of another format is rebuilt.
-STORE_FORMAT = 1
+#: 2: the key columns of ``cells`` are named ``k<i>``, not as in the source.
+STORE_FORMAT = 2
 #: Per-file row accounting, as :func:`pooljob.scan.cell_moments.row_totals` sums it.
 FILE_STATS = ("read", "used", *DROP_REASONS)
 FILE_STAMP = ("path", "size", "mtime_ns")
@@ -177,7 +180,7 @@ def load_store(output: Path, identity: dict[str, Any]) -> Store:
         raise UnusableStoreError(f"{RECORD} has {shifts.size} shifts for {m} variables")
     try:
         files = _read_table(folder, tables["files"], [*FILE_STAMP, *FILE_STATS])
-        keys = [FILE_INDEX, *identity["keys"]]
+        keys = [FILE_INDEX, *key_aliases(tuple(identity["keys"]))]
         cells = _read_table(folder, tables["cells"], keys + stat_columns(m))
     except (KeyError, TypeError) as exc:
         raise UnusableStoreError(f"{RECORD} does not describe its tables ({_line(exc)})") from None
