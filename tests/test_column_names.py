@@ -284,7 +284,7 @@ def _check_names(sql: str) -> None:
 
 
 def test_statistics_sql_reads_user_columns_only_in_its_first_step() -> None:
-    from pooljob.outputs.count_tables import count_sql
+    from pooljob.pipeline import count_sql
     from pooljob.scan.cell_moments import cell_stats_sql
 
     columns = {
