@@ -12,6 +12,7 @@ too).
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import signal
 import sys
@@ -23,6 +24,7 @@ from typing import NoReturn
 
 import polars as pl
 
+from pooljob import __version__
 from pooljob.errors import PooljobError
 from pooljob.job.logs import LOG_FORMATS, json_line, setup_logging
 from pooljob.model.formula import Grouping
@@ -70,7 +72,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _wants_json(argv: Sequence[str]) -> bool:
     args = list(argv)
-    pairs = zip(args, [*args[1:], ""], strict=True)
+    pairs = itertools.pairwise(args)
     return "--log-format=json" in args or any(a == "--log-format" and b == "json" for a, b in pairs)
 
 
@@ -239,6 +241,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"pooljob {__version__}")
     parser.add_argument("--verbose", action="store_true", help="debug logs and tracebacks")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument(
@@ -312,7 +315,11 @@ def _fail(args: argparse.Namespace, event: str, text: str, code: int, exc: BaseE
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(json_errors=_wants_json(argv)).parse_args(argv)
+    parser = build_parser(json_errors=_wants_json(argv))
+    if not argv:  # bare `pooljob`: the help, and exit 2 as for any other usage error
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet, args.log_format)
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None
