@@ -158,6 +158,16 @@ def _resolve(base: Path, value: str) -> str:
     return os.path.normpath(base / value)
 
 
+def _option(value: Any, choices: tuple[str, ...]) -> Any:
+    """An option chosen from ``choices`` (family, method, engine kind), in any case.
+
+    A value that is none of them is kept as given, for the error message.
+    """
+    if isinstance(value, str) and value.strip().lower() in choices:
+        return value.strip().lower()
+    return value
+
+
 def _check_types(raw: dict[str, Any], problems: list[str]) -> None:
     for section, body in raw.items():
         if section not in _ALLOWED:
@@ -230,7 +240,7 @@ def _flat_conf(table: dict[str, Any], prefix: str, problems: list[str]) -> dict[
 
 def _engine(eng_raw: dict[str, Any], source: SourceConfig, problems: list[str]) -> EngineConfig:
     """The [engine] section; Spark reads only a [source] path and takes Spark settings."""
-    kind = eng_raw.get("kind", "duckdb")
+    kind = _option(eng_raw.get("kind", "duckdb"), ENGINES)
     threads = eng_raw.get("threads")
     if isinstance(threads, int) and threads < 1:
         problems.append(f"[engine] threads = {threads} must be at least 1")
@@ -325,8 +335,11 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             formula = parse_formula(model_raw["formula"])
         except FormulaError as exc:
             problems.append(f"[model] formula: {exc}")
-    family = model_raw.get("family", "gaussian")
-    method = model_raw.get("method", default_method(family) if isinstance(family, str) else "reml")
+    family = _option(model_raw.get("family", "gaussian"), FAMILIES)
+    method = _option(
+        model_raw.get("method", default_method(family) if isinstance(family, str) else "reml"),
+        METHODS,
+    )
     interval = out_raw.get("interval", 0.95)
     if isinstance(family, str) and isinstance(method, str):
         problems.extend(
