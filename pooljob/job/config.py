@@ -48,6 +48,7 @@ from pooljob.errors import ConfigError, FormulaError
 from pooljob.model.formula import Formula, parse_formula
 from pooljob.outputs.poststratify import PoststratifyConfig
 from pooljob.outputs.report_data import resolve_grouping
+from pooljob.scan.source import query_problem, where_problem
 
 _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "source": {"path": str, "database": str, "table": str, "query": str, "where": str},
@@ -222,6 +223,14 @@ def _source(raw: dict[str, Any], base: Path, problems: list[str]) -> SourceConfi
     )
 
 
+def _sql_problems(source: SourceConfig) -> list[str | None]:
+    """DuckDB's parser on ``where`` (one expression) and ``query`` (one SELECT); nothing runs."""
+    return [
+        where_problem(source.where) if source.where and source.where.strip() else None,
+        query_problem(source.query) if source.query and source.query.strip() else None,
+    ]
+
+
 def _flat_conf(table: dict[str, Any], prefix: str, problems: list[str]) -> dict[str, str]:
     """Spark settings as strings; ``[engine.conf] spark.x.y = 1`` nests in TOML, joined here."""
     out: dict[str, str] = {}
@@ -352,6 +361,8 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
     if isinstance(keep_runs, int) and not isinstance(keep_runs, bool) and keep_runs < 1:
         problems.append(f"[output] keep_runs = {keep_runs} must be at least 1")
     engine = _engine(eng_raw, source, problems)
+    if engine.kind == "duckdb":  # trusted SQL, still one expression or one SELECT
+        problems.extend(p for p in _sql_problems(source) if p is not None)
     if engine.kind == "spark" and family in ("binomial", "poisson"):
         problems.append(
             f"family = {family!r} runs on [engine] kind = 'duckdb': the Spark engine computes "

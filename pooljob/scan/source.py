@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import duckdb
 import pyarrow as pa
 
-from pooljob.errors import InputError, MissingColumnError
+from pooljob.errors import ConfigError, InputError, MissingColumnError
 
 _CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".txt")
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
@@ -172,12 +172,73 @@ def _file_relation(con: duckdb.DuckDBPyConnection, pattern: str) -> duckdb.DuckD
         raise InputError(f"cannot read {pattern!r} as {kind}: {_first_line(exc)}") from exc
 
 
+def _filter_sql(where: str) -> str:
+    """The query of the view ``source``: ``source_raw`` filtered by ``where``.
+
+    ``where`` stands on lines of its own, so that a ``--`` comment in it
+    cannot swallow the closing parenthesis.
+    """
+    return f"select * from source_raw where (\n{where}\n)"
+
+
+def where_problem(where: str) -> str | None:
+    """Why ``[source] where`` is not one SQL expression, by DuckDB's parser; None if it is.
+
+    Nothing is run: the text is parsed alone as an expression, then as the
+    filter of the view ``source``, which must be one SELECT statement.  So
+    ``1=1); copy (select 42) to 'x.csv'; select (1`` is refused before any
+    connection is opened.
+    """
+    what = f"[source] where = {where!r} must be one SQL expression, such as year = 2024"
+    try:
+        parse_expression = getattr(duckdb, "SQLExpression", None)  # duckdb >= 1.2
+        if parse_expression is not None:
+            parse_expression(where)
+        statements = duckdb.extract_statements(_filter_sql(where))
+    except duckdb.Error as exc:
+        return f"{what} (DuckDB's parser: {_first_line(exc)})"
+    kinds = [st.type.name for st in statements]
+    if kinds != ["SELECT"]:
+        return f"{what}; it makes the statements {', '.join(kinds)} (no ';' in a filter)"
+    return None
+
+
+def query_problem(query: str) -> str | None:
+    """Why ``[source] query`` is not one SELECT statement, by DuckDB's parser; None if it is.
+
+    ``WITH … SELECT``, ``FROM t``, ``VALUES``, ``SUMMARIZE`` and
+    ``DESCRIBE`` are SELECT statements to DuckDB; COPY, ATTACH, INSTALL,
+    LOAD, PRAGMA, SET, CALL, CREATE, INSERT and the like are refused, and so
+    is a second statement after a ``;``.
+    """
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as exc:
+        return f"[source] query is not valid SQL (DuckDB's parser: {_first_line(exc)})"
+    kinds = [st.type.name for st in statements]
+    if kinds != ["SELECT"]:
+        what = "[source] query must be one SELECT statement (or WITH … SELECT)"
+        if len(kinds) == 1:
+            return f"{what}; got a {kinds[0]} statement"
+        return (
+            f"{what}; got {len(kinds)} statements ({', '.join(kinds) or 'none'}): keep only "
+            "the SELECT (a ';' ends a statement)"
+        )
+    return None
+
+
+def _check_sql(problem: str | None) -> None:
+    if problem is not None:
+        raise ConfigError(problem)
+
+
 def _apply_where(con: duckdb.DuckDBPyConnection, where: str | None, description: str) -> None:
     if not where:
         con.execute("create temp view source as select * from source_raw")
         return
+    _check_sql(where_problem(where))
     try:
-        con.execute(f"create temp view source as select * from source_raw where ({where})")
+        con.execute(f"create temp view source as {_filter_sql(where)}")
         con.sql("select * from source limit 0").fetchall()
     except duckdb.Error as exc:
         raise InputError(
@@ -275,8 +336,9 @@ def open_config_source(
             )
         elif query is not None:
             description = "the [source] query"
+            _check_sql(query_problem(query))
             try:
-                con.execute(f"create temp view source_raw as {query}")
+                con.execute(f"create temp view source_raw as\n{query}\n")
                 con.sql("select * from source_raw limit 0").fetchall()
             except duckdb.Error as exc:
                 raise InputError(f"[source] query failed: {_first_line(exc)}") from exc
