@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
+import duckdb
+import polars as pl
 import pytest
 
-from pooljob.errors import ConfigError
+from pooljob.errors import ConfigError, InputError
 from pooljob.job.cli import main
 from pooljob.job.config import parse_config
 from pooljob.job.run import run
@@ -14,6 +18,10 @@ from pooljob.scan.source import open_config_source
 from tests.helpers import write_rows
 
 FORMULA = "sales ~ 1 + (1 | region/store)"
+
+
+def _raw(source: dict[str, str]) -> dict[str, dict[str, str]]:
+    return {"source": source, "model": {"formula": FORMULA}, "output": {"path": "out"}}
 
 
 def _write_job(folder: Path, source: dict[str, str]) -> Path:
@@ -130,3 +138,53 @@ def test_select_forms_are_accepted(tmp_path: Path) -> None:
     ):
         with open_config_source(query=query) as src:
             assert list(src.columns) == ["region", "store", "sales"]
+
+
+def test_relative_paths_in_query_resolve_against_the_config_folder(tmp_path: Path) -> None:
+    job = tmp_path / "job"
+    write_rows(job / "data" / "rows.parquet")
+    elsewhere = tmp_path / "elsewhere"  # the working directory, with other data under data/
+    write_rows(elsewhere / "data" / "other.parquet", seed=1)
+    by_path = run(parse_config(_raw({"path": "data/*.parquet"}), job / "path.toml"))
+    for name, source in {
+        "glob.toml": {"query": "select * from read_parquet('data/*.parquet')"},
+        "file.toml": {
+            "query": "select * from 'data/rows.parquet'",
+            "where": "store in (select store from read_parquet('data/rows.parquet'))",
+        },
+    }.items():
+        body = "\n".join(f"{k} = {v!r}" for k, v in source.items())
+        (job / name).write_text(
+            f"[source]\n{body}\n[model]\nformula = '{FORMULA}'\n[output]\npath = 'out-{name}'\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "pooljob.job.cli", "--quiet", "run", str(job / name)],
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        current = job / f"out-{name}" / "current"
+        assert pl.read_parquet(current / "components.parquet").equals(by_path.result.components)
+    assert not (elsewhere / "out-glob.toml").exists()
+
+
+def test_user_sql_cannot_change_settings_or_load_extensions(tmp_path: Path) -> None:
+    rows = write_rows(tmp_path / "data" / "rows.parquet")
+    with open_config_source(path=str(rows), threads=1, memory_limit="500MB") as src:
+        con = src._con
+        assert con is not None
+        settings = con.execute(
+            "select current_setting('autoload_known_extensions'), "
+            "current_setting('autoinstall_known_extensions'), "
+            "current_setting('lock_configuration'), current_setting('threads')"
+        ).fetchone()
+        assert settings == (False, False, True, 1)
+        for statement in ("set threads = 2", "reset memory_limit", "set file_search_path = '/'"):
+            with pytest.raises(duckdb.Error, match="locked"):
+                con.execute(statement)
+    # a function of an extension that is not loaded is an error, not a download
+    query = f"select *, st_point(store, sales) as p from read_parquet('{rows}')"
+    with pytest.raises(InputError, match="spatial extension"), open_config_source(query=query):
+        pass

@@ -77,6 +77,7 @@ class SourceConfig:
     table: str | None = None
     query: str | None = None
     where: str | None = None
+    folder: str | None = None  # the config file's: relative paths in query and where
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,7 @@ def _source(raw: dict[str, Any], base: Path, problems: list[str]) -> SourceConfi
         table=src.get("table"),
         query=src.get("query"),
         where=src.get("where"),
+        folder=str(base),
     )
 
 

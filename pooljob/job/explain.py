@@ -36,7 +36,12 @@ def explain(config: Config) -> str:
         return _explain_spark(config)
     s = config.source
     with open_config_source(
-        path=s.path, database=s.database, table=s.table, query=s.query, where=s.where
+        path=s.path,
+        database=s.database,
+        table=s.table,
+        query=s.query,
+        where=s.where,
+        search_path=s.folder,
     ) as source:
         spec = check_schema(source, config.model.formula, config.model.family)
         views = source.view_sql()

@@ -236,8 +236,7 @@ def _apply_where(con: duckdb.DuckDBPyConnection, where: str | None, description:
     if not where:
         con.execute("create temp view source as select * from source_raw")
         return
-    _check_sql(where_problem(where))
-    try:
+    try:  # where_problem(where) was checked before the connection was opened
         con.execute(f"create temp view source as {_filter_sql(where)}")
         con.sql("select * from source limit 0").fetchall()
     except duckdb.Error as exc:
@@ -265,24 +264,76 @@ def default_memory_limit() -> str:
     return f"{limit // 2**20}MiB"
 
 
+def _load_httpfs(con: duckdb.DuckDBPyConnection, required: bool) -> None:
+    """Load DuckDB's httpfs extension (remote paths), installing it first if need be.
+
+    Extensions are never installed or loaded on demand (see :func:`_connect`);
+    this is the one pooljob loads, for a remote ``[source] path`` (``required``:
+    installed if need be, an error if it cannot be had) or SQL that names a
+    URL (loaded if it is installed: the URL may be plain text).
+    """
+    try:
+        con.execute("load httpfs")
+        return
+    except duckdb.Error:
+        if not required:  # no download for a URL that may be plain text
+            return
+    try:
+        con.execute("install httpfs")
+        con.execute("load httpfs")
+    except duckdb.Error as exc:
+        if required:
+            raise InputError(
+                "a remote [source] path needs DuckDB's httpfs extension, which could not be "
+                f"installed: {_first_line(exc)}; install it once with: python -c "
+                "\"import duckdb; duckdb.install_extension('httpfs')\""
+            ) from exc
+
+
 def _connect(
-    threads: int | None, memory_limit: str | None, progress: bool = False
+    threads: int | None,
+    memory_limit: str | None,
+    progress: bool = False,
+    *,
+    search_path: str | None = None,
+    httpfs: bool | None = False,
 ) -> duckdb.DuckDBPyConnection:
-    """An in-memory connection; DuckDB's progress bar on only if ``progress``.
+    """An in-memory connection, its settings locked; DuckDB's progress bar only if ``progress``.
 
     ``memory_limit`` defaults to :func:`default_memory_limit`.  The bar is
     drawn on stdout after ``progress_bar_time`` ms; these are session
     settings (DuckDB refuses them in ``connect``'s config), set one
-    statement at a time.
+    statement at a time.  ``search_path`` (DuckDB's ``file_search_path``)
+    is where relative file names in trusted SQL are looked for: the config
+    file's folder.  ``httpfs`` True loads the httpfs extension (installed if
+    need be; an error if it cannot be had), None loads it if installed.
+
+    Extensions are neither installed nor loaded on demand: Parquet, CSV and
+    JSON are built in, and httpfs is loaded here only when asked for.  Then
+    ``lock_configuration`` is set, so the trusted SQL of ``[source]`` cannot
+    change a setting (threads, memory limit, search path, extensions).
     """
-    config: dict[str, Any] = {"memory_limit": memory_limit or default_memory_limit()}
+    config: dict[str, Any] = {
+        "memory_limit": memory_limit or default_memory_limit(),
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+    }
     if threads:
         config["threads"] = threads
+    if search_path:
+        config["file_search_path"] = search_path
     con = duckdb.connect(":memory:", config=config)
     con.execute(f"set enable_progress_bar_print = {str(progress).lower()}")
     con.execute(f"set enable_progress_bar = {str(progress).lower()}")
     if progress:
         con.execute("set progress_bar_time = 2000")
+    if httpfs is not False:
+        try:
+            _load_httpfs(con, required=httpfs is True)
+        except BaseException:
+            con.close()
+            raise
+    con.execute("set lock_configuration = true")
     return con
 
 
@@ -297,13 +348,25 @@ def open_config_source(
     threads: int | None = None,
     memory_limit: str | None = None,
     progress: bool = False,
+    search_path: str | None = None,
 ) -> Iterator[Source]:
     """Open the source of a config: exactly one of path, database+table, query.
 
     ``progress`` turns on DuckDB's progress bar for long scans (for an
-    interactive terminal only); it is off otherwise.
+    interactive terminal only); it is off otherwise.  ``search_path`` is the
+    folder against which relative file names in ``query`` and ``where``
+    resolve (the config file's; see :func:`_connect`).
     """
-    con = _connect(threads, memory_limit, progress)
+    if query is not None:
+        _check_sql(query_problem(query))
+    if where:
+        _check_sql(where_problem(where))
+    remote: bool | None = False
+    if path is not None and _is_remote(path):
+        remote = True
+    elif any("://" in (text or "") for text in (query, where)):
+        remote = None
+    con = _connect(threads, memory_limit, progress, search_path=search_path, httpfs=remote)
     try:
         if path is not None:
             description = path
@@ -336,7 +399,6 @@ def open_config_source(
             )
         elif query is not None:
             description = "the [source] query"
-            _check_sql(query_problem(query))
             try:
                 con.execute(f"create temp view source_raw as\n{query}\n")
                 con.sql("select * from source_raw limit 0").fetchall()
@@ -362,6 +424,7 @@ def open_file_list(
     where: str | None = None,
     threads: int | None = None,
     memory_limit: str | None = None,
+    search_path: str | None = None,
 ) -> Iterator[Source]:
     """Open only ``files`` of the ``[source] path`` ``path``, naming each row's file.
 
@@ -379,7 +442,10 @@ def open_file_list(
         f"read_{kind}($files, hive_partitioning = true, union_by_name = true, filename = {name})"
     )
     description = f"{len(files)} file{'' if len(files) == 1 else 's'} of {path}"
-    con = _connect(threads, memory_limit)
+    if where:
+        _check_sql(where_problem(where))
+    httpfs = None if where and "://" in where else False
+    con = _connect(threads, memory_limit, search_path=search_path, httpfs=httpfs)
     try:
         try:
             found = con.sql(f"select * from {reader} limit 0", params={"files": files})
