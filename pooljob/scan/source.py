@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import glob
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,39 @@ _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 def quote_identifier(name: str) -> str:
     """Quote a column or table name for DuckDB: ``"`` doubled inside quotes."""
     return '"' + name.replace('"', '""') + '"'
+
+
+# A quoted identifier, a string literal, a comment, or a parameter ``$name``.
+_TOKENS = re.compile(
+    r"""("(?:[^"]|"")*"|'(?:[^']|'')*'|--[^\n]*|/\*.*?\*/)|\$([A-Za-z_]\w*)""", re.S
+)
+
+
+def double_literal(value: float) -> str:
+    """A DOUBLE as SQL text that DuckDB reads back bit for bit: ``cast('0.1' as double)``.
+
+    ``repr`` is the shortest text that round-trips (``nan`` and ``inf`` too),
+    and DuckDB's string-to-double cast is correctly rounded; a bare ``0.1``
+    would be a DECIMAL first.
+    """
+    return f"cast('{float(value)!r}' as double)"
+
+
+def inline_parameters(sql: str, params: dict[str, float]) -> str:
+    """``sql`` with each parameter ``$name`` of ``params`` written in as a DOUBLE literal.
+
+    Quoted identifiers, string literals and comments are left as they are;
+    a parameter not in ``params`` too.  The values are numbers pooljob
+    computed, never user text.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(2)
+        if name is None or name not in params:
+            return match.group(0)
+        return double_literal(params[name])
+
+    return _TOKENS.sub(replace, sql)
 
 
 def _is_remote(path: str) -> bool:
@@ -99,13 +133,10 @@ class Source:
 
         Values in ``params`` are bound as parameters (``$name``).  DuckDB's
         relation API cannot bind parameters, so for a relation given to the
-        Python API they are written as float literals with ``repr``: numbers
-        pooljob computed, never user text.
+        Python API they are written in (:func:`inline_parameters`).
         """
         if self._relation is not None:
-            for name, value in (params or {}).items():
-                sql = sql.replace(f"${name}", f"cast('{float(value)!r}' as double)")
-            rel = self._relation.query("source", sql)
+            rel = self._relation.query("source", inline_parameters(sql, params or {}))
         else:
             assert self._con is not None
             rel = self._con.sql(sql, params=params) if params else self._con.sql(sql)
