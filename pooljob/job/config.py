@@ -10,7 +10,7 @@ Example:
 
     [source]                 # exactly one of: path | database + table | query
     path = "data/*.parquet"  # Parquet or CSV; globs; hive partitions
-    where = "year = 2024"    # optional, trusted SQL filter
+    where = "year = 2024"    # optional, trusted SQL: one expression (DuckDB parses it)
     [model]
     formula = "income ~ 1 + (1 | state/county/zip)"
     family = "gaussian"
