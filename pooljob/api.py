@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pooljob.errors import ConfigError
 from pooljob.model.formula import parse_formula
-from pooljob.model.options import check_options, default_method
+from pooljob.model.options import FAMILIES, METHODS, check_options, default_method
 from pooljob.outputs.tables import FitResult
 from pooljob.pipeline import fit_source
 from pooljob.scan.source import open_data
@@ -38,7 +38,8 @@ def fit(
         ``cbind(successes, failures)``; a Poisson response a count column,
         with ``offset(log(exposure))`` for rates.
     method : {"reml", "ml", "laplace"}, optional
-        Default: ``"reml"`` for gaussian, ``"laplace"`` otherwise.
+        Default: ``"reml"`` for gaussian, ``"laplace"`` otherwise.  Family
+        and method are case-insensitive (``"REML"`` is ``"reml"``).
     interval : float
         Coverage of the ``lower``/``upper`` interval of the estimates.
 
@@ -50,6 +51,10 @@ def fit(
         ``.singular``.
     """
     parsed = parse_formula(formula)
+    if isinstance(family, str) and family.lower() in FAMILIES:
+        family = family.lower()  # type: ignore[assignment]
+    if isinstance(method, str) and method.lower() in METHODS:
+        method = method.lower()  # type: ignore[assignment]
     if method is None:
         method = default_method(family)  # type: ignore[assignment]
     assert method is not None

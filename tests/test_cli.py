@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+import pooljob
 from pooljob.job.cli import main
 from tests.helpers import write_config, write_rows
 
@@ -151,3 +152,20 @@ def test_console_script_is_installed(job: Path) -> None:
         pytest.skip("the pooljob console script is not installed in this environment")
     res = subprocess.run([str(exe), "--quiet", "run", str(job)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_bare_pooljob_prints_help_and_exits_2() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pooljob.job.cli"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("usage: pooljob") and "exit codes:" in done.stderr
+
+
+def test_version(capsys) -> None:
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out == f"pooljob {pooljob.__version__}\n"
+    assert pooljob.__version__ == "0.1.0"

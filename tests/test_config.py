@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+import pooljob
 from pooljob.errors import ConfigError
 from pooljob.job.config import load_config, parse_config
 
@@ -77,3 +78,29 @@ def test_load_config_errors(tmp_path: Path) -> None:
 def test_demo_config_is_valid() -> None:
     cfg = load_config(Path(__file__).parent.parent / "configs" / "demo.toml")
     assert cfg.model.formula.key_columns == ("state", "county", "zip")
+
+
+def test_option_values_are_case_insensitive(tmp_path: Path) -> None:
+    raw = {
+        "source": {"path": "data/*.parquet"},
+        "model": {"formula": "y ~ 1 + (1 | g)", "family": "Gaussian", "method": "REML"},
+        "output": {"path": "out"},
+        "engine": {"kind": "DuckDB"},
+    }
+    cfg = parse_config(raw, tmp_path / "job.toml")
+    assert (cfg.model.family, cfg.model.method, cfg.engine.kind) == ("gaussian", "reml", "duckdb")
+    raw["model"] = {"formula": "y ~ 1 + (1 | g)", "family": "BINOMIAL"}
+    cfg = parse_config(raw, tmp_path / "job.toml")
+    assert (cfg.model.family, cfg.model.method) == ("binomial", "laplace")
+    raw["model"] = {"formula": "y ~ 1 + (1 | g)", "method": "REMl2"}
+    with pytest.raises(ConfigError, match="method = 'REMl2' is not supported"):
+        parse_config(raw, tmp_path / "job.toml")
+
+
+def test_api_options_are_case_insensitive() -> None:
+    data = str(Path(__file__).parent / "data" / "Dyestuff.csv")
+    options: dict = {"family": "Gaussian", "method": "REML"}
+    upper = pooljob.fit("Yield ~ 1 + (1 | Batch)", data, **options)
+    lower = pooljob.fit("Yield ~ 1 + (1 | Batch)", data, method="reml")
+    assert upper.method == "reml" and upper.family == "gaussian"
+    assert upper.objective == lower.objective

@@ -20,7 +20,7 @@ from pooljob.job.demo import write_demo_data
 from pooljob.outputs.report import REPORT, build_report
 from pooljob.outputs.report_data import level_frame, load_run, resolve_grouping, select_groups
 from pooljob.outputs.report_figures import require_matplotlib
-from tests.helpers import write_rows
+from tests.helpers import tree_digest, write_rows
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NETWORK = ("http://", "https://", "//cdn", "<script", "<link", "<iframe", "@import", "url(http")
@@ -118,16 +118,45 @@ def test_small_groups_are_pulled_toward_their_parent(demo_run: Path) -> None:
 
 
 def test_cli_report_on_an_existing_run_is_deterministic(
-    demo_run: Path, capsys: pytest.CaptureFixture[str]
+    demo_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    before = (demo_run / REPORT).read_bytes()
-    assert main(["report", str(demo_run)]) == 0
-    assert "report written to" in capsys.readouterr().out
-    assert (demo_run / REPORT).read_bytes() == before  # same run, same bytes
-    assert main(["--quiet", "report", str(demo_run), "--grouping", "state"]) == 0
-    text = (demo_run / REPORT).read_text(encoding="utf-8")
+    before = tree_digest(demo_run.resolve())
+    in_run = (demo_run / REPORT).read_bytes()
+    assert main(["report", str(demo_run), "--output", str(tmp_path / "a.html")]) == 0
+    assert f"report written to {tmp_path / 'a.html'}" in capsys.readouterr().out
+    assert (tmp_path / "a.html").read_bytes() == in_run  # same run, same bytes
+    assert (
+        main(["--quiet", "report", str(demo_run), "--grouping", "state", "-o", str(tmp_path)]) == 0
+    )
+    text = (tmp_path / REPORT).read_text(encoding="utf-8")  # a directory: FILE/report.html
     assert "Partial pooling: state" in text and "<td>DC</td>" in text
-    (demo_run / REPORT).write_bytes(before)
+    assert tree_digest(demo_run.resolve()) == before  # a published run never changes
+
+
+def test_cli_report_writes_to_the_working_directory_by_default(
+    demo_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = tree_digest(demo_run.resolve())
+    monkeypatch.chdir(tmp_path)
+    assert main(["--quiet", "report", str(demo_run)]) == 0
+    assert (tmp_path / REPORT).read_bytes() == (demo_run / REPORT).read_bytes()
+    assert tree_digest(demo_run.resolve()) == before
+
+
+@pytest.mark.parametrize("where", ["run", "file in run", "runs folder"])
+def test_cli_report_refuses_to_write_into_a_published_run(
+    demo_run: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    before = tree_digest(demo_run.resolve())
+    output = {
+        "run": demo_run,
+        "file in run": demo_run / REPORT,
+        "runs folder": demo_run.resolve() / "sub" / "x.html",
+    }[where]
+    assert main(["report", str(demo_run), "--output", str(output)]) == 2
+    err = _error_line(capsys)
+    assert "a published run never changes" in err and "--output" in err
+    assert tree_digest(demo_run.resolve()) == before
 
 
 def test_cli_report_without_report_in_the_config(tmp_path: Path) -> None:
@@ -144,11 +173,13 @@ def test_cli_report_without_report_in_the_config(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         check=False,
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
-    text = (current / REPORT).read_text(encoding="utf-8")
+    text = (tmp_path / REPORT).read_text(encoding="utf-8")
     assert "Partial pooling: store:region" in text
-    assert not list(current.glob(".*"))  # the temporary file was renamed
+    assert not (current / REPORT).exists()
+    assert not list(tmp_path.glob(".*"))  # the temporary file was renamed
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """Command line: ``pooljob run CONFIG``, ``pooljob validate CONFIG``, ``pooljob demo-data DIR``.
 
-``pooljob report RUN_DIR`` writes ``report.html`` into a published run.
+``pooljob report RUN_DIR [--output FILE]`` writes the report of a published
+run (default ``report.html`` in the working directory; never into the run).
 ``pooljob explain CONFIG`` prints the SQL a run would send to DuckDB.
 Exit codes: 0 success; 2 bad config or formula; 3 bad input data; 4 output
 locked by another run; 5 outputs could not be written; 70 internal error.
@@ -12,24 +13,29 @@ too).
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import signal
 import sys
 import threading
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import NoReturn
 
 import polars as pl
 
-from pooljob.errors import PooljobError
+from pooljob import __version__
+from pooljob.errors import ConfigError, PooljobError
 from pooljob.job.logs import LOG_FORMATS, json_line, setup_logging
 from pooljob.model.formula import Grouping
 from pooljob.outputs.tables import FitResult
 
 log = logging.getLogger("pooljob")
 
+#: ``pooljob report``'s default ``--output``, in the working directory.
+REPORT_FILE = "report.html"
 
 EXIT_CODES = """\
 exit codes:
@@ -70,7 +76,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _wants_json(argv: Sequence[str]) -> bool:
     args = list(argv)
-    pairs = zip(args, [*args[1:], ""], strict=True)
+    pairs = itertools.pairwise(args)
     return "--log-format=json" in args or any(a == "--log-format" and b == "json" for a, b in pairs)
 
 
@@ -214,9 +220,18 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from pooljob.outputs.report import write_report
+    from pooljob.outputs.report import REPORT, write_report
 
-    path = write_report(args.run_dir, args.grouping)
+    output = Path(args.output)
+    if output.is_dir():
+        output = output / REPORT
+    run_dir = Path(args.run_dir).resolve()
+    if run_dir in output.resolve().parents:
+        raise ConfigError(
+            f"--output {args.output!r} is inside the run {str(run_dir)!r}, and a published run "
+            "never changes; write the report elsewhere, e.g. --output report.html"
+        )
+    path = write_report(args.run_dir, args.grouping, output)
     if not args.quiet:
         print(f"report written to {path}")
     return 0
@@ -230,6 +245,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"pooljob {__version__}")
     parser.add_argument("--verbose", action="store_true", help="debug logs and tracebacks")
     parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
     parser.add_argument(
@@ -266,9 +282,19 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         help="write the poll demo instead (poll.parquet and population.parquet, for MRP)",
     )
     p_demo.set_defaults(func=_cmd_demo_data)
-    p_rep = sub.add_parser("report", help="write RUN_DIR/report.html from a published run")
+    p_rep = sub.add_parser(
+        "report", help="write the report.html of a published run (the run is not changed)"
+    )
     p_rep.add_argument(
         "run_dir", metavar="RUN_DIR", help="a run directory, e.g. out/income/current"
+    )
+    p_rep.add_argument(
+        "--output",
+        "-o",
+        metavar="FILE",
+        default=REPORT_FILE,
+        help=f"where to write it, outside the run (default: {REPORT_FILE} in the working "
+        "directory; a directory: FILE/report.html)",
     )
     p_rep.add_argument("--grouping", help="the grouping to draw (default: the finest)")
     p_rep.set_defaults(func=_cmd_report)
@@ -303,7 +329,11 @@ def _fail(args: argparse.Namespace, event: str, text: str, code: int, exc: BaseE
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(json_errors=_wants_json(argv)).parse_args(argv)
+    parser = build_parser(json_errors=_wants_json(argv))
+    if not argv:  # bare `pooljob`: the help, and exit 2 as for any other usage error
+        parser.print_help(sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     _setup_logging(args.verbose, args.quiet, args.log_format)
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main else None

@@ -10,7 +10,7 @@ Example:
 
     [source]                 # exactly one of: path | database + table | query
     path = "data/*.parquet"  # Parquet or CSV; globs; hive partitions
-    where = "year = 2024"    # optional, trusted SQL filter
+    where = "year = 2024"    # optional, trusted SQL: one expression (DuckDB parses it)
     [model]
     formula = "income ~ 1 + (1 | state/county/zip)"
     family = "gaussian"
@@ -48,6 +48,7 @@ from pooljob.model.formula import Formula, parse_formula
 from pooljob.model.options import FAMILIES, METHODS, check_options, default_method
 from pooljob.outputs.poststratify import PoststratifyConfig
 from pooljob.outputs.report_data import resolve_grouping
+from pooljob.scan.source import query_problem, where_problem
 
 _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "source": {"path": str, "database": str, "table": str, "query": str, "where": str},
@@ -76,6 +77,7 @@ class SourceConfig:
     table: str | None = None
     query: str | None = None
     where: str | None = None
+    folder: str | None = None  # the config file's: relative paths in query and where
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,16 @@ def _resolve(base: Path, value: str) -> str:
     return os.path.normpath(base / value)
 
 
+def _option(value: Any, choices: tuple[str, ...]) -> Any:
+    """An option chosen from ``choices`` (family, method, engine kind), in any case.
+
+    A value that is none of them is kept as given, for the error message.
+    """
+    if isinstance(value, str) and value.strip().lower() in choices:
+        return value.strip().lower()
+    return value
+
+
 def _check_types(raw: dict[str, Any], problems: list[str]) -> None:
     for section, body in raw.items():
         if section not in _ALLOWED:
@@ -209,7 +221,16 @@ def _source(raw: dict[str, Any], base: Path, problems: list[str]) -> SourceConfi
         table=src.get("table"),
         query=src.get("query"),
         where=src.get("where"),
+        folder=str(base),
     )
+
+
+def _sql_problems(source: SourceConfig) -> list[str | None]:
+    """DuckDB's parser on ``where`` (one expression) and ``query`` (one SELECT); nothing runs."""
+    return [
+        where_problem(source.where) if source.where and source.where.strip() else None,
+        query_problem(source.query) if source.query and source.query.strip() else None,
+    ]
 
 
 def _flat_conf(table: dict[str, Any], prefix: str, problems: list[str]) -> dict[str, str]:
@@ -230,7 +251,7 @@ def _flat_conf(table: dict[str, Any], prefix: str, problems: list[str]) -> dict[
 
 def _engine(eng_raw: dict[str, Any], source: SourceConfig, problems: list[str]) -> EngineConfig:
     """The [engine] section; Spark reads only a [source] path and takes Spark settings."""
-    kind = eng_raw.get("kind", "duckdb")
+    kind = _option(eng_raw.get("kind", "duckdb"), ENGINES)
     threads = eng_raw.get("threads")
     if isinstance(threads, int) and threads < 1:
         problems.append(f"[engine] threads = {threads} must be at least 1")
@@ -325,8 +346,11 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             formula = parse_formula(model_raw["formula"])
         except FormulaError as exc:
             problems.append(f"[model] formula: {exc}")
-    family = model_raw.get("family", "gaussian")
-    method = model_raw.get("method", default_method(family) if isinstance(family, str) else "reml")
+    family = _option(model_raw.get("family", "gaussian"), FAMILIES)
+    method = _option(
+        model_raw.get("method", default_method(family) if isinstance(family, str) else "reml"),
+        METHODS,
+    )
     interval = out_raw.get("interval", 0.95)
     if isinstance(family, str) and isinstance(method, str):
         problems.extend(
@@ -339,6 +363,8 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
     if isinstance(keep_runs, int) and not isinstance(keep_runs, bool) and keep_runs < 1:
         problems.append(f"[output] keep_runs = {keep_runs} must be at least 1")
     engine = _engine(eng_raw, source, problems)
+    if engine.kind == "duckdb":  # trusted SQL, still one expression or one SELECT
+        problems.extend(p for p in _sql_problems(source) if p is not None)
     if engine.kind == "spark" and family in ("binomial", "poisson"):
         problems.append(
             f"family = {family!r} runs on [engine] kind = 'duckdb': the Spark engine computes "

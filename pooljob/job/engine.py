@@ -45,5 +45,6 @@ def open_source(config: Config, progress: bool = False) -> Iterator[TableSource]
         threads=e.threads,
         memory_limit=e.memory_limit,
         progress=progress,
+        search_path=s.folder,
     ) as source:
         yield source

@@ -4,14 +4,15 @@ Opening the source reads only its schema (Parquet footers, a CSV sample, a
 catalog), never its rows.  The output is the definitions of the two views
 (``source_raw``, the input; ``source``, with the ``[source] where`` filter)
 as DuckDB holds them, and the statistics query with the model's identifiers
-quoted and filled in, so that it can be pasted into a DuckDB shell.
+quoted and filled in and the values a run binds written in as literals, so
+that it can be pasted into a DuckDB shell and run as it is.
 """
 
 from __future__ import annotations
 
 from pooljob.job.config import Config
 from pooljob.scan.cell_counts import COUNT_FAMILIES
-from pooljob.scan.source import open_config_source
+from pooljob.scan.source import inline_parameters, open_config_source
 from pooljob.scan.statistics import check_schema, group_stats_sql
 
 
@@ -36,7 +37,12 @@ def explain(config: Config) -> str:
         return _explain_spark(config)
     s = config.source
     with open_config_source(
-        path=s.path, database=s.database, table=s.table, query=s.query, where=s.where
+        path=s.path,
+        database=s.database,
+        table=s.table,
+        query=s.query,
+        where=s.where,
+        search_path=s.folder,
     ) as source:
         spec = check_schema(source, config.model.formula, config.model.family)
         views = source.view_sql()
@@ -54,19 +60,22 @@ def explain(config: Config) -> str:
         ]
     else:
         stats_sql = group_stats_sql(formula, columns=columns)  # types tell categorical columns
+        shifts = {f"s{i}": 0.0 for i in range(len(spec.variables))}  # as the first scan binds
+        stats_sql = inline_parameters(stats_sql, shifts)
         what = [
-            "-- per-group statistics, one scan; the centring shifts (its $ parameters) are bound",
-            "-- to 0 (a second scan, made only for NaN or infinite values or a mean far from 0,",
-            "-- skips those rows or binds a shift)",
+            "-- per-group statistics, one scan; the centring shifts ($s<i> in the template) are",
+            "-- 0, written in as cast('0.0' as double) (a second scan, made only for NaN or",
+            "-- infinite values or a mean far from 0, skips those rows or binds a shift)",
         ]
     lines = [
         f"-- pooljob explain {config.file}",
         f"-- model: {formula.text} ({config.model.family}, {config.model.method.upper()})",
         f"-- source: {description}",
     ]
+    if (s.query is not None or s.where) and s.folder:  # relative paths in them, as in a run
+        lines.append(f"set file_search_path = {_string_literal(s.folder)};")
     if s.database is not None:
-        quoted = s.database.replace("'", "''")
-        lines.append(f"attach '{quoted}' as warehouse (read_only);")
+        lines.append(f"attach {_string_literal(s.database)} as warehouse (read_only);")
     lines += [
         *views,
         "",
@@ -74,6 +83,10 @@ def explain(config: Config) -> str:
         stats_sql.strip().rstrip(";") + ";",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _string_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _explain_spark(config: Config) -> str:

@@ -282,6 +282,7 @@ def _scan_files(
         where=config.source.where,
         threads=config.engine.threads,
         memory_limit=config.engine.memory_limit,
+        search_path=config.source.folder,
     ) as files:
         at = np.zeros(m) if shifts is None else shifts
         scanned = scan_moments(files, spec.keys, spec.variables, at, by=by)

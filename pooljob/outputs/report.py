@@ -2,7 +2,8 @@
 
 Built from a run directory alone (``manifest.json`` and the Parquet outputs),
 so it works both inside a job (``[output] report = true``, written into the
-run before it is published) and afterwards (``pooljob report RUN_DIR``).
+run before it is published) and afterwards (``pooljob report RUN_DIR``,
+written outside the run, which never changes once published).
 Figures are inline SVG; the page has no scripts and links to nothing.
 """
 
@@ -52,8 +53,10 @@ OTHER_LIMIT = 30  # groups drawn for each of the other groupings
 TOP_PULLED = 12
 
 
-def write_report(run_dir: str | Path, grouping: str | None = None) -> Path:
-    """Write ``report.html`` into ``run_dir`` (a temporary file, then ``os.replace``).
+def write_report(
+    run_dir: str | Path, grouping: str | None = None, output: str | Path | None = None
+) -> Path:
+    """Write the report of ``run_dir`` (a temporary file, then ``os.replace``).
 
     Parameters
     ----------
@@ -61,6 +64,10 @@ def write_report(run_dir: str | Path, grouping: str | None = None) -> Path:
         A run directory (``out/…/current`` or ``out/…/runs/<run_id>``).
     grouping : str, optional
         The grouping to draw (lme4's name or its first column); default the finest.
+    output : str or Path, optional
+        The file to write.  Default ``run_dir/report.html``: for a job's run
+        before it is published only, since a published run never changes
+        (``pooljob report`` writes elsewhere).
 
     Returns
     -------
@@ -68,7 +75,7 @@ def write_report(run_dir: str | Path, grouping: str | None = None) -> Path:
         The report file.
     """
     text = build_report(run_dir, grouping)
-    target = Path(run_dir) / REPORT
+    target = Path(run_dir) / REPORT if output is None else Path(output)
     tmp = target.with_name(f".{REPORT}.{os.getpid()}.tmp")
     try:
         tmp.write_text(text, encoding="utf-8")

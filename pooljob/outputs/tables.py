@@ -92,6 +92,31 @@ class FitResult:
         names = published_names(sources)
         return {k: names[k] for k in sources if names[k] in self.estimates.columns}
 
+    def __repr__(self) -> str:
+        """One line: formula, family and method, size, criterion, convergence (no tables)."""
+        return (
+            f"FitResult({self.formula.text!r}, family={self.family!r}, "
+            f"method={self.method!r}, nobs={self.nobs}, groups={self.groups}, "
+            f"objective={self.objective:.6f}, converged={self.converged})"
+        )
+
+    def __str__(self) -> str:
+        """The fit as lme4 prints ``summary(m)``: see :meth:`summary_text`."""
+        return self.summary_text()
+
+    def summary_text(self) -> str:
+        """The fit as lme4 prints ``summary(m)``, for people.
+
+        Formula, method and criterion (REML, or AIC, BIC, logLik and
+        deviance), the random effects' variances, standard deviations and
+        correlations, the number of observations and groups, and the fixed
+        effects with standard errors and t (or z) values.  ``print(fit)``
+        shows it; :meth:`summary` is the manifest's dict of numbers.
+        """
+        from pooljob.outputs.summary_text import summary_text
+
+        return summary_text(self)
+
     def summary(self) -> dict[str, Any]:
         """The fit's numbers for the manifest (no tables)."""
         return {

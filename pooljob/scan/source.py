@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import duckdb
 import pyarrow as pa
 
-from pooljob.errors import InputError, MissingColumnError
+from pooljob.errors import ConfigError, InputError, MissingColumnError
 
 _CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".txt")
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
@@ -33,25 +33,37 @@ def quote_identifier(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-#: A comment, a quoted identifier, a string literal, or a ``$name`` parameter.
-_TOKEN = re.compile(r"--[^\n]*|\"(?:[^\"]|\"\")*\"|'(?:[^']|'')*'|\$(\w+)")
+# A quoted identifier, a string literal, a comment, or a parameter ``$name``.
+_TOKENS = re.compile(
+    r"""("(?:[^"]|"")*"|'(?:[^']|'')*'|--[^\n]*|/\*.*?\*/)|\$([A-Za-z_]\w*)""", re.S
+)
+
+
+def double_literal(value: float) -> str:
+    """A DOUBLE as SQL text that DuckDB reads back bit for bit: ``cast('0.1' as double)``.
+
+    ``repr`` is the shortest text that round-trips (``nan`` and ``inf`` too),
+    and DuckDB's string-to-double cast is correctly rounded; a bare ``0.1``
+    would be a DECIMAL first.
+    """
+    return f"cast('{float(value)!r}' as double)"
 
 
 def inline_parameters(sql: str, params: dict[str, float]) -> str:
-    """``sql`` with its ``$name`` parameters written as double literals.
+    """``sql`` with each parameter ``$name`` of ``params`` written in as a DOUBLE literal.
 
-    Only whole parameter tokens are replaced (``$s1`` is not part of
-    ``$s10``), never text inside a quoted identifier, a string or a comment:
-    a column named ``a$s0`` stays what it is.
+    Quoted identifiers, string literals and comments are left as they are;
+    a parameter not in ``params`` too.  The values are numbers pooljob
+    computed, never user text.
     """
 
-    def literal(match: re.Match[str]) -> str:
-        name = match.group(1)
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(2)
         if name is None or name not in params:
             return match.group(0)
-        return f"cast('{float(params[name])!r}' as double)"
+        return double_literal(params[name])
 
-    return _TOKEN.sub(literal, sql)
+    return _TOKENS.sub(replace, sql)
 
 
 def _is_remote(path: str) -> bool:
@@ -121,8 +133,7 @@ class Source:
 
         Values in ``params`` are bound as parameters (``$name``).  DuckDB's
         relation API cannot bind parameters, so for a relation given to the
-        Python API they are written as float literals with ``repr``: numbers
-        pooljob computed, never user text.
+        Python API they are written in (:func:`inline_parameters`).
         """
         if self._relation is not None:
             rel = self._relation.query("source", inline_parameters(sql, params or {}))
@@ -192,12 +203,72 @@ def _file_relation(con: duckdb.DuckDBPyConnection, pattern: str) -> duckdb.DuckD
         raise InputError(f"cannot read {pattern!r} as {kind}: {_first_line(exc)}") from exc
 
 
+def _filter_sql(where: str) -> str:
+    """The query of the view ``source``: ``source_raw`` filtered by ``where``.
+
+    ``where`` stands on lines of its own, so that a ``--`` comment in it
+    cannot swallow the closing parenthesis.
+    """
+    return f"select * from source_raw where (\n{where}\n)"
+
+
+def where_problem(where: str) -> str | None:
+    """Why ``[source] where`` is not one SQL expression, by DuckDB's parser; None if it is.
+
+    Nothing is run: the text is parsed alone as an expression, then as the
+    filter of the view ``source``, which must be one SELECT statement.  So
+    ``1=1); copy (select 42) to 'x.csv'; select (1`` is refused before any
+    connection is opened.
+    """
+    what = f"[source] where = {where!r} must be one SQL expression, such as year = 2024"
+    try:
+        parse_expression = getattr(duckdb, "SQLExpression", None)  # duckdb >= 1.2
+        if parse_expression is not None:
+            parse_expression(where)
+        statements = duckdb.extract_statements(_filter_sql(where))
+    except duckdb.Error as exc:
+        return f"{what} (DuckDB's parser: {_first_line(exc)})"
+    kinds = [st.type.name for st in statements]
+    if kinds != ["SELECT"]:
+        return f"{what}; it makes the statements {', '.join(kinds)} (no ';' in a filter)"
+    return None
+
+
+def query_problem(query: str) -> str | None:
+    """Why ``[source] query`` is not one SELECT statement, by DuckDB's parser; None if it is.
+
+    ``WITH … SELECT``, ``FROM t``, ``VALUES``, ``SUMMARIZE`` and
+    ``DESCRIBE`` are SELECT statements to DuckDB; COPY, ATTACH, INSTALL,
+    LOAD, PRAGMA, SET, CALL, CREATE, INSERT and the like are refused, and so
+    is a second statement after a ``;``.
+    """
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as exc:
+        return f"[source] query is not valid SQL (DuckDB's parser: {_first_line(exc)})"
+    kinds = [st.type.name for st in statements]
+    if kinds != ["SELECT"]:
+        what = "[source] query must be one SELECT statement (or WITH … SELECT)"
+        if len(kinds) == 1:
+            return f"{what}; got a {kinds[0]} statement"
+        return (
+            f"{what}; got {len(kinds)} statements ({', '.join(kinds) or 'none'}): keep only "
+            "the SELECT (a ';' ends a statement)"
+        )
+    return None
+
+
+def _check_sql(problem: str | None) -> None:
+    if problem is not None:
+        raise ConfigError(problem)
+
+
 def _apply_where(con: duckdb.DuckDBPyConnection, where: str | None, description: str) -> None:
     if not where:
         con.execute("create temp view source as select * from source_raw")
         return
-    try:
-        con.execute(f"create temp view source as select * from source_raw where ({where})")
+    try:  # where_problem(where) was checked before the connection was opened
+        con.execute(f"create temp view source as {_filter_sql(where)}")
         con.sql("select * from source limit 0").fetchall()
     except duckdb.Error as exc:
         raise InputError(
@@ -224,24 +295,76 @@ def default_memory_limit() -> str:
     return f"{limit // 2**20}MiB"
 
 
+def _load_httpfs(con: duckdb.DuckDBPyConnection, required: bool) -> None:
+    """Load DuckDB's httpfs extension (remote paths), installing it first if need be.
+
+    Extensions are never installed or loaded on demand (see :func:`_connect`);
+    this is the one pooljob loads, for a remote ``[source] path`` (``required``:
+    installed if need be, an error if it cannot be had) or SQL that names a
+    URL (loaded if it is installed: the URL may be plain text).
+    """
+    try:
+        con.execute("load httpfs")
+        return
+    except duckdb.Error:
+        if not required:  # no download for a URL that may be plain text
+            return
+    try:
+        con.execute("install httpfs")
+        con.execute("load httpfs")
+    except duckdb.Error as exc:
+        if required:
+            raise InputError(
+                "a remote [source] path needs DuckDB's httpfs extension, which could not be "
+                f"installed: {_first_line(exc)}; install it once with: python -c "
+                "\"import duckdb; duckdb.install_extension('httpfs')\""
+            ) from exc
+
+
 def _connect(
-    threads: int | None, memory_limit: str | None, progress: bool = False
+    threads: int | None,
+    memory_limit: str | None,
+    progress: bool = False,
+    *,
+    search_path: str | None = None,
+    httpfs: bool | None = False,
 ) -> duckdb.DuckDBPyConnection:
-    """An in-memory connection; DuckDB's progress bar on only if ``progress``.
+    """An in-memory connection, its settings locked; DuckDB's progress bar only if ``progress``.
 
     ``memory_limit`` defaults to :func:`default_memory_limit`.  The bar is
     drawn on stdout after ``progress_bar_time`` ms; these are session
     settings (DuckDB refuses them in ``connect``'s config), set one
-    statement at a time.
+    statement at a time.  ``search_path`` (DuckDB's ``file_search_path``)
+    is where relative file names in trusted SQL are looked for: the config
+    file's folder.  ``httpfs`` True loads the httpfs extension (installed if
+    need be; an error if it cannot be had), None loads it if installed.
+
+    Extensions are neither installed nor loaded on demand: Parquet, CSV and
+    JSON are built in, and httpfs is loaded here only when asked for.  Then
+    ``lock_configuration`` is set, so the trusted SQL of ``[source]`` cannot
+    change a setting (threads, memory limit, search path, extensions).
     """
-    config: dict[str, Any] = {"memory_limit": memory_limit or default_memory_limit()}
+    config: dict[str, Any] = {
+        "memory_limit": memory_limit or default_memory_limit(),
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+    }
     if threads:
         config["threads"] = threads
+    if search_path:
+        config["file_search_path"] = search_path
     con = duckdb.connect(":memory:", config=config)
     con.execute(f"set enable_progress_bar_print = {str(progress).lower()}")
     con.execute(f"set enable_progress_bar = {str(progress).lower()}")
     if progress:
         con.execute("set progress_bar_time = 2000")
+    if httpfs is not False:
+        try:
+            _load_httpfs(con, required=httpfs is True)
+        except BaseException:
+            con.close()
+            raise
+    con.execute("set lock_configuration = true")
     return con
 
 
@@ -256,13 +379,25 @@ def open_config_source(
     threads: int | None = None,
     memory_limit: str | None = None,
     progress: bool = False,
+    search_path: str | None = None,
 ) -> Iterator[Source]:
     """Open the source of a config: exactly one of path, database+table, query.
 
     ``progress`` turns on DuckDB's progress bar for long scans (for an
-    interactive terminal only); it is off otherwise.
+    interactive terminal only); it is off otherwise.  ``search_path`` is the
+    folder against which relative file names in ``query`` and ``where``
+    resolve (the config file's; see :func:`_connect`).
     """
-    con = _connect(threads, memory_limit, progress)
+    if query is not None:
+        _check_sql(query_problem(query))
+    if where:
+        _check_sql(where_problem(where))
+    remote: bool | None = False
+    if path is not None and _is_remote(path):
+        remote = True
+    elif any("://" in (text or "") for text in (query, where)):
+        remote = None
+    con = _connect(threads, memory_limit, progress, search_path=search_path, httpfs=remote)
     try:
         if path is not None:
             description = path
@@ -296,7 +431,7 @@ def open_config_source(
         elif query is not None:
             description = "the [source] query"
             try:
-                con.execute(f"create temp view source_raw as {query}")
+                con.execute(f"create temp view source_raw as\n{query}\n")
                 con.sql("select * from source_raw limit 0").fetchall()
             except duckdb.Error as exc:
                 raise InputError(f"[source] query failed: {_first_line(exc)}") from exc
@@ -320,6 +455,7 @@ def open_file_list(
     where: str | None = None,
     threads: int | None = None,
     memory_limit: str | None = None,
+    search_path: str | None = None,
 ) -> Iterator[Source]:
     """Open only ``files`` of the ``[source] path`` ``path``, naming each row's file.
 
@@ -337,7 +473,10 @@ def open_file_list(
         f"read_{kind}($files, hive_partitioning = true, union_by_name = true, filename = {name})"
     )
     description = f"{len(files)} file{'' if len(files) == 1 else 's'} of {path}"
-    con = _connect(threads, memory_limit)
+    if where:
+        _check_sql(where_problem(where))
+    httpfs = None if where and "://" in where else False
+    con = _connect(threads, memory_limit, search_path=search_path, httpfs=httpfs)
     try:
         try:
             found = con.sql(f"select * from {reader} limit 0", params={"files": files})
