@@ -5,7 +5,7 @@ squares, and the key columns) is generated directly in numpy, for a
 three-level nested tree ``(1 | state/county/zip)`` — no SQL pass, no rows.
 Then, as a run does after its scan, it times:
 
-* ``tree``: :func:`pooljob.scan.statistics.nested_statistics` (order the cells
+* ``tree``: :func:`pooljob.scan.tree.nested_statistics` (order the cells
   into the tree, check nesting, code the levels);
 * ``fit``: :func:`pooljob.model.nested_fit.fit_nested` (Newton on the exact REML
   criterion, then the smoothing passes), with its criterion evaluations;
@@ -32,11 +32,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from pooljob.model.cells import CellTable
 from pooljob.model.formula import parse_formula
 from pooljob.model.nested_fit import fit_nested
 from pooljob.outputs.tables import build
-from pooljob.scan.cell_moments import CellTable
-from pooljob.scan.statistics import nested_statistics
+from pooljob.scan.tree import nested_statistics
 
 FORMULA = parse_formula("y ~ 1 + (1 | state/county/zip)")
 STATES = 50

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 
 from pooljob.errors import InputError, NotNestedError
+from pooljob.model.cells import CellTable
 from pooljob.model.formula import Formula
 from pooljob.model.glmm import fit_counts
 from pooljob.model.nested_fit import fit_nested
@@ -21,9 +22,10 @@ from pooljob.model.optimize import is_singular
 from pooljob.outputs.count_tables import count_tables, predictor, prepare_counts
 from pooljob.outputs.tables import FitResult, build, build_general
 from pooljob.scan.cell_counts import COUNT_FAMILIES, count_stats_sql, covariate_indices, scan_counts
-from pooljob.scan.cell_moments import CellTable, scan_cells
+from pooljob.scan.cell_moments import scan_cells
+from pooljob.scan.schema import ScanSpec, check_schema
 from pooljob.scan.source import TableSource
-from pooljob.scan.statistics import ScanSpec, check_schema, nested_statistics
+from pooljob.scan.tree import nested_statistics
 
 #: Gaussian solvers: ``auto`` (the tree where the groupings nest) or ``blocked`` (always).
 SOLVERS = ("auto", "blocked")

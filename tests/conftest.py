@@ -1,10 +1,18 @@
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
+import os
 
-import pytest
+# One BLAS thread, as `pooljob run` has it (pooljob/__init__.py): with two threads
+# on two shared cores, the small dense solves of the references and solvers spend
+# their time waking threads (a 1.6 s dense minimisation took 130 s under load).
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 

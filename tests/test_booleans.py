@@ -19,8 +19,8 @@ import pytest
 
 import pooljob
 from pooljob.model.formula import parse_formula
+from pooljob.scan.schema import check_schema
 from pooljob.scan.source import open_data
-from pooljob.scan.statistics import check_schema
 from tests.conftest import DATA, reference
 
 BOOLEANS = DATA / "booleans.csv"

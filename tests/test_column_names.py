@@ -41,8 +41,9 @@ from pooljob.outputs.count_tables import prepare_counts
 from pooljob.outputs.tables import FitResult
 from pooljob.scan.cell_counts import scan_counts
 from pooljob.scan.cell_moments import file_column, scan_cells
+from pooljob.scan.schema import check_schema
 from pooljob.scan.source import inline_parameters, open_config_source, open_data
-from pooljob.scan.statistics import check_schema, nested_statistics
+from pooljob.scan.tree import nested_statistics
 from tests.conftest import DATA
 
 #: Names pooljob gives (or gave) its own columns and parameters, and names

@@ -10,7 +10,7 @@ import pooljob
 from pooljob.model.formula import parse_formula
 from pooljob.model.nested import objective
 from pooljob.scan.source import open_data
-from pooljob.scan.statistics import compute
+from pooljob.scan.tree import compute
 from tests import dense
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pooljob.job.cli import main
-from pooljob.outputs.publish import LOCK
+from pooljob.job.lock import LOCK
 from pooljob.scan.source import Source
 from tests.helpers import tree_digest, write_config, write_rows
 from tests.mounts import fill, immutable, read_only, read_only_bind, tmpfs

@@ -27,8 +27,8 @@ from pooljob.job.fingerprint import snapshot
 from pooljob.job.run import RunOutcome, run
 from pooljob.scan.cell_moments import scan_cells
 from pooljob.scan.merge import merge_moments
+from pooljob.scan.schema import check_schema
 from pooljob.scan.source import open_config_source
-from pooljob.scan.statistics import check_schema
 from pooljob.scan.store import RECORD, STATE
 from tests.helpers import tree_digest
 

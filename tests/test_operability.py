@@ -232,7 +232,9 @@ def test_explained_sql_gives_the_statistics_of_the_run(
         cfg.read_text().replace('path = "data/*.parquet"', source + '\nwhere = "sales > 95"')
     )
     sql = _explained(cfg, monkeypatch, capsys)
+    assert '-- the result\'s key columns: k0 = "region", k1 = "store"' in sql
     stats = _run_printed(sql, tmp_path, monkeypatch)  # from another folder: paths still resolve
+    stats = stats.rename({"k0": "region", "k1": "store"})
     assert main(["--quiet", "run", str(cfg)]) == 0
     capsys.readouterr()
     est = pl.read_parquet(job / "out" / "current" / "estimates.parquet")

@@ -15,7 +15,7 @@ from pooljob.errors import LockHeldError, PublishError
 from pooljob.job import run as job_module
 from pooljob.job.cli import main
 from pooljob.job.config import load_config
-from pooljob.outputs.publish import LOCK, output_lock
+from pooljob.job.lock import LOCK, output_lock
 from tests.helpers import tree_digest, write_config, write_rows
 
 

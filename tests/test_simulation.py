@@ -49,16 +49,25 @@ def test_intervals_cover_the_true_group_means() -> None:
     assert err_pooled < 0.7 * err_raw
 
 
-def test_leaf_estimate_is_the_shrinkage_blend_of_parent_and_raw_mean() -> None:
+def test_leaf_estimate_is_the_blend_of_parent_and_raw_mean() -> None:
+    """A leaf's BLUP: w · parent + (1 − w) · raw_mean with w = σ²/(σ² + n τ²).
+
+    ``parent`` is the published column (μ̂ plus the ancestors' effects); the
+    published ``shrinkage`` is lme4's condVar over τ², which also carries the
+    parent's own uncertainty, so it is at least ``w``.
+    """
     df, _ = simulate(4)
     fit = pooljob.fit("y ~ 1 + (1 | state/county/zip)", df)
     leaf = fit.estimates.filter(pl.col("grouping") == "zip:(county:state)")
-    parent = fit.estimates.filter(pl.col("grouping") == "county:state").select(
-        "state", "county", pl.col("estimate").alias("parent")
-    )
-    joined = leaf.join(parent, on=["state", "county"])
-    blend = joined["shrinkage"] * joined["parent"] + (1 - joined["shrinkage"]) * joined["raw_mean"]
-    np.testing.assert_allclose(joined["estimate"], blend, rtol=1e-12)
     comp = dict(fit.components.select("grouping", "variance").rows())
-    expected = comp["Residual"] / (comp["Residual"] + joined["n"] * comp["zip:(county:state)"])
-    np.testing.assert_allclose(joined["shrinkage"], expected, rtol=1e-12)
+    w = comp["Residual"] / (comp["Residual"] + leaf["n"] * comp["zip:(county:state)"])
+    blend = w * leaf["parent"] + (1 - w) * leaf["raw_mean"]
+    np.testing.assert_allclose(leaf["estimate"], blend, rtol=1e-12)
+    assert (leaf["shrinkage"] >= w - 1e-12).all()
+    effects = fit.effects.filter(pl.col("grouping") == "zip:(county:state)")
+    joined = leaf.join(
+        effects.select("state", "county", "zip", "cond_sd"), on=["state", "county", "zip"]
+    )
+    np.testing.assert_allclose(
+        joined["shrinkage"], joined["cond_sd"] ** 2 / comp["zip:(county:state)"], rtol=1e-10
+    )

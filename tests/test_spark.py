@@ -273,7 +273,8 @@ def test_bad_where_is_one_line_input_error(spark: Any, tmp_path: Path) -> None:
 
 def test_statistics_sql_transpiles_to_spark_with_parameters() -> None:
     pytest.importorskip("sqlglot")
-    from pooljob.scan.cell_moments import NumericVariable, cell_stats_sql
+    from pooljob.model.cells import NumericVariable
+    from pooljob.scan.cell_moments import cell_stats_sql
     from pooljob.scan.spark_sql import duckdb_type, spark_sql
 
     duck = cell_stats_sql(

@@ -10,7 +10,7 @@ import pooljob
 from pooljob.model.formula import parse_formula
 from pooljob.model.nested import objective, objective_and_gradient
 from pooljob.scan.source import open_data
-from pooljob.scan.statistics import compute
+from pooljob.scan.tree import compute
 
 
 def random_rows(seed: int = 0, n: int = 3000, groups: int = 40) -> pl.DataFrame:

@@ -188,7 +188,7 @@ def _poststratified_text(table: pl.DataFrame, most: int = 10) -> str:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from pooljob.job.config import load_config
     from pooljob.job.engine import open_source
-    from pooljob.scan.statistics import check_schema
+    from pooljob.scan.schema import check_schema
 
     config = load_config(args.config)
     with open_source(config) as source:  # on the config's engine: Spark reads its own schema

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from pooljob.job.config import Config
 from pooljob.scan.cell_counts import COUNT_FAMILIES
-from pooljob.scan.source import inline_parameters, open_config_source
-from pooljob.scan.statistics import check_schema, group_stats_sql
+from pooljob.scan.schema import check_schema, group_stats_sql
+from pooljob.scan.source import inline_parameters, open_config_source, quote_identifier
 
 
 def explain(config: Config) -> str:
@@ -76,6 +76,9 @@ def explain(config: Config) -> str:
         lines.append(f"set file_search_path = {_string_literal(s.folder)};")
     if s.database is not None:
         lines.append(f"attach {_string_literal(s.database)} as warehouse (read_only);")
+    if spec.keys:  # the query names user columns only where it reads them
+        lines_keys = ", ".join(f"k{i} = {quote_identifier(k)}" for i, k in enumerate(spec.keys))
+        what.append(f"-- the result's key columns: {lines_keys}")
     lines += [
         *views,
         "",
@@ -96,8 +99,8 @@ def _explain_spark(config: Config) -> str:
     (Parquet footers; a CSV source is read to infer its types).
     """
     from pooljob.job.engine import open_source
+    from pooljob.scan.schema import group_stats_sql
     from pooljob.scan.spark_sql import spark_sql
-    from pooljob.scan.statistics import group_stats_sql
 
     formula = config.model.formula
     with open_source(config) as source:

@@ -37,12 +37,12 @@ from numpy.typing import NDArray
 
 from pooljob.job.fingerprint import FileStamp, InputSnapshot
 from pooljob.job.logs import log_event
+from pooljob.model.cells import CellTable
 from pooljob.outputs.tables import FitResult
 from pooljob.pipeline import fit_cells
 from pooljob.scan.cell_counts import COUNT_FAMILIES
 from pooljob.scan.cell_moments import (
     FILE_ALIAS,
-    CellTable,
     cell_arrays,
     centring_shifts,
     file_column,
@@ -55,8 +55,8 @@ from pooljob.scan.cell_moments import (
     scan_moments,
 )
 from pooljob.scan.merge import merge_moments
+from pooljob.scan.schema import ScanSpec, check_schema
 from pooljob.scan.source import TableSource, open_file_list
-from pooljob.scan.statistics import ScanSpec, check_schema
 from pooljob.scan.store import (
     FILE_INDEX,
     FILE_STAMP,

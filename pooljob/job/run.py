@@ -19,10 +19,11 @@ from pooljob.errors import ConfigError
 from pooljob.job.config import Config
 from pooljob.job.engine import open_source
 from pooljob.job.fingerprint import check_unchanged, fingerprint, snapshot
+from pooljob.job.lock import output_lock
 from pooljob.job.logs import log_context, log_event
 from pooljob.job.refresh import fit_refreshed
 from pooljob.outputs.poststratify import poststratify, read_population, require_population
-from pooljob.outputs.publish import new_run_id, output_lock, publish
+from pooljob.outputs.publish import new_run_id, publish
 from pooljob.outputs.report import REPORT, write_report
 from pooljob.outputs.report_figures import require_matplotlib
 from pooljob.outputs.tables import FitResult

@@ -26,8 +26,8 @@ import polars as pl
 from numpy.typing import NDArray
 
 from pooljob.errors import InputError
+from pooljob.model.cells import NumericVariable
 from pooljob.model.formula import Formula, Grouping, Term, Variable
-from pooljob.scan.cell_moments import NumericVariable
 
 Spec = tuple[tuple[str, object], ...]
 

@@ -18,6 +18,7 @@ from scipy.optimize import minimize, minimize_scalar
 from pooljob.errors import InputError
 from pooljob.model import profiled
 from pooljob.model.blocks import Blocks, ColumnWeights, build_blocks
+from pooljob.model.cells import CellTable
 from pooljob.model.design import (
     Column,
     Design,
@@ -31,7 +32,6 @@ from pooljob.model.lmm import MAX_DENSE, Solution, objective, solve
 from pooljob.model.optimize import SINGULAR_TOL, OptSummary, diagonal_positions, snap_to_zero
 from pooljob.model.polish import gradient_polish, newton_polish
 from pooljob.model.profiled import objective_and_gradient, workspace
-from pooljob.scan.cell_moments import CellTable
 
 Array = NDArray[np.float64]
 

@@ -18,6 +18,7 @@ import polars as pl
 from numpy.typing import NDArray
 
 from pooljob.errors import InputError
+from pooljob.model.cells import CountTable
 from pooljob.model.design import Design, build_design, check_rank, grouping_codes, indicator
 from pooljob.model.formula import Formula
 from pooljob.model.glmm import (
@@ -43,7 +44,6 @@ from pooljob.outputs.frames import (
     level_keys,
 )
 from pooljob.outputs.poststratify import Predictor
-from pooljob.scan.cell_counts import CountTable
 
 Array = NDArray[np.float64]
 

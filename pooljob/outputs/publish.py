@@ -5,7 +5,7 @@ Layout under ``[output] path``::
     current -> runs/<run_id>        the published result (a relative symlink)
     runs/<run_id>/                  complete runs, newest last by name
     runs/.<run_id>.partial/         a run being written (never read)
-    .lock                           held for the whole run (see pooljob.job.lock)
+    .lock                           held for the whole run (pooljob.job.lock)
 
 A run writes everything into its ``.partial`` directory, syncs it, renames it
 to ``runs/<run_id>`` and then replaces ``current`` with ``rename(2)`` of a new
@@ -27,11 +27,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pooljob.durable import fsync_path
 from pooljob.errors import PooljobError, PublishError
-from pooljob.job.lock import LOCK, output_lock
 from pooljob.outputs.oserror import errno_of, os_error
 
-__all__ = ["CURRENT", "LOCK", "RUNS", "new_run_id", "output_lock", "prune", "publish"]
+__all__ = ["CURRENT", "RUNS", "fsync_path", "new_run_id", "prune", "publish"]
 
 CURRENT = "current"
 RUNS = "runs"
@@ -43,15 +43,6 @@ def new_run_id(now: datetime | None = None) -> str:
     """A sortable, unique run id: UTC time to the microsecond and the process id."""
     now = now or datetime.now(UTC)
     return now.strftime("%Y%m%dT%H%M%S%fZ") + f"-{os.getpid()}"
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file or a directory to disk (a directory, so a rename in it is durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _discard(*paths: Path) -> None:

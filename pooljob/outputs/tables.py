@@ -27,7 +27,7 @@ from pooljob.outputs.frames import (
 if TYPE_CHECKING:
     from pooljob.model.general import GeneralFit
     from pooljob.outputs.poststratify import Predictor
-from pooljob.scan.statistics import GroupStatistics
+from pooljob.scan.tree import GroupStatistics
 
 INTERCEPT = "(Intercept)"
 

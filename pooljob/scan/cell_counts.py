@@ -15,17 +15,15 @@ columns after it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
 from pooljob.errors import InputError
+from pooljob.model.cells import CountTable, NumericVariable
 from pooljob.model.formula import Formula, display_name
 from pooljob.scan.cell_moments import (
     DROP_REASONS,
-    NumericVariable,
     key_aliases,
     key_frame,
     null_key,
@@ -33,8 +31,8 @@ from pooljob.scan.cell_moments import (
     source_column,
     sql_text,
 )
+from pooljob.scan.schema import ScanSpec
 from pooljob.scan.source import TableSource
-from pooljob.scan.statistics import ScanSpec
 
 Array = NDArray[np.float64]
 
@@ -44,43 +42,6 @@ COUNT_FAMILIES = {"binomial": "logit", "poisson": "log"}
 #: Largest spread (relative to the value) of a covariate within a cell that
 #: still counts as constant: rounding in the data, not variation.
 CONSTANT_TOL = 1e-9
-
-
-@dataclass(frozen=True)
-class CountTable:
-    """Per-cell sufficient statistics of a binomial or Poisson model.
-
-    Attributes
-    ----------
-    keys : polars.DataFrame
-        One row per cell: the key columns with their original types.
-    n : ndarray, shape (C,)
-        Rows used per cell.
-    y : ndarray, shape (C,)
-        Sum of the response: successes, or events.
-    t : ndarray, shape (C,)
-        Binomial: trials.  Poisson: ``Σ exp(offset)``, the exposure.
-    offset : ndarray, shape (C,)
-        Binomial: the cell's offset (constant within it).  Poisson: 0 (the
-        offsets are in ``t``).
-    values : ndarray, shape (C, m)
-        The numeric variables of the design, constant within each cell
-        (column ``k`` is design variable ``k + 1``; the response's column is
-        0 and the offsets' columns 0: they are not design columns).
-    constant : float
-        ``Σ_rows`` of the log-likelihood's constant.
-    rows : dict
-        ``read``, ``used`` and ``dropped`` (reason to count).
-    """
-
-    keys: pl.DataFrame
-    n: Array
-    y: Array
-    t: Array
-    offset: Array
-    values: Array
-    constant: float
-    rows: dict[str, object]
 
 
 def _double(column: str) -> str:
@@ -189,7 +150,7 @@ def scan_counts(source: TableSource, formula: Formula, family: str, spec: ScanSp
     family : {"binomial", "poisson"}
     spec : ScanSpec
         The cells' key columns and the design's numeric variables, the
-        response first (:func:`pooljob.scan.statistics.scan_spec`); offsets
+        response first (:func:`pooljob.scan.schema.scan_spec`); offsets
         are read from the formula.
 
     Raises

@@ -27,6 +27,7 @@ import polars as pl
 from numpy.typing import NDArray
 
 from pooljob.errors import InputError
+from pooljob.model.cells import CellTable, NumericVariable
 from pooljob.scan.source import TableSource, quote_identifier
 
 #: Largest ratio of |mean| to the spread of a variable for which uncentred
@@ -83,23 +84,6 @@ def sql_text(name: str) -> str:
     raise FileNotFoundError(f"pooljob SQL file {name}.sql is missing from the installation")
 
 
-@dataclass(frozen=True)
-class NumericVariable:
-    """A numeric variable: the product of one or more numeric columns.
-
-    Attributes
-    ----------
-    columns : tuple of str
-        Source columns multiplied together (one for a plain covariate).
-    centrable : bool
-        Whether the model may be fitted with this variable centred (its
-        design is closed under the shift; see :mod:`pooljob.model.design`).
-    """
-
-    columns: tuple[str, ...]
-    centrable: bool = True
-
-
 def cell_stats_sql(
     keys: tuple[str, ...],
     variables: tuple[NumericVariable, ...],
@@ -144,45 +128,6 @@ def cell_stats_sql(
         return sql_text("cell_stats").format(**fields)
     fields["group_by"] = f"group by {FILE_ALIAS}" + (f", {key_sql}" if keys else "")
     return sql_text("file_cell_stats").format(file_column=source_column(by), **fields)
-
-
-@dataclass(frozen=True)
-class CellTable:
-    """Per-cell moments of the model's numeric variables.
-
-    Attributes
-    ----------
-    keys : polars.DataFrame
-        One row per cell: the key columns with their original types.
-    n : ndarray, shape (C,)
-        Rows per cell.
-    mean : ndarray, shape (C, m)
-        Means of the variables, centred at ``shifts``.
-    comoment : ndarray, shape (C, m, m)
-        ``Σ (v_i − v̄_i)(v_j − v̄_j)`` within each cell.
-    shifts : ndarray, shape (m,)
-    rows : dict
-        ``read``, ``used`` and ``dropped`` (reason to count).
-    """
-
-    keys: pl.DataFrame
-    n: NDArray[np.float64]
-    mean: NDArray[np.float64]
-    comoment: NDArray[np.float64]
-    shifts: NDArray[np.float64]
-    rows: dict[str, object]
-
-    def moments(self) -> NDArray[np.float64]:
-        """``S[c] = Σ_rows w wᵀ`` with ``w = (1, v_1 − s_1, …)``, shape (C, m+1, m+1)."""
-        c, m = self.mean.shape
-        s = np.empty((c, m + 1, m + 1))
-        s[:, 0, 0] = self.n
-        s[:, 0, 1:] = self.n[:, None] * self.mean
-        s[:, 1:, 0] = s[:, 0, 1:]
-        s[:, 1:, 1:] = self.comoment + self.n[:, None, None] * (
-            self.mean[:, :, None] * self.mean[:, None, :]
-        )
-        return s
 
 
 def _run(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import difflib
 import glob
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,56 +22,36 @@ import duckdb
 import pyarrow as pa
 
 from pooljob.errors import ConfigError, InputError, MissingColumnError
+from pooljob.scan.sql_text import (
+    double_literal,
+    filter_sql,
+    first_line,
+    inline_parameters,
+    query_problem,
+    quote_identifier,
+    where_problem,
+)
+
+__all__ = [
+    "Source",
+    "TableSource",
+    "double_literal",
+    "inline_parameters",
+    "open_config_source",
+    "open_data",
+    "open_file_list",
+    "query_problem",
+    "quote_identifier",
+    "require_columns",
+    "where_problem",
+]
 
 _CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".txt")
 _PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
 
 
-def quote_identifier(name: str) -> str:
-    """Quote a column or table name for DuckDB: ``"`` doubled inside quotes."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-# A quoted identifier, a string literal, a comment, or a parameter ``$name``.
-_TOKENS = re.compile(
-    r"""("(?:[^"]|"")*"|'(?:[^']|'')*'|--[^\n]*|/\*.*?\*/)|\$([A-Za-z_]\w*)""", re.S
-)
-
-
-def double_literal(value: float) -> str:
-    """A DOUBLE as SQL text that DuckDB reads back bit for bit: ``cast('0.1' as double)``.
-
-    ``repr`` is the shortest text that round-trips (``nan`` and ``inf`` too),
-    and DuckDB's string-to-double cast is correctly rounded; a bare ``0.1``
-    would be a DECIMAL first.
-    """
-    return f"cast('{float(value)!r}' as double)"
-
-
-def inline_parameters(sql: str, params: dict[str, float]) -> str:
-    """``sql`` with each parameter ``$name`` of ``params`` written in as a DOUBLE literal.
-
-    Quoted identifiers, string literals and comments are left as they are;
-    a parameter not in ``params`` too.  The values are numbers pooljob
-    computed, never user text.
-    """
-
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(2)
-        if name is None or name not in params:
-            return match.group(0)
-        return double_literal(params[name])
-
-    return _TOKENS.sub(replace, sql)
-
-
 def _is_remote(path: str) -> bool:
     return "://" in path
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 class TableSource(Protocol):
@@ -148,7 +127,7 @@ class Source:
         try:
             return self.relation(sql, params).to_arrow_table()
         except duckdb.Error as exc:
-            raise InputError(f"reading {self.description} failed: {_first_line(exc)}") from exc
+            raise InputError(f"reading {self.description} failed: {first_line(exc)}") from exc
 
     def require(self, names: tuple[str, ...]) -> None:
         """Check that every name is a column; the error lists what exists."""
@@ -200,62 +179,7 @@ def _file_relation(con: duckdb.DuckDBPyConnection, pattern: str) -> duckdb.DuckD
             return con.read_csv(pattern, hive_partitioning=True, union_by_name=True)
         return con.read_parquet(pattern, hive_partitioning=True, union_by_name=True)
     except duckdb.Error as exc:
-        raise InputError(f"cannot read {pattern!r} as {kind}: {_first_line(exc)}") from exc
-
-
-def _filter_sql(where: str) -> str:
-    """The query of the view ``source``: ``source_raw`` filtered by ``where``.
-
-    ``where`` stands on lines of its own, so that a ``--`` comment in it
-    cannot swallow the closing parenthesis.
-    """
-    return f"select * from source_raw where (\n{where}\n)"
-
-
-def where_problem(where: str) -> str | None:
-    """Why ``[source] where`` is not one SQL expression, by DuckDB's parser; None if it is.
-
-    Nothing is run: the text is parsed alone as an expression, then as the
-    filter of the view ``source``, which must be one SELECT statement.  So
-    ``1=1); copy (select 42) to 'x.csv'; select (1`` is refused before any
-    connection is opened.
-    """
-    what = f"[source] where = {where!r} must be one SQL expression, such as year = 2024"
-    try:
-        parse_expression = getattr(duckdb, "SQLExpression", None)  # duckdb >= 1.2
-        if parse_expression is not None:
-            parse_expression(where)
-        statements = duckdb.extract_statements(_filter_sql(where))
-    except duckdb.Error as exc:
-        return f"{what} (DuckDB's parser: {_first_line(exc)})"
-    kinds = [st.type.name for st in statements]
-    if kinds != ["SELECT"]:
-        return f"{what}; it makes the statements {', '.join(kinds)} (no ';' in a filter)"
-    return None
-
-
-def query_problem(query: str) -> str | None:
-    """Why ``[source] query`` is not one SELECT statement, by DuckDB's parser; None if it is.
-
-    ``WITH … SELECT``, ``FROM t``, ``VALUES``, ``SUMMARIZE`` and
-    ``DESCRIBE`` are SELECT statements to DuckDB; COPY, ATTACH, INSTALL,
-    LOAD, PRAGMA, SET, CALL, CREATE, INSERT and the like are refused, and so
-    is a second statement after a ``;``.
-    """
-    try:
-        statements = duckdb.extract_statements(query)
-    except duckdb.Error as exc:
-        return f"[source] query is not valid SQL (DuckDB's parser: {_first_line(exc)})"
-    kinds = [st.type.name for st in statements]
-    if kinds != ["SELECT"]:
-        what = "[source] query must be one SELECT statement (or WITH … SELECT)"
-        if len(kinds) == 1:
-            return f"{what}; got a {kinds[0]} statement"
-        return (
-            f"{what}; got {len(kinds)} statements ({', '.join(kinds) or 'none'}): keep only "
-            "the SELECT (a ';' ends a statement)"
-        )
-    return None
+        raise InputError(f"cannot read {pattern!r} as {kind}: {first_line(exc)}") from exc
 
 
 def _check_sql(problem: str | None) -> None:
@@ -268,11 +192,11 @@ def _apply_where(con: duckdb.DuckDBPyConnection, where: str | None, description:
         con.execute("create temp view source as select * from source_raw")
         return
     try:  # where_problem(where) was checked before the connection was opened
-        con.execute(f"create temp view source as {_filter_sql(where)}")
+        con.execute(f"create temp view source as {filter_sql(where)}")
         con.sql("select * from source limit 0").fetchall()
     except duckdb.Error as exc:
         raise InputError(
-            f"[source] where = {where!r} is not a valid filter on {description}: {_first_line(exc)}"
+            f"[source] where = {where!r} is not a valid filter on {description}: {first_line(exc)}"
         ) from exc
 
 
@@ -316,7 +240,7 @@ def _load_httpfs(con: duckdb.DuckDBPyConnection, required: bool) -> None:
         if required:
             raise InputError(
                 "a remote [source] path needs DuckDB's httpfs extension, which could not be "
-                f"installed: {_first_line(exc)}; install it once with: python -c "
+                f"installed: {first_line(exc)}; install it once with: python -c "
                 "\"import duckdb; duckdb.install_extension('httpfs')\""
             ) from exc
 
@@ -412,7 +336,7 @@ def open_config_source(
             try:
                 con.execute("attach ? as warehouse (read_only)", [database])
             except duckdb.Error as exc:
-                raise InputError(f"cannot open database {database!r}: {_first_line(exc)}") from exc
+                raise InputError(f"cannot open database {database!r}: {first_line(exc)}") from exc
             tables = [
                 r[0]
                 for r in con.execute(
@@ -434,7 +358,7 @@ def open_config_source(
                 con.execute(f"create temp view source_raw as\n{query}\n")
                 con.sql("select * from source_raw limit 0").fetchall()
             except duckdb.Error as exc:
-                raise InputError(f"[source] query failed: {_first_line(exc)}") from exc
+                raise InputError(f"[source] query failed: {first_line(exc)}") from exc
         else:  # pragma: no cover - the config validator rules this out
             raise InputError("no source given")
         _apply_where(con, where, description)
@@ -494,7 +418,7 @@ def open_file_list(
             rel = con.sql(f"select {', '.join(select)} from {reader}", params={"files": files})
             rel.create_view("source_raw")
         except duckdb.Error as exc:
-            raise InputError(f"cannot read {description} as {kind}: {_first_line(exc)}") from exc
+            raise InputError(f"cannot read {description} as {kind}: {first_line(exc)}") from exc
         _apply_where(con, where, description)
         src = Source(description=description, _con=con)
         _read_schema(src)

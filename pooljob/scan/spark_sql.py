@@ -15,7 +15,7 @@ function has no Spark counterpart and is rewritten here:
     does not count it), as DuckDB's.
 
 Spark's column types are also named here as DuckDB names them, so that the
-schema checks of :mod:`pooljob.scan.statistics` serve both engines.
+schema checks of :mod:`pooljob.scan.schema` serve both engines.
 """
 
 from __future__ import annotations

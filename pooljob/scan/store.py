@@ -45,7 +45,7 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
-from pooljob.outputs.publish import fsync_path
+from pooljob.durable import fsync_path
 from pooljob.scan.cell_moments import DROP_REASONS, key_aliases
 
 STATE = "state"

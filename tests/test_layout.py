@@ -1,0 +1,109 @@
+"""The code's layout: a folder per stage of a run, imports pointing one way, small modules.
+
+job → (api, pipeline) → outputs → scan → model: the job may use everything, the
+model (formula, design, criteria, solvers) imports no other stage and no I/O
+library, and nothing imports the job.  No import cycles between modules; no
+module over 500 lines.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "pooljob"
+MAX_LINES = 500
+
+#: What each stage may import, besides itself and the SHARED leaves.
+ALLOWED = {
+    "model": set(),
+    "scan": {"model"},
+    "outputs": {"model", "scan"},
+    "pipeline": {"model", "scan", "outputs"},
+    "api": {"model", "scan", "outputs", "pipeline"},
+    "job": {"model", "scan", "outputs", "pipeline", "api"},
+}
+#: Leaves every stage may use: the named errors, durable file writes.
+SHARED = ("errors", "durable", "sql")
+IO_LIBRARIES = {"duckdb", "pyarrow", "pyspark", "sqlglot", "matplotlib"}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def imports(path: Path, name: str) -> set[str]:
+    """The pooljob modules (and top-level libraries) ``path`` imports, at any depth."""
+    found: set[str] = set()
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                base = f"{base}.{node.module}" if node.module else base
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def stage(module: str) -> str | None:
+    parts = module.split(".")
+    if parts[0] != "pooljob" or len(parts) < 2:
+        return None
+    return parts[1]
+
+
+ALL = modules()
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_imports_point_down_the_stages(name: str) -> None:
+    own = stage(name)
+    if own in (None, *SHARED):
+        return
+    for target in imports(ALL[name], name):
+        other = stage(target)
+        if other is None or other in (*SHARED, own) or target not in ALL:
+            continue
+        assert other in ALLOWED[own], f"{name} imports {target}: {own} may not import {other}"
+    if own == "model":
+        libraries = {t.split(".")[0] for t in imports(ALL[name], name)}
+        assert not libraries & IO_LIBRARIES, f"{name} imports {libraries & IO_LIBRARIES}"
+
+
+def test_no_import_cycles() -> None:
+    graph = {
+        name: {t for t in imports(path, name) if t in ALL and t != name and t != "pooljob"}
+        for name, path in ALL.items()
+    }
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = [*trail[trail.index(nxt) :], nxt] if nxt in trail else [node, nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+def test_modules_are_small(name: str) -> None:
+    lines = len(ALL[name].read_text().splitlines())
+    assert lines <= MAX_LINES, f"{name} has {lines} lines (at most {MAX_LINES})"
