@@ -20,11 +20,11 @@ import polars as pl
 import pytest
 
 from pooljob.errors import InputError, PublishError
+from pooljob.job import refresh as refresh_module
 from pooljob.job.cli import main
 from pooljob.job.config import load_config
 from pooljob.job.fingerprint import snapshot
 from pooljob.job.run import RunOutcome, run
-from pooljob.job import refresh as refresh_module
 from pooljob.scan.cell_moments import scan_cells
 from pooljob.scan.merge import merge_moments
 from pooljob.scan.source import open_config_source

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from pooljob.errors import LockHeldError
+from pooljob.job import lock as lock_module
 from pooljob.job.cli import main
 from pooljob.job.lock import LOCK, LockRecord, my_record, output_lock
-from pooljob.job import lock as lock_module
 from tests.helpers import write_config, write_rows
 
 

@@ -24,11 +24,11 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from pooljob.pipeline import fit_source
 from pooljob.errors import ConfigError, InputError
 from pooljob.job.config import load_config
 from pooljob.model.formula import parse_formula
 from pooljob.outputs.tables import FitResult
+from pooljob.pipeline import fit_source
 from pooljob.scan.source import open_config_source
 
 RTOL = 1e-9
