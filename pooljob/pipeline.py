@@ -15,7 +15,7 @@ import time
 
 from pooljob.errors import InputError, NotNestedError
 from pooljob.model.formula import Formula
-from pooljob.model.glmm import fit_counts
+from pooljob.model.glmm_fit import fit_counts
 from pooljob.model.nested_fit import fit_nested
 from pooljob.model.optimize import is_singular
 from pooljob.outputs.count_tables import count_tables, predictor, prepare_counts

@@ -38,3 +38,7 @@ def check_options(family: str, method: str, interval: float) -> list[str]:
     ):
         problems.append(f"interval = {interval!r} must be a number between 0 and 1, e.g. 0.95")
     return problems
+
+
+#: lme4's ``maxfun``: the default limit on criterion evaluations.
+DEFAULT_MAX_EVALUATIONS = 10_000
