@@ -7,7 +7,15 @@ from typing import Any, Literal
 
 from pooljob.errors import ConfigError
 from pooljob.model.formula import parse_formula
-from pooljob.model.options import FAMILIES, METHODS, check_options, default_method
+from pooljob.model.options import (
+    DEFAULT_MAX_EVALUATIONS,
+    FAMILIES,
+    METHODS,
+    Control,
+    check_control,
+    check_options,
+    default_method,
+)
 from pooljob.outputs.tables import FitResult
 from pooljob.pipeline import fit_source
 from pooljob.scan.source import open_data
@@ -19,6 +27,8 @@ def fit(
     family: Literal["gaussian", "binomial", "poisson"] = "gaussian",
     method: Literal["reml", "ml", "laplace"] | None = None,
     interval: float = 0.95,
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+    on_nonconvergence: Literal["fail", "publish"] = "fail",
 ) -> FitResult:
     """Fit a multilevel model from DuckDB sufficient statistics.
 
@@ -42,13 +52,27 @@ def fit(
         and method are case-insensitive (``"REML"`` is ``"reml"``).
     interval : float
         Coverage of the ``lower``/``upper`` interval of the estimates.
+    max_evaluations : int
+        Criterion evaluations after which the optimizer stops (lme4's
+        ``maxfun``); the point it reached is then checked like any other.
+    on_nonconvergence : {"fail", "publish"}
+        A fit that fails the convergence check (docs/models.md) raises
+        :class:`pooljob.errors.NonConvergenceError` (``"fail"``), or is
+        returned with ``converged = False`` and a warning logged
+        (``"publish"``).
 
     Returns
     -------
     FitResult
         ``.estimates``, ``.effects``, ``.coefficients``, ``.components``
         (polars DataFrames), ``.objective``, ``.loglik``, ``.converged``,
-        ``.singular``.
+        ``.singular``, ``.optimizer`` (the optimizer's record and its check).
+
+    Raises
+    ------
+    NonConvergenceError
+        The fit failed the convergence check and ``on_nonconvergence`` is
+        ``"fail"``.
     """
     parsed = parse_formula(formula)
     if isinstance(family, str) and family.lower() in FAMILIES:
@@ -59,10 +83,12 @@ def fit(
         method = default_method(family)  # type: ignore[assignment]
     assert method is not None
     problems = check_options(family, method, interval)
+    problems += check_control(max_evaluations, on_nonconvergence)
     if problems:
         raise ConfigError("; ".join(problems))
+    control = Control(max_evaluations, on_nonconvergence)
     with open_data(data) as source:
-        return fit_source(parsed, source, family, method, float(interval))
+        return fit_source(parsed, source, family, method, float(interval), control=control)
 
 
 def poststratify(
@@ -98,7 +124,8 @@ def poststratify(
         The ``by`` columns, ``estimate = Σ N_c m(η̂_c) / Σ N_c``,
         ``std_error``, ``lower``, ``upper``, ``population = Σ N_c``.
     """
-    from pooljob.outputs.poststratify import PoststratifyConfig, poststratify, read_population
+    from pooljob.model.options import PoststratifyConfig
+    from pooljob.outputs.poststratify import poststratify, read_population
 
     if result.predictor is None:
         raise ConfigError(

@@ -54,3 +54,13 @@ class LockHeldError(PooljobError):
     """Another run holds the lock on the output directory."""
 
     exit_code = 4
+
+
+class NonConvergenceError(PooljobError):
+    """The fit failed the convergence check; nothing was published.
+
+    Raised when ``on_nonconvergence = "fail"`` (the default); with
+    ``"publish"`` the fit is published with ``converged = false`` instead.
+    """
+
+    exit_code = 6

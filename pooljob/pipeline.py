@@ -11,14 +11,16 @@ are built by :mod:`pooljob.outputs`.
 
 from __future__ import annotations
 
+import logging
 import time
 
-from pooljob.errors import InputError, NotNestedError
+from pooljob.errors import InputError, NonConvergenceError, NotNestedError
 from pooljob.model.cells import CellTable
 from pooljob.model.formula import Formula
-from pooljob.model.glmm import fit_counts
+from pooljob.model.glmm_fit import fit_counts
 from pooljob.model.nested_fit import fit_nested
-from pooljob.model.optimize import is_singular
+from pooljob.model.optimize import OptSummary, is_singular
+from pooljob.model.options import DEFAULT_CONTROL, Control
 from pooljob.outputs.count_tables import count_tables, predictor, prepare_counts
 from pooljob.outputs.tables import FitResult, build, build_general
 from pooljob.scan.cell_counts import COUNT_FAMILIES, count_stats_sql, covariate_indices, scan_counts
@@ -30,6 +32,29 @@ from pooljob.scan.tree import nested_statistics
 #: Gaussian solvers: ``auto`` (the tree where the groupings nest) or ``blocked`` (always).
 SOLVERS = ("auto", "blocked")
 
+log = logging.getLogger("pooljob")
+
+
+def check_convergence(optimizer: OptSummary, fit: str, control: Control) -> None:
+    """Act on a fit that failed the convergence check, as ``control`` says.
+
+    ``on_nonconvergence = "fail"``: raise :class:`NonConvergenceError` (nothing
+    is published); ``"publish"``: log a warning, and the fit is published with
+    ``converged = false``.
+    """
+    if optimizer.converged:
+        return
+    text = (
+        f"the {fit} fit did not converge: {optimizer.check} after "
+        f"{optimizer.evaluations} evaluations"
+    )
+    if control.on_nonconvergence == "fail":
+        raise NonConvergenceError(
+            f"{text}; raise [model] max_evaluations (now {optimizer.max_evaluations}), simplify "
+            'the model, or set on_nonconvergence = "publish"'
+        )
+    log.warning("%s; published with converged = false (on_nonconvergence = 'publish')", text)
+
 
 def fit_source(
     formula: Formula,
@@ -38,6 +63,7 @@ def fit_source(
     method: str,
     interval: float,
     solver: str = "auto",
+    control: Control = DEFAULT_CONTROL,
 ) -> FitResult:
     """Fit ``formula`` to an open source: one scan, then the solver.
 
@@ -46,11 +72,13 @@ def fit_source(
     other model to the blocked-Cholesky solver (:mod:`pooljob.model.lmm`).  Both
     start from the same cell statistics and publish the same tables
     (``solver = "blocked"`` forces the blocked solver, for tests that say so).
+    ``control`` bounds the optimizer and says what a fit that fails the
+    convergence check does.
     """
     t0 = time.perf_counter()
     spec = check_schema(source, formula, family)
     if family in COUNT_FAMILIES:
-        return fit_count_source(formula, source, spec, family, interval)
+        return fit_count_source(formula, source, spec, family, interval, control)
     cells = scan_cells(source, spec.keys, spec.variables)
     return fit_cells(
         formula,
@@ -62,6 +90,7 @@ def fit_source(
         source.description,
         scan_seconds=time.perf_counter() - t0,
         solver=solver,
+        control=control,
     )
 
 
@@ -75,6 +104,7 @@ def fit_cells(
     description: str,
     scan_seconds: float = 0.0,
     solver: str = "auto",
+    control: Control = DEFAULT_CONTROL,
 ) -> FitResult:
     """Fit ``formula`` to cell statistics, scanned or merged from a store.
 
@@ -90,14 +120,16 @@ def fit_cells(
         except NotNestedError:
             gs = None
         if gs is not None:
-            fitted = fit_nested(gs.stats, "reml" if reml else "ml")
+            fitted = fit_nested(gs.stats, "reml" if reml else "ml", control.max_evaluations)
+            check_convergence(fitted.optimizer, method.upper(), control)
             t2 = time.perf_counter()
             result = build(formula, gs, fitted, interval, family)
     if result is None:
         from pooljob.model.general import fit_general, prepare
 
         prep = prepare(formula, cells, spec.numeric, spec.categorical)
-        general = fit_general(prep, reml)
+        general = fit_general(prep, reml, control.max_evaluations)
+        check_convergence(general.optimizer, method.upper(), control)
         t2 = time.perf_counter()
         result = build_general(formula, general, interval, family, method)
     t3 = time.perf_counter()
@@ -117,6 +149,7 @@ def fit_count_source(
     spec: ScanSpec,
     family: str,
     interval: float,
+    control: Control = DEFAULT_CONTROL,
 ) -> FitResult:
     """Scan ``source`` into per-cell counts and fit ``formula`` by Laplace."""
     t0 = time.perf_counter()
@@ -128,7 +161,8 @@ def fit_count_source(
     counts = scan_counts(source, formula, family, spec)
     t1 = time.perf_counter()
     prep = prepare_counts(formula, family, counts, spec.numeric, spec.categorical)
-    fit = fit_counts(prep.model)
+    fit = fit_counts(prep.model, control.max_evaluations)
+    check_convergence(fit.optimizer, f"Laplace ({family})", control)
     t2 = time.perf_counter()
     frames = count_tables(prep, fit, interval)
     t3 = time.perf_counter()

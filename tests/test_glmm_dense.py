@@ -16,7 +16,8 @@ import pytest
 from numpy.typing import NDArray
 from scipy.special import expit
 
-from pooljob.model.glmm import count_model, fit_counts, pirls
+from pooljob.model.glmm import count_model, pirls
+from pooljob.model.glmm_fit import fit_counts
 
 Array = NDArray[np.float64]
 

@@ -67,9 +67,9 @@ def _blocks(formula: str, monkeypatch: pytest.MonkeyPatch) -> Blocks:
     captured: dict[str, Any] = {}
     original = general.fit_general
 
-    def spy(prep: general.Prepared, reml: bool) -> general.GeneralFit:
+    def spy(prep: general.Prepared, reml: bool, *args: Any) -> general.GeneralFit:
         captured["blocks"] = prep.blocks
-        return original(prep, reml)
+        return original(prep, reml, *args)
 
     monkeypatch.setattr(general, "fit_general", spy)
     pooljob.fit(formula, _data(7))

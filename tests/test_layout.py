@@ -40,10 +40,17 @@ def modules() -> dict[str, Path]:
 
 
 def imports(path: Path, name: str) -> set[str]:
-    """The pooljob modules (and top-level libraries) ``path`` imports, at any depth."""
+    """The pooljob modules (and top-level libraries) ``path`` imports, at any depth.
+
+    Imports inside functions count; those under ``if TYPE_CHECKING:`` do not.
+    """
     found: set[str] = set()
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):  # imports for type checkers only are not imports
+        if isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING",):
+            node.body = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -107,3 +114,22 @@ def test_no_import_cycles() -> None:
 def test_modules_are_small(name: str) -> None:
     lines = len(ALL[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{name} has {lines} lines (at most {MAX_LINES})"
+
+
+def test_the_config_imports_no_solver() -> None:
+    """Validating a job (``pooljob validate``) needs no solver, and no I/O beyond the parser."""
+    graph = {
+        name: {t for t in imports(path, name) if t in ALL and t != name}
+        for name, path in ALL.items()
+    }
+    seen, todo = set(), ["pooljob.job.config"]
+    while todo:
+        node = todo.pop()
+        if node not in seen:
+            seen.add(node)
+            todo.extend(graph[node] - {"pooljob", "pooljob.model", "pooljob.scan"})
+    solvers = {
+        f"pooljob.model.{m}"
+        for m in ("general", "glmm", "glmm_fit", "laplace", "lmm", "nested_fit", "optimize")
+    }
+    assert not seen & solvers, f"pooljob.job.config reaches {sorted(seen & solvers)}"

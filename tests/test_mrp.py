@@ -20,7 +20,8 @@ import pytest
 import pooljob
 from pooljob.errors import ConfigError, InputError
 from pooljob.job.demo import poll_frames
-from pooljob.outputs.poststratify import PoststratifyConfig, poststratify, read_population
+from pooljob.model.options import PoststratifyConfig
+from pooljob.outputs.poststratify import poststratify, read_population
 
 STATES = [f"S{i:02d}" for i in range(25)]
 World = tuple[pl.DataFrame, pl.DataFrame, pooljob.FitResult]

@@ -4,7 +4,8 @@
 run (default ``report.html`` in the working directory; never into the run).
 ``pooljob explain CONFIG`` prints the SQL a run would send to DuckDB.
 Exit codes: 0 success; 2 bad config or formula; 3 bad input data; 4 output
-locked by another run; 5 outputs could not be written; 70 internal error.
+locked by another run; 5 outputs could not be written; 6 the fit did not
+converge; 70 internal error.
 Errors are one line on stderr, with no traceback unless ``--verbose``; logs
 go to stderr as text or, with ``--log-format json``, as JSON lines (errors
 too).
@@ -44,6 +45,8 @@ exit codes:
   3    bad input data (missing file or column, no usable rows, a file changed while read)
   4    the output is locked by another run, named in the message
   5    the outputs could not be written (no space, no permission, read-only file system)
+  6    the fit did not converge (failed the convergence check; see [model] max_evaluations
+       and on_nonconvergence); nothing was published
   70   internal error (run again with --verbose and report the traceback)
   130  interrupted (Ctrl-C); 143 terminated (SIGTERM): nothing new was published
 """

@@ -15,6 +15,8 @@ Example:
     formula = "income ~ 1 + (1 | state/county/zip)"
     family = "gaussian"
     method = "reml"          # reml | ml
+    max_evaluations = 10000  # optional: the optimizer's limit (lme4's maxfun)
+    on_nonconvergence = "fail"  # or "publish": published with converged = false
     [output]
     path = "out/income"
     interval = 0.95
@@ -45,14 +47,28 @@ from typing import Any
 
 from pooljob.errors import ConfigError, FormulaError
 from pooljob.model.formula import Formula, parse_formula
-from pooljob.model.options import FAMILIES, METHODS, check_options, default_method
-from pooljob.outputs.poststratify import PoststratifyConfig
+from pooljob.model.options import (
+    DEFAULT_MAX_EVALUATIONS,
+    FAMILIES,
+    METHODS,
+    Control,
+    PoststratifyConfig,
+    check_control,
+    check_options,
+    default_method,
+)
 from pooljob.outputs.report_data import resolve_grouping
-from pooljob.scan.source import query_problem, where_problem
+from pooljob.scan.sql_text import query_problem, where_problem
 
 _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "source": {"path": str, "database": str, "table": str, "query": str, "where": str},
-    "model": {"formula": str, "family": str, "method": str},
+    "model": {
+        "formula": str,
+        "family": str,
+        "method": str,
+        "max_evaluations": int,
+        "on_nonconvergence": str,
+    },
     "output": {
         "path": str,
         "interval": (float, int),
@@ -82,11 +98,18 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The model: a parsed formula, its family and estimation method."""
+    """The model: a parsed formula, its family and estimation method, the optimizer's options."""
 
     formula: Formula
     family: str = "gaussian"
     method: str = "reml"
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS
+    on_nonconvergence: str = "fail"
+
+    @property
+    def control(self) -> Control:
+        """The optimizer's options, as the solvers take them."""
+        return Control(self.max_evaluations, self.on_nonconvergence)
 
 
 @dataclass(frozen=True)
@@ -359,6 +382,14 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
                 family, method, interval if isinstance(interval, int | float) else 0.95
             )
         )
+    # values of the wrong type are reported by _check_types
+    max_evaluations = model_raw.get("max_evaluations", DEFAULT_MAX_EVALUATIONS)
+    if isinstance(max_evaluations, bool) or not isinstance(max_evaluations, int):
+        max_evaluations = DEFAULT_MAX_EVALUATIONS
+    on_nonconvergence = model_raw.get("on_nonconvergence", "fail")
+    if not isinstance(on_nonconvergence, str):
+        on_nonconvergence = "fail"
+    problems.extend(f"[model] {p}" for p in check_control(max_evaluations, on_nonconvergence))
     keep_runs = out_raw.get("keep_runs", 5)
     if isinstance(keep_runs, int) and not isinstance(keep_runs, bool) and keep_runs < 1:
         problems.append(f"[output] keep_runs = {keep_runs} must be at least 1")
@@ -387,7 +418,13 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
     return Config(
         file=file,
         source=source,
-        model=ModelConfig(formula=formula, family=family, method=method),
+        model=ModelConfig(
+            formula=formula,
+            family=family,
+            method=method,
+            max_evaluations=max_evaluations,
+            on_nonconvergence=on_nonconvergence,
+        ),
         output=OutputConfig(
             path=Path(_resolve(base, out_path)),
             interval=float(interval),

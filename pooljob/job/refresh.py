@@ -171,7 +171,9 @@ def fit_refreshed(
             family,
             mode="full",
         )
-        result = fit_count_source(formula, source, spec, family, config.output.interval)
+        result = fit_count_source(
+            formula, source, spec, family, config.output.interval, config.model.control
+        )
         reason = f"family = {family!r} is fitted from one count scan (no statistics store)"
         return result, Refresh("full", reason, scanned=len(snap.files))
     cells, refresh = refresh_cells(config, source, spec, snap, full)
@@ -184,6 +186,7 @@ def fit_refreshed(
         config.output.interval,
         source.description,
         scan_seconds=time.perf_counter() - t0,
+        control=config.model.control,
     )
     return result, refresh
 

@@ -19,6 +19,7 @@ from pooljob.errors import InputError
 from pooljob.model import profiled
 from pooljob.model.blocks import Blocks, ColumnWeights, build_blocks
 from pooljob.model.cells import CellTable
+from pooljob.model.criterion import Criterion, Differences, EvaluationLimitError
 from pooljob.model.design import (
     Column,
     Design,
@@ -29,9 +30,10 @@ from pooljob.model.design import (
 )
 from pooljob.model.formula import Formula
 from pooljob.model.lmm import MAX_DENSE, Solution, objective, solve
-from pooljob.model.optimize import SINGULAR_TOL, OptSummary, diagonal_positions, snap_to_zero
-from pooljob.model.polish import gradient_polish, newton_polish
+from pooljob.model.optimize import GRADIENT_TOL, OptSummary, minimize_criterion
+from pooljob.model.options import DEFAULT_MAX_EVALUATIONS
 from pooljob.model.profiled import objective_and_gradient, workspace
+from pooljob.model.theta import diagonal_positions
 
 Array = NDArray[np.float64]
 
@@ -98,23 +100,23 @@ def prepare(
     return Prepared(design, cells, blocks, fixed, random, codes, s)
 
 
-def optimize(blocks: Blocks, reml: bool) -> tuple[Array, OptSummary]:
+def optimize(
+    blocks: Blocks, reml: bool, max_evaluations: int = DEFAULT_MAX_EVALUATIONS
+) -> tuple[Array, OptSummary]:
     """Minimise the profiled criterion over θ (diagonal entries ≥ 0).
 
     From lme4's start (1 on the diagonal, 0 elsewhere).  With the exact
-    gradient (:mod:`pooljob.model.profiled`, whenever block 0's pair products fit
-    in memory): L-BFGS-B without bounds (the criterion is even in each column
-    of ``T_k``; a column whose diagonal ends negative is negated), then Newton
-    steps with a Hessian from differences of the gradient
-    (:func:`pooljob.model.polish.gradient_polish`); about 20-30 evaluations of the
-    criterion and gradient where COBYQA takes 100-150 of the criterion.
+    gradient (:mod:`pooljob.model.profiled`, whenever block 0's pair products
+    fit in memory): the start scaled by a one-dimensional search, then
+    L-BFGS-B without bounds (the criterion is even in each column of ``T_k``;
+    a column whose diagonal ends negative is negated), then Newton steps with
+    a Hessian from differences of the gradient; about 20-30 evaluations of
+    the criterion and gradient where COBYQA takes 100-150 of the criterion.
     Otherwise COBYQA (Powell's derivative-free trust-region method with
     quadratic models, the successor of the BOBYQA that lme4 uses) to a
-    trust-region radius of 1e-7, then a finite-difference Newton polish
-    (:func:`pooljob.model.polish.newton_polish`).  The criterion is even in each
-    column of ``T_k``, so it is flat to first order where a diagonal entry is
-    0: a point there is accepted only if moving the entry off 0 does not
-    lower the criterion; otherwise the search restarts from there.
+    trust-region radius of 1e-7, then Newton steps by finite differences of
+    the criterion.  The boundary restart, the Newton steps and the
+    convergence check are :mod:`pooljob.model.optimize`'s.
     """
     n_theta = blocks.n_theta
     diag = diagonal_positions(blocks.free)
@@ -122,140 +124,86 @@ def optimize(blocks: Blocks, reml: bool) -> tuple[Array, OptSummary]:
     x0[diag] = 1.0
     if n_theta == 0:
         f0 = objective(blocks, x0, reml)
-        return x0, OptSummary("none (no variance parameters)", [], [], f0, 1, "no θ", True)
+        summary = OptSummary(
+            optimizer="none (no variance parameters)",
+            initial=[],
+            final=[],
+            fmin=f0,
+            evaluations=1,
+            max_evaluations=max_evaluations,
+            message="no θ",
+            converged=True,
+            check="no parameters to optimise",
+            max_gradient=0.0,
+            gradient_tolerance=GRADIENT_TOL * max(1.0, abs(f0)),
+            min_hessian_eigenvalue=None,
+        )
+        return x0, summary
+    ws = workspace(blocks)
+    if ws is None:
+        crit = Criterion(lambda t: objective(blocks, t, reml), None, max_evaluations)
+    else:
+        crit = Criterion(
+            lambda t: profiled.objective(blocks, ws, t, reml),
+            lambda t: objective_and_gradient(blocks, ws, t, reml),
+            max_evaluations,
+        )
+    start, notes = x0.copy(), []
+    try:
+        f0 = crit(x0)
+        if ws is not None:
+            # lme4's start scaled by the best common factor c (a 1-D search on log c,
+            # criterion only): the criterion can be concave at c = 1 and it is
+            # flat along weakly identified components, where L-BFGS-B goes slowly
+            scaled = minimize_scalar(
+                lambda lc: crit(np.exp(lc) * x0),
+                bounds=(np.log(1e-3), np.log(10.0)),
+                method="bounded",
+                options={"xatol": 0.05},
+            )
+            if float(scaled.fun) < f0:
+                start = np.exp(float(scaled.x)) * x0
+                notes.append(f"start: lme4's scaled by {np.exp(float(scaled.x)):.4g}")
+    except EvaluationLimitError:
+        f0 = crit.best_f
     bounds: list[tuple[float | None, float | None]] = [(None, None)] * n_theta
     for i in diag:
         bounds[i] = (0.0, None)
-    ws = workspace(blocks)
-    evaluations = 0
 
-    def fun(theta: Array) -> float:
-        nonlocal evaluations
-        evaluations += 1
-        if ws is None:
-            return objective(blocks, theta, reml)
-        return profiled.objective(blocks, ws, theta, reml)
-
-    last: list[tuple[Array, float, Array]] = []
-
-    def fun_grad(theta: Array) -> tuple[float, Array]:
-        nonlocal evaluations
-        assert ws is not None
-        if last and np.array_equal(last[0][0], theta):
-            return last[0][1], last[0][2].copy()
-        evaluations += 1
-        f, g = objective_and_gradient(blocks, ws, theta, reml)
-        last[:] = [(np.array(theta, dtype=np.float64), f, g.copy())]
-        return f, g
-
-    start, messages, converged, note = x0.copy(), [], False, ""
-    theta, fmin = x0, fun(x0)
-    if ws is not None:
-        # lme4's start scaled by the best common factor c (a 1-D search on log c,
-        # criterion only): the criterion can be concave at c = 1 and it is
-        # flat along weakly identified components, where L-BFGS-B goes slowly
-        scaled = minimize_scalar(
-            lambda lc: fun(np.exp(lc) * x0),
-            bounds=(np.log(1e-3), np.log(10.0)),
-            method="bounded",
-            options={"xatol": 0.05},
+    def cobyqa(x: Array) -> tuple[Array, str]:
+        res = minimize(
+            crit,
+            x,
+            method="COBYQA",
+            bounds=bounds,
+            options={"final_tr_radius": 1e-7, "maxfev": 200 * (n_theta + 1) ** 2},
         )
-        if float(scaled.fun) < fmin:
-            start = np.exp(float(scaled.x)) * x0
-            note = f"start: lme4's scaled by {np.exp(float(scaled.x)):.4g}; "
-    for _ in range(6):
-        if ws is None:
-            res = minimize(
-                fun,
-                start,
-                method="COBYQA",
-                bounds=bounds,
-                options={"final_tr_radius": 1e-7, "maxfev": 200 * (n_theta + 1) ** 2},
-            )
-        else:
-            # unbounded: the criterion is even in each column of T_k, so the sign
-            # of a diagonal entry is immaterial and 0 is no barrier to cross
-            res = minimize(
-                fun_grad,
-                start,
-                jac=True,
-                method="L-BFGS-B",
-                # to |∂f/∂θ| ~1e-7 |f|: the Newton steps after it go the rest of the
-                # way (much tighter, the search stalls on the criterion's rounding)
-                options={"ftol": 1e-14, "gtol": 1e-7 * max(1.0, abs(fmin)), "maxiter": 1000},
-            )
-            res.x = _positive_diagonal(blocks, np.asarray(res.x, dtype=np.float64))
-        messages.append(str(res.message))
-        if float(res.fun) <= fmin:
-            theta, fmin = np.asarray(res.x, dtype=np.float64), float(res.fun)
-        converged = bool(res.success)
-        restart = None
-        for i in diag:
-            if theta[i] < SINGULAR_TOL:
-                trial = theta.copy()
-                trial[i] = 0.1
-                ft = fun(trial)
-                if ft < fmin - 1e-9 * max(1.0, abs(fmin)):
-                    restart = trial
-                    break
-        if restart is None:
-            break
-        start = restart
-    theta, fmin, _ = snap_to_zero(fun, theta, fmin, diag)  # fun counts its evaluations
-    free = _interior(blocks, theta)
+        return np.asarray(res.x, dtype=np.float64), f"COBYQA: {res.message}"
+
+    def lbfgs(x: Array) -> tuple[Array, str]:
+        # unbounded: the criterion is even in each column of T_k, so the sign
+        # of a diagonal entry is immaterial and 0 is no barrier to cross
+        res = minimize(
+            crit.gradient,
+            x,
+            jac=True,
+            method="L-BFGS-B",
+            # to |∂f/∂θ| ~1e-7 |f|: the Newton steps after it go the rest of the
+            # way (much tighter, the search stalls on the criterion's rounding)
+            options={"ftol": 1e-14, "gtol": 1e-7 * max(1.0, abs(f0)), "maxiter": 1000},
+        )
+        return np.asarray(res.x, dtype=np.float64), f"L-BFGS-B: {res.message}"
+
     if ws is None:
-        theta, fmin, polish_evaluations = newton_polish(fun, theta, free)
-        name = "COBYQA (derivative-free, quadratic models), then a Newton polish"
-        how = "by finite differences"
+        name = "COBYQA (derivative-free, quadratic models), then Newton steps by differences"
+        search, diff = cobyqa, Differences(1e-2, 1e-2)
     else:
-        theta, fmin, polish_evaluations = gradient_polish(fun_grad, theta, free)
-        # L-BFGS-B may stop on the criterion's rounding ("ABNORMAL"): judge the end point
-        grad = fun_grad(theta)[1]
-        converged = converged or bool(np.all(np.abs(grad[free]) <= 1e-7 * max(1.0, abs(fmin))))
         name = "L-BFGS-B (exact gradient), then Newton steps"
-        how = "with the exact gradient"
-    summary = OptSummary(
-        optimizer=name,
-        initial=[float(x) for x in x0],
-        final=[float(x) for x in theta],
-        fmin=float(fmin),
-        evaluations=evaluations,
-        message=note
-        + "; restart: ".join(messages)
-        + f"; Newton polish {how} ({polish_evaluations} evaluations)",
-        converged=converged,
+        search, diff = lbfgs, Differences(1e-6, 1e-2)
+    optimum = minimize_criterion(
+        crit, start, blocks.free, diff, name, search=search, initial=x0, notes=notes
     )
-    return theta, summary
-
-
-def _positive_diagonal(blocks: Blocks, theta: Array) -> Array:
-    """θ with every column of ``T_k`` whose diagonal is negative negated (same criterion)."""
-    out, pos = theta.copy(), 0
-    for entries in blocks.free:
-        for a, (i, j) in enumerate(entries):
-            if i == j and theta[pos + a] < 0:
-                for b, (_, jj) in enumerate(entries):
-                    if jj == j:
-                        out[pos + b] = -theta[pos + b]
-        pos += len(entries)
-    return out
-
-
-def _interior(blocks: Blocks, theta: Array) -> list[int]:
-    """Entries of θ away from the boundary: the polish refines these.
-
-    A diagonal entry of ``T_k`` below ``10 × SINGULAR_TOL`` stays where the
-    search left it, and so does every entry of its column (the criterion is
-    flat in them when the diagonal is 0).
-    """
-    out, pos = [], 0
-    for entries in blocks.free:
-        diagonal = {j: pos + a for a, (i, j) in enumerate(entries) if i == j}
-        for a, (_, j) in enumerate(entries):
-            if j in diagonal and theta[diagonal[j]] >= 10 * SINGULAR_TOL:
-                out.append(pos + a)
-        pos += len(entries)
-    return out
+    return optimum.x, optimum.summary
 
 
 @dataclass(frozen=True)
@@ -313,9 +261,11 @@ class GeneralFit:
     objective: float
 
 
-def fit_general(prep: Prepared, reml: bool) -> GeneralFit:
+def fit_general(
+    prep: Prepared, reml: bool, max_evaluations: int = DEFAULT_MAX_EVALUATIONS
+) -> GeneralFit:
     """Optimise θ and return every estimate in the original parametrisation."""
-    theta, summary = optimize(prep.blocks, reml)
+    theta, summary = optimize(prep.blocks, reml, max_evaluations)
     sol = solve(prep.blocks, theta, reml)
     tr = back_transform(prep)
     beta = tr.fixed @ sol.beta + tr.fixed_shift

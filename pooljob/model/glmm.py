@@ -17,26 +17,27 @@ for canonical links, Newton's method), with the blocked Cholesky of
 :mod:`pooljob.model.lmm` — and ``W = diag(∂μ/∂η)`` is evaluated at ``û``.
 ``ℓ_c`` includes the per-row constants, so ``−d/2`` is glmer's ``logLik``.
 glmer minimises ``d`` over (θ, β) jointly after a first pass over θ with β
-and u found together (nAGQ = 0); so does :func:`fit_counts`.
+and u found together (nAGQ = 0); so does
+:func:`pooljob.model.glmm_fit.fit_counts`.  This module holds the model's
+layout, PIRLS, the fitted model (:class:`CountFit`) and draws from its
+posterior (:func:`sample_effects`, for poststratification).
 
 Pure numerics (numpy, scipy): no I/O.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 from numpy.typing import NDArray
-from scipy.optimize import minimize
-from scipy.special import expit
 
 from pooljob.model.blocks import Blocks, Pair, sum_by
-from pooljob.model.lmm import Factor, Solution, factorize, solve, templates
-from pooljob.model.optimize import SINGULAR_TOL, OptSummary, diagonal_positions, snap_to_zero
+from pooljob.model.families import mean_link
+from pooljob.model.lmm import Factor, Solution, factorize, templates
+from pooljob.model.optimize import OptSummary
 
 Array = NDArray[np.float64]
 Codes = NDArray[np.int64]
@@ -48,13 +49,6 @@ PIRLS_TOL = 1e-7
 #: A Newton step this small means the current point is the mode to rounding.
 PIRLS_EXACT = 1e-12
 PIRLS_MAX = 60
-#: Stage 1 (θ with β by PIRLS, nAGQ = 0) only gives stage 2 its start.
-STAGE1_RADIUS = 1e-1
-#: Stage 2's COBYQA stops at this trust-region radius; the Newton polish
-#: (:func:`_newton`) takes the optimum from there to ~1e-10.
-STAGE2_RADIUS = 1e-5
-#: Finite-difference step of the polish and the Hessian, relative to max(|x|, 0.1).
-POLISH_STEP = 3e-3
 
 
 @dataclass(frozen=True)
@@ -167,23 +161,6 @@ def count_model(
         zmat=zmat,
         unit=tuple(z.shape[1] == 1 and bool(np.all(z == 1.0)) for z in zs),
     )
-
-
-def mean_link(family: str, eta: Array) -> tuple[Array, Array]:
-    """Per unit of ``t``: the mean ``m(η)`` and its derivative ``m'(η)``."""
-    if family == "binomial":
-        p = expit(eta)
-        return p, p * (1.0 - p)
-    mu = np.exp(eta)
-    return mu, mu
-
-
-def link(family: str, mean: Array) -> Array:
-    """The link: ``logit`` (binomial) or ``log`` (Poisson)."""
-    with np.errstate(divide="ignore"):
-        if family == "binomial":
-            return np.asarray(np.log(mean) - np.log1p(-mean))
-        return np.asarray(np.log(mean))
 
 
 def deviance_terms(model: CountModel, eta: Array) -> float:
@@ -339,9 +316,9 @@ def predict_mode(
     at the old mode, ``M`` its factor.  The prediction is O(Δ²) from the new
     mode, so PIRLS needs one or two steps fewer.
     """
-    shape = _shape(model)
-    t_old = templates(shape, theta_old)
-    dt = [a - b for a, b in zip(templates(shape, theta), t_old, strict=True)]
+    layout = shape(model)
+    t_old = templates(layout, theta_old)
+    dt = [a - b for a, b in zip(templates(layout, theta), t_old, strict=True)]
     mean, deriv = mean_link(model.family, old.eta)
     w = model.t * deriv
     zdu, _ = random_part(model, dt, old.u)
@@ -371,7 +348,7 @@ def pirls(model: CountModel, theta: Array, beta: Array | None, u0: Array | None 
     those of Fisher scoring, exact Newton for the canonical links.  The
     returned factor is evaluated at the returned mode.
     """
-    t = templates(_shape(model), theta)
+    t = templates(shape(model), theta)
     q_total = sum(q * w for q, w in zip(model.levels, model.widths, strict=True))
     u = np.zeros(q_total) if u0 is None else u0.copy()
     joint = beta is None
@@ -424,7 +401,7 @@ def pirls(model: CountModel, theta: Array, beta: Array | None, u0: Array | None 
     raise np.linalg.LinAlgError("PIRLS did not converge")
 
 
-def _shape(model: CountModel) -> Blocks:
+def shape(model: CountModel) -> Blocks:
     """A Blocks shell with the layout only (for :func:`pooljob.model.lmm.templates`)."""
     return Blocks(
         n=0.0,
@@ -447,8 +424,9 @@ class CountFit:
     ----------
     theta, beta : the estimates.
     vcov : covariance of β̂: the β block of ``2 H⁻¹``, ``H`` the Hessian of
-        the Laplace criterion in (θ, β) (glmer's default for ``vcov``), or
-        of ``H_ββ`` alone when θ is on the boundary.
+        the Laplace criterion in (θ, β) without θ on the boundary (glmer's
+        default), or, if ``H`` is not positive definite, the conditional one
+        from PIRLS (``optimizer.vcov`` says which).
     mode : the conditional mode at the estimates.
     henderson : the blocks weighted at the mode, fixed columns included.
     solution : β, conditional modes ``b`` and ``Var(b | y)`` (σ = 1).
@@ -464,337 +442,6 @@ class CountFit:
     covariance: list[Array]
     deviance: float
     optimizer: OptSummary
-
-
-def fit_counts(model: CountModel) -> CountFit:
-    """Minimise the Laplace criterion over (θ, β), as glmer does with nAGQ = 1.
-
-    Stage 1 minimises over θ with β found by PIRLS along with u (glmer's
-    nAGQ = 0 start); stage 2 over (θ, β) jointly from there, with COBYQA to
-    a trust-region radius of ``STAGE2_RADIUS`` and a finite-difference
-    Newton polish whose Hessian also gives β's standard errors.  Diagonal
-    entries of θ are bounded below by 0.
-    """
-    n_theta, p = model.n_theta, model.x.shape[1]
-    diag = diagonal_positions(model.free)
-    evaluations = 0
-    warm: dict[str, Array] = {}
-
-    def stage1(theta: Array) -> float:
-        nonlocal evaluations
-        evaluations += 1
-        try:
-            mode = pirls(model, theta, None, warm.get("u1"))
-        except np.linalg.LinAlgError:
-            return float("inf")
-        warm["u1"], warm["b1"] = mode.u, mode.beta
-        return mode.deviance
-
-    last: list[tuple[Array, Mode]] = []
-
-    def stage2(xb: Array) -> float:
-        nonlocal evaluations
-        evaluations += 1
-        theta, beta = xb[:n_theta], xb[n_theta:]
-        starts: list[Array | None] = []
-        if last:
-            with np.errstate(all="ignore"):
-                guess = predict_mode(model, last[0][1], last[0][0][:n_theta], theta, beta)
-            # a prediction far from the last mode (e.g. from θ_k = 0) is no guide
-            if np.all(np.isfinite(guess)) and np.max(np.abs(guess - last[0][1].u)) < 1.0:
-                starts.append(guess)
-        starts += [warm.get("u2"), None]
-        for u0 in starts:
-            try:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    mode = pirls(model, theta, beta, u0)
-            except np.linalg.LinAlgError:
-                continue
-            if np.isfinite(mode.deviance):
-                warm["u2"] = mode.u
-                last[:] = [(xb.copy(), mode)]
-                return mode.deviance
-        return float("inf")
-
-    theta0 = np.zeros(n_theta)
-    theta0[diag] = 1.0
-    bounds1: list[tuple[float | None, float | None]] = [(None, None)] * n_theta
-    for i in diag:
-        bounds1[i] = (0.0, None)
-    gradient = _gradient_function(model, stage2, last)
-    if gradient is None:
-        res1 = minimize(
-            stage1,
-            theta0,
-            method="COBYQA",
-            bounds=bounds1,
-            options={"final_tr_radius": STAGE1_RADIUS, "maxfev": 100 * (n_theta + 1) ** 2},
-        )
-        theta1 = np.asarray(res1.x, dtype=np.float64)
-        start_mode = pirls(model, theta1, None)
-        stage1_note = f"COBYQA over θ with β by PIRLS (nAGQ = 0, {res1.nfev} evaluations)"
-    else:
-        # with the exact gradient, the nAGQ = 0 stage does not pay for itself
-        theta1 = theta0
-        start_mode = pirls(model, theta1, None)
-        stage1_note = "start at θ = 1 with β by PIRLS"
-    x0 = np.concatenate([theta1, start_mode.beta])
-    warm["u2"] = start_mode.u
-    bounds2 = bounds1 + [(None, None)] * p
-
-    def cobyqa(start: Array) -> tuple[Array, float, str]:
-        res = minimize(
-            stage2,
-            start,
-            method="COBYQA",
-            bounds=bounds2,
-            options={
-                "initial_tr_radius": 0.1,
-                "final_tr_radius": STAGE2_RADIUS,
-                "maxfev": 200 * (n_theta + p + 1) ** 2,
-            },
-        )
-        return np.asarray(res.x, dtype=np.float64), float(res.fun), f"COBYQA: {res.message}"
-
-    def search(start: Array) -> tuple[Array, float, str]:
-        if gradient is None:
-            return cobyqa(start)
-        # random intercepts: the exact gradient (pooljob.model.laplace).  The criterion
-        # is even in each θ_k, so the search runs unbounded and reports |θ|: at a
-        # bound θ_k = 0 its gradient would vanish and hold the search there.
-        res = minimize(
-            gradient,
-            start,
-            jac=True,
-            method="L-BFGS-B",
-            options={"ftol": 1e-15, "gtol": 1e-8, "maxiter": 1000},
-        )
-        x = np.asarray(res.x, dtype=np.float64)
-        x[diag] = np.abs(x[diag])
-        return x, stage2(x), f"L-BFGS-B: {res.message}"
-
-    method2 = "L-BFGS-B with the exact gradient" if gradient is not None else "COBYQA"
-    xb, fmin, note = search(x0)
-    notes = [note]
-    for _ in range(4):
-        # a variance at 0 is accepted only if moving it off 0 does not help
-        restart = None
-        for i in diag:
-            if xb[i] < SINGULAR_TOL:
-                trial = xb.copy()
-                trial[i] = 0.1
-                if stage2(trial) < fmin - 1e-9 * max(1.0, abs(fmin)):
-                    restart = trial
-                    break
-        if restart is None:
-            break
-        xb, fmin, note = search(restart)
-        notes.append("restart off the boundary; " + note)
-    xb, fmin, _ = snap_to_zero(stage2, xb, fmin, diag)
-    interior = [i for i in range(n_theta) if i not in diag or xb[i] >= 10 * SINGULAR_TOL]
-    interior = [i for i in interior if _column_free(model, xb, i)] + list(
-        range(n_theta, n_theta + p)
-    )
-    before = evaluations
-    if gradient is not None:
-        xb, fmin, hess = _newton_on_gradient(gradient, xb, fmin, interior)
-        value, grad = gradient(xb)
-        steps = np.maximum(np.abs(xb[interior]), 0.1)
-        if np.max(np.abs(grad[interior]) * steps, initial=0.0) > 1e-6 * max(1.0, abs(value)):
-            # the gradient search stopped short (a failed line search): finish without it
-            xb, fmin, note = cobyqa(xb)
-            notes.append("gradient search stopped short; " + note)
-            xb, fmin, hess = _newton(stage2, xb, fmin, interior)
-    else:
-        xb, fmin, hess = _newton(stage2, xb, fmin, interior)
-    polish_evals = evaluations - before
-    theta, beta = xb[:n_theta], xb[n_theta:]
-    mode = pirls(model, theta, beta, warm.get("u2"))
-    vcov = _beta_vcov(hess, interior, n_theta, p)
-    sol, henderson = _solution(model, theta, beta, mode)
-    cov = [tk @ tk.T for tk in templates(_shape(model), theta)]
-    summary = OptSummary(
-        optimizer=f"{stage1_note}, then {method2} over (θ, β) (Laplace), then a Newton polish",
-        initial=[float(v) for v in theta0],
-        final=[float(v) for v in xb],
-        fmin=float(mode.deviance),
-        evaluations=evaluations,
-        message="; ".join(notes) + f"; Newton polish ({polish_evals} evaluations)",
-        converged=bool(np.isfinite(fmin)),
-    )
-    return CountFit(theta, beta, vcov, mode, henderson, sol, cov, float(mode.deviance), summary)
-
-
-def _gradient_function(
-    model: CountModel, stage2: Callable[[Array], float], last: list[tuple[Array, Mode]]
-) -> Callable[[Array], tuple[float, Array]] | None:
-    """``x ↦ (d(x), ∇d(x))`` for random-intercept models (None otherwise).
-
-    ``stage2`` evaluates the criterion and leaves its mode in ``last``; the
-    gradient is then computed from that mode (:mod:`pooljob.model.laplace`).
-    """
-    from pooljob.model.laplace import laplace_gradient
-
-    if not all(model.unit):
-        return None
-    n_theta = model.n_theta
-
-    def value_and_gradient(xb: Array) -> tuple[float, Array]:
-        value = stage2(xb)
-        if not np.isfinite(value) or not last or not np.array_equal(last[0][0], xb):
-            return float("inf"), np.zeros(len(xb))
-        mode = last[0][1]
-        return value, laplace_gradient(model, xb[:n_theta], xb[n_theta:], mode)
-
-    return value_and_gradient
-
-
-def _newton_on_gradient(
-    fun: Callable[[Array], tuple[float, Array]], x: Array, fx: float, free: list[int]
-) -> tuple[Array, float, Array]:
-    """Newton steps over ``free`` with the exact gradient; the Hessian by its differences.
-
-    ``H[:, i] = (∇d(x + h_i e_i) − ∇d(x − h_i e_i)) / (2 h_i)``, symmetrised,
-    ``h_i = 10⁻⁴ max(|x_i|, 0.1)``: ``2k`` gradients for ``k`` coordinates.
-    Up to three steps ``x ← x − H⁻¹∇d`` are taken while the criterion does
-    not rise; the Hessian also gives the standard errors of β.
-    """
-    if not free:
-        return x, fx, np.zeros((0, 0))
-    h = 1e-4 * np.maximum(np.abs(x[free]), 0.1)
-    k = len(free)
-    hess = np.empty((k, k))
-    for a, i in enumerate(free):
-        e = np.zeros_like(x)
-        e[i] = h[a]
-        hess[:, a] = (fun(x + e)[1][free] - fun(x - e)[1][free]) / (2 * h[a])
-    hess = (hess + hess.T) / 2.0
-    try:
-        chol = np.linalg.cholesky(hess)
-    except np.linalg.LinAlgError:
-        return x, fx, hess
-    value, grad = fun(x)
-    for _ in range(3):
-        move = sla.cho_solve((chol, True), grad[free])
-        if np.any(np.abs(move) > 1e-2 * np.maximum(np.abs(x[free]), 0.1)):
-            break
-        trial = x.copy()
-        trial[free] -= move
-        ft, gt = fun(trial)
-        # near the optimum f changes by less than its rounding: judge by the gradient too
-        better = ft <= value or (
-            np.linalg.norm(gt[free]) < np.linalg.norm(grad[free])
-            and ft <= value + 1e-12 * max(1.0, abs(value))
-        )
-        if not better:
-            break
-        x, value, grad = trial, ft, gt
-        if np.all(np.abs(move) <= 1e-10 * np.maximum(np.abs(x[free]), 0.1)):
-            break
-    return x, value, hess
-
-
-def _column_free(model: CountModel, xb: Array, index: int) -> bool:
-    """False for an entry in the column of a diagonal θ that sits at the boundary."""
-    pos = 0
-    for entries in model.free:
-        diagonal = {j: pos + a for a, (i, j) in enumerate(entries) if i == j}
-        for a, (_, j) in enumerate(entries):
-            if pos + a == index:
-                return bool(xb[diagonal[j]] >= 10 * SINGULAR_TOL)
-        pos += len(entries)
-    return True
-
-
-def _curvature(
-    fun: Callable[[Array], float], x: Array, fx: float, free: list[int], h: Array
-) -> tuple[Array, Array]:
-    """Gradient and Hessian of ``fun`` over ``free`` by central differences.
-
-    ``H_aa = (f(x + h_a) − 2f(x) + f(x − h_a)) / h_a²``,
-    ``H_ab = (f(x+h_a+h_b) − f(x+h_a−h_b) − f(x−h_a+h_b) + f(x−h_a−h_b)) / (4 h_a h_b)``,
-    and the fourth-order gradient
-    ``(f(x − 2h_a) − 8f(x − h_a) + 8f(x + h_a) − f(x + 2h_a)) / (12 h_a)``,
-    sharing the points ``x ± h_a``: ``2k² + 2k`` evaluations for ``k``
-    coordinates.
-    """
-    k = len(free)
-    steps = np.zeros((k, len(x)))
-    steps[np.arange(k), free] = h
-    grad, hess = np.empty(k), np.empty((k, k))
-    for a in range(k):
-        fp, fm = fun(x + steps[a]), fun(x - steps[a])
-        fp2, fm2 = fun(x + 2 * steps[a]), fun(x - 2 * steps[a])
-        grad[a] = (fm2 - 8 * fm + 8 * fp - fp2) / (12 * h[a])
-        hess[a, a] = (fp - 2 * fx + fm) / h[a] ** 2
-        for b in range(a + 1, k):
-            ea, eb = steps[a], steps[b]
-            cross = fun(x + ea + eb) - fun(x + ea - eb) - fun(x - ea + eb) + fun(x - ea - eb)
-            hess[a, b] = hess[b, a] = cross / (4 * h[a] * h[b])
-    return grad, hess
-
-
-def _newton(
-    fun: Callable[[Array], float], x: Array, fx: float, free: list[int]
-) -> tuple[Array, float, Array]:
-    """One Newton step over ``free`` from a COBYQA optimum; and the Hessian there.
-
-    Gradient and Hessian by central differences (:func:`_curvature`) with
-    steps ``h_i = POLISH_STEP · max(|x_i|, 0.1)``: the criterion's scale in
-    θ_i is θ_i itself, and β_i's is O(1).  The step is kept only if the
-    criterion does not rise and is small (a polish, not a search); the
-    Hessian also gives the standard errors of β.
-    """
-    if not free:
-        return x, fx, np.zeros((0, 0))
-    h = POLISH_STEP * np.maximum(np.abs(x[free]), 0.1)
-    grad, hess = _curvature(fun, x, fx, free, h)
-    try:
-        move = sla.cho_solve((np.linalg.cholesky(hess), True), grad)
-    except np.linalg.LinAlgError:
-        return x, fx, hess
-    if np.any(np.abs(move) > 1e-2 * np.maximum(np.abs(x[free]), 0.1)):
-        return x, fx, hess
-    trial = x.copy()
-    trial[free] -= move
-    ft = fun(trial)
-    if ft <= fx:
-        return trial, ft, hess
-    return x, fx, hess
-
-
-def _beta_vcov(hess: Array, interior: list[int], n_theta: int, p: int) -> Array:
-    """``2 H⁻¹`` restricted to β, ``H`` the Hessian of the criterion over ``interior``.
-
-    The criterion is −2 log-likelihood, so ``2 H⁻¹`` is the inverse observed
-    information; θ on the boundary is left out of ``H`` (held fixed).
-    """
-    if not p:
-        return np.zeros((0, 0))
-    try:
-        inv = np.linalg.inv(hess)
-    except np.linalg.LinAlgError:
-        return np.full((p, p), np.nan)
-    where = [interior.index(n_theta + j) for j in range(p)]
-    return np.asarray(2.0 * inv[np.ix_(where, where)], dtype=np.float64)
-
-
-def _solution(model: CountModel, theta: Array, beta: Array, mode: Mode) -> tuple[Solution, Blocks]:
-    """β, b and ``Var(b | y)`` with σ = 1, from the blocks weighted at the mode.
-
-    The blocks carry the fixed columns (Henderson's matrix includes X) so
-    that :func:`pooljob.model.lmm.prediction_variance` covers β's uncertainty.
-    """
-    mean, deriv = mean_link(model.family, mode.eta)
-    w = np.maximum(model.t * deriv, 1e-300)
-    r = mode.eta - model.offset + (model.y - model.t * mean) / w
-    blocks = weighted_blocks(model, w, model.x, r)
-    sol = solve(blocks, theta, reml=False)
-    # solve() scales the conditional variances by its σ̂²; a GLMM has σ = 1
-    cond_var = [cv / sol.sigma2 for cv in sol.cond_var]
-    t = templates(blocks, theta)
-    _, b = random_part(model, t, mode.u)
-    return replace(sol, beta=beta, b=b, cond_var=cond_var, sigma2=1.0), blocks
 
 
 def sample_effects(

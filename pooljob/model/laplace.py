@@ -26,14 +26,8 @@ import numpy as np
 import scipy.linalg.lapack as lapack
 from numpy.typing import NDArray
 
-from pooljob.model.glmm import (
-    CountModel,
-    Mode,
-    lambda_zt,
-    mean_link,
-    random_part,
-    solve_m,
-)
+from pooljob.model.families import mean_link
+from pooljob.model.glmm import CountModel, Mode, lambda_zt, random_part, solve_m
 from pooljob.model.lmm import templates
 
 Array = NDArray[np.float64]

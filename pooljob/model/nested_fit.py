@@ -13,6 +13,7 @@ from typing import Literal
 
 import numpy as np
 
+from pooljob.model.criterion import Criterion, Differences
 from pooljob.model.nested import (
     Array,
     NestedStats,
@@ -23,7 +24,9 @@ from pooljob.model.nested import (
     objective_and_gradient_r,
     upward,
 )
-from pooljob.model.optimize import SINGULAR_TOL, OptSummary, minimize_theta
+from pooljob.model.optimize import OptSummary, minimize_criterion
+from pooljob.model.options import DEFAULT_MAX_EVALUATIONS
+from pooljob.model.theta import SINGULAR_TOL
 
 Method = Literal["reml", "ml"]
 
@@ -110,7 +113,7 @@ class NestedFit:
 
     @property
     def converged(self) -> bool:
-        """Whether the optimizer met its tolerance."""
+        """Whether the optimum passed the convergence check (:mod:`pooljob.model.optimize`)."""
         return self.optimizer.converged
 
     @property
@@ -126,7 +129,44 @@ def _shrinkage(effect_var: Array, r: float) -> Array:
     return np.ones_like(effect_var)
 
 
-def fit_nested(stats: NestedStats, method: Method = "reml") -> NestedFit:
+def optimize_theta(
+    stats: NestedStats, reml: bool, max_evaluations: int = DEFAULT_MAX_EVALUATIONS
+) -> tuple[Array, OptSummary]:
+    """Minimise the criterion over θ ≥ 0 from the moment start.
+
+    Newton's method in lme4's θ with the exact gradient ``2θ ∂f/∂r`` and a
+    Hessian from its forward differences (:mod:`pooljob.model.optimize`);
+    since ``f`` depends on θ only through θ², the search runs over all of
+    ``ℝ^d`` and reports ``|θ|``.  At ``θ_k = 0`` the θ-gradient vanishes
+    whatever the data say: the boundary is judged by the exact ``∂f/∂r_k``.
+    """
+    last: dict[str, Array] = {}
+
+    def value_and_gradient(theta: Array) -> tuple[float, Array]:
+        f, grad_r = objective_and_gradient_r(stats, theta**2, reml)
+        last["r"] = grad_r
+        return f, 2.0 * theta * grad_r
+
+    crit = Criterion(gradient=value_and_gradient, max_evaluations=max_evaluations)
+
+    def outward(theta: Array) -> Array:
+        crit.gradient(theta)  # evaluated last, or now
+        return last["r"]
+
+    optimum = minimize_criterion(
+        crit,
+        moment_start(stats),
+        [[(0, 0)] for _ in stats.parents],
+        Differences(1e-6, 1.0),
+        "Newton (exact gradient, Hessian by its forward differences)",
+        outward=outward,
+    )
+    return optimum.x, optimum.summary
+
+
+def fit_nested(
+    stats: NestedStats, method: Method = "reml", max_evaluations: int = DEFAULT_MAX_EVALUATIONS
+) -> NestedFit:
     """Fit ``y ~ 1 + (1 | g₁) + … + (1 | g_L)`` with nested groupings.
 
     Parameters
@@ -134,6 +174,8 @@ def fit_nested(stats: NestedStats, method: Method = "reml") -> NestedFit:
     stats : NestedStats
         Per-leaf count, mean and within sum of squares, and the tree.
     method : {"reml", "ml"}
+    max_evaluations : int
+        Criterion evaluations after which the search stops.
 
     Returns
     -------
@@ -141,9 +183,7 @@ def fit_nested(stats: NestedStats, method: Method = "reml") -> NestedFit:
     """
     reml = method == "reml"
     n_levels = len(stats.parents)
-    theta, summary = minimize_theta(
-        lambda r: objective_and_gradient_r(stats, r, reml), moment_start(stats)
-    )
+    theta, summary = optimize_theta(stats, reml, max_evaluations)
     r = theta**2
     up = upward(stats, r)
     nu = stats.nobs - (1.0 if reml else 0.0)

@@ -1,10 +1,12 @@
-"""The model options: families, methods and the interval, with their checks.
+"""The model options: families, methods, the interval and the optimizer's, with their checks.
 
 One list of allowed values per option, used by the config validator and by
 :func:`pooljob.fit` alike.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 FAMILIES = ("gaussian", "binomial", "poisson")
 METHODS = ("reml", "ml", "laplace")
@@ -38,3 +40,62 @@ def check_options(family: str, method: str, interval: float) -> list[str]:
     ):
         problems.append(f"interval = {interval!r} must be a number between 0 and 1, e.g. 0.95")
     return problems
+
+
+#: lme4's ``maxfun``: the default limit on criterion evaluations.
+DEFAULT_MAX_EVALUATIONS = 10_000
+#: What a fit whose convergence check fails does: raise, or publish flagged.
+ON_NONCONVERGENCE = ("fail", "publish")
+
+
+@dataclass(frozen=True)
+class Control:
+    """The optimizer's options (lme4's ``control``).
+
+    Attributes
+    ----------
+    max_evaluations : int
+        Criterion evaluations after which the search stops (lme4's ``maxfun``).
+    on_nonconvergence : {"fail", "publish"}
+        ``"fail"``: a fit that fails the convergence check raises
+        :class:`pooljob.errors.NonConvergenceError` and nothing is published;
+        ``"publish"``: it is published with ``converged = false`` and a warning.
+    """
+
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS
+    on_nonconvergence: str = "fail"
+
+
+#: The defaults: 10,000 evaluations, and a fit that fails the check fails.
+DEFAULT_CONTROL = Control()
+
+
+def check_control(max_evaluations: object, on_nonconvergence: object) -> list[str]:
+    """Return the problems with the optimizer's options (empty when all is well)."""
+    problems = []
+    if (
+        isinstance(max_evaluations, bool)
+        or not isinstance(max_evaluations, int)
+        or max_evaluations < 1
+    ):
+        problems.append(
+            f"max_evaluations = {max_evaluations!r} must be an integer of at least 1, "
+            f"e.g. {DEFAULT_MAX_EVALUATIONS}"
+        )
+    if on_nonconvergence not in ON_NONCONVERGENCE:
+        problems.append(
+            f"on_nonconvergence = {on_nonconvergence!r} is not supported; use "
+            + " or ".join(repr(v) for v in ON_NONCONVERGENCE)
+        )
+    return problems
+
+
+@dataclass(frozen=True)
+class PoststratifyConfig:
+    """The ``[poststratify]`` section: the population table and what to report."""
+
+    path: str
+    weight: str
+    by: tuple[str, ...] = ()
+    draws: int = 1000
+    seed: int = 0

@@ -20,14 +20,9 @@ from numpy.typing import NDArray
 from pooljob.errors import InputError
 from pooljob.model.cells import CountTable
 from pooljob.model.design import Design, build_design, check_rank, grouping_codes, indicator
+from pooljob.model.families import mean_link
 from pooljob.model.formula import Formula
-from pooljob.model.glmm import (
-    CountFit,
-    CountModel,
-    count_model,
-    mean_link,
-    sample_effects,
-)
+from pooljob.model.glmm import CountFit, CountModel, count_model, sample_effects
 from pooljob.model.lmm import MAX_DENSE, prediction_variance
 from pooljob.outputs.estimates import (
     CellGrouping,

@@ -29,7 +29,7 @@ import polars as pl
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
-from pooljob.model.glmm import link, mean_link
+from pooljob.model.families import link, mean_link
 from pooljob.outputs.frames import align, published_names
 
 Array = NDArray[np.float64]

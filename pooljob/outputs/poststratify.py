@@ -30,8 +30,9 @@ from numpy.typing import NDArray
 
 from pooljob.errors import InputError
 from pooljob.model.design import Column, Design, indicator
+from pooljob.model.families import mean_link
 from pooljob.model.formula import Formula, display_name
-from pooljob.model.glmm import mean_link
+from pooljob.model.options import PoststratifyConfig
 from pooljob.outputs.frames import published_names
 from pooljob.scan.source import open_data, quote_identifier
 
@@ -41,17 +42,6 @@ Array = NDArray[np.float64]
 DRAW_CHUNK = 100
 #: Population cells handled at a time for the draws.
 CELL_CHUNK = 50_000
-
-
-@dataclass(frozen=True)
-class PoststratifyConfig:
-    """The ``[poststratify]`` section: the population table and what to report."""
-
-    path: str
-    weight: str
-    by: tuple[str, ...] = ()
-    draws: int = 1000
-    seed: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,166 @@
+"""The criterion as the optimizer sees it, and its derivatives by finite differences.
+
+:class:`Criterion` counts evaluations, stops at ``max_evaluations``, caches
+the last points and keeps the best one seen; :class:`Differences` and the
+functions below give gradients and Hessians by finite differences, written
+once for every solver (:mod:`pooljob.model.optimize`).  Pure numerics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pooljob.model.options import DEFAULT_MAX_EVALUATIONS
+
+Array = NDArray[np.float64]
+#: Points whose values the criterion keeps (asking again costs no evaluation).
+RECENT = 8
+
+
+class EvaluationLimitError(Exception):
+    """The criterion was evaluated ``max_evaluations`` times."""
+
+
+class Criterion:
+    """The criterion as the optimizer sees it: counted, bounded, cached, its best point kept.
+
+    ``value(x)`` is ``f(x)``; ``gradient(x)``, when an exact gradient exists,
+    ``(f(x), ∇f(x))``.  ``spent`` evaluations were made by earlier stages;
+    once ``max_evaluations`` are made, the next raises
+    :class:`EvaluationLimitError` (while ``enforce``).  The last ``RECENT``
+    points are cached: asking again costs no evaluation.
+    """
+
+    def __init__(
+        self,
+        value: Callable[[Array], float] | None = None,
+        gradient: Callable[[Array], tuple[float, Array]] | None = None,
+        max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+        spent: int = 0,
+    ) -> None:
+        self._value, self._gradient = value, gradient
+        self.max_evaluations = max_evaluations
+        self.evaluations = spent
+        self.enforce = True
+        self.limit_reached = False
+        self._recent: dict[bytes, tuple[float, Array | None]] = {}
+        self.best_x: Array | None = None
+        self.best_f = float("inf")
+
+    @property
+    def exact(self) -> bool:
+        """Whether an exact gradient exists."""
+        return self._gradient is not None
+
+    def _evaluate(self, x: Array, gradient: bool) -> tuple[float, Array | None]:
+        key = x.tobytes()
+        if key in self._recent and (self._recent[key][1] is not None or not gradient):
+            return self._recent[key]
+        if self.enforce and self.evaluations >= self.max_evaluations:
+            self.limit_reached = True
+            raise EvaluationLimitError
+        self.evaluations += 1
+        out: tuple[float, Array | None]
+        if gradient:
+            assert self._gradient is not None
+            f, g = self._gradient(x)
+            out = (float(f), np.asarray(g, dtype=np.float64))
+        else:
+            assert self._value is not None
+            out = (float(self._value(x)), None)
+        self._recent[key] = out
+        if len(self._recent) > RECENT:
+            del self._recent[next(iter(self._recent))]
+        if out[0] < self.best_f:
+            self.best_x, self.best_f = x.copy(), out[0]
+        return out
+
+    def __call__(self, x: Array) -> float:
+        """``f(x)``."""
+        return self._evaluate(np.asarray(x, dtype=np.float64), self._value is None)[0]
+
+    def gradient(self, x: Array) -> tuple[float, Array]:
+        """``(f(x), ∇f(x))`` (exact gradients only)."""
+        f, g = self._evaluate(np.asarray(x, dtype=np.float64), True)
+        assert g is not None
+        return f, g.copy()
+
+
+@dataclass(frozen=True)
+class Differences:
+    """Finite-difference steps ``h_i = step × max(|x_i|, floor)``.
+
+    ``central``: Hessians from a gradient by central differences (2k
+    gradients for k coordinates) rather than forward ones (k).
+    """
+
+    step: float
+    floor: float
+    central: bool = False
+
+    def steps(self, x: Array) -> Array:
+        """The steps at ``x``."""
+        return np.asarray(self.step * np.maximum(np.abs(x), self.floor), dtype=np.float64)
+
+
+def hessian_from_gradient(
+    crit: Criterion, x: Array, g: Array, coords: list[int], diff: Differences
+) -> Array:
+    """``H`` on ``coords`` from the exact gradient (``g`` its value there), symmetrised.
+
+    ``H e_i ≈ (∇f(x + h_i e_i) − ∇f(x)) / h_i``, or ``(∇f(x + h_i e_i) −
+    ∇f(x − h_i e_i)) / 2h_i`` when ``diff.central``.
+    """
+    h = diff.steps(x[coords])
+    hess = np.empty((len(coords), len(coords)))
+    for a, i in enumerate(coords):
+        e = h[a] * np.eye(len(x))[i]
+        up = crit.gradient(x + e)[1][coords]
+        if diff.central:
+            hess[:, a] = (up - crit.gradient(x - e)[1][coords]) / (2 * h[a])
+        else:
+            hess[:, a] = (up - g) / h[a]
+    return np.asarray(0.5 * (hess + hess.T), dtype=np.float64)
+
+
+def gradient_from_values(crit: Criterion, x: Array, coords: list[int], diff: Differences) -> Array:
+    """``(f(x − 2h_i) − 8f(x − h_i) + 8f(x + h_i) − f(x + 2h_i)) / 12h_i`` on ``coords``.
+
+    Rounding error ~``ε|f|/h_i``, truncation ~``h_i⁴``.
+    """
+    h = diff.steps(x[coords])
+    g = np.empty(len(coords))
+    for a, i in enumerate(coords):
+        e = h[a] * np.eye(len(x))[i]
+        g[a] = (crit(x - 2 * e) - 8 * crit(x - e) + 8 * crit(x + e) - crit(x + 2 * e)) / (12 * h[a])
+    return g
+
+
+def curvature(
+    crit: Criterion, x: Array, f0: float, coords: list[int], diff: Differences
+) -> tuple[Array, Array]:
+    """Gradient and Hessian on ``coords`` from values, by central differences.
+
+    ``H_aa = (f(x + h_a) − 2f(x) + f(x − h_a)) / h_a²``,
+    ``H_ab = (f(x+h_a+h_b) − f(x+h_a−h_b) − f(x−h_a+h_b) + f(x−h_a−h_b)) / 4h_a h_b``,
+    and the gradient of :func:`gradient_from_values`, sharing the points
+    ``x ± h_a``: ``2k² + 2k`` evaluations for ``k`` coordinates.
+    """
+    k = len(coords)
+    h = diff.steps(x[coords])
+    steps = [h[a] * np.eye(len(x))[i] for a, i in enumerate(coords)]
+    grad, hess = np.empty(k), np.empty((k, k))
+    for a in range(k):
+        ea = steps[a]
+        fp, fm = crit(x + ea), crit(x - ea)
+        grad[a] = (crit(x - 2 * ea) - 8 * fm + 8 * fp - crit(x + 2 * ea)) / (12 * h[a])
+        hess[a, a] = (fp - 2 * f0 + fm) / h[a] ** 2
+        for b in range(a + 1, k):
+            eb = steps[b]
+            cross = crit(x + ea + eb) - crit(x + ea - eb) - crit(x - ea + eb) + crit(x - ea - eb)
+            hess[a, b] = hess[b, a] = cross / (4 * h[a] * h[b])
+    return grad, hess
