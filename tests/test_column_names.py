@@ -33,11 +33,11 @@ import pooljob
 from pooljob.api import fit_source
 from pooljob.job.config import load_config
 from pooljob.job.run import run
+from pooljob.model.count_design import prepare_counts
 from pooljob.model.formula import display_name, parse_formula
 from pooljob.model.general import fit_general, prepare
-from pooljob.model.glmm import fit_counts
+from pooljob.model.glmm_fit import fit_counts
 from pooljob.model.nested_fit import fit_nested
-from pooljob.outputs.count_tables import prepare_counts
 from pooljob.outputs.tables import FitResult
 from pooljob.scan.cell_counts import scan_counts
 from pooljob.scan.cell_moments import file_column, scan_cells

@@ -9,6 +9,8 @@ module over 500 lines.
 from __future__ import annotations
 
 import ast
+import fnmatch
+import re
 from pathlib import Path
 
 import pytest
@@ -133,3 +135,15 @@ def test_the_config_imports_no_solver() -> None:
         for m in ("general", "glmm", "glmm_fit", "laplace", "lmm", "nested_fit", "optimize")
     }
     assert not seen & solvers, f"pooljob.job.config reaches {sorted(seen & solvers)}"
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    readme = (PACKAGE.parent / "README.md").read_text()
+    layout = readme[readme.index("## Layout") :]
+    names = set(re.findall(r"[\w*]+\.py", layout))
+    for path in ALL.values():
+        if path.name == "__init__.py":
+            continue
+        assert any(fnmatch.fnmatch(path.name, n) for n in names), f"README's Layout omits {path}"
+    for sql in (PACKAGE.parent / "sql").glob("*.sql"):
+        assert sql.name in layout, f"README's Layout omits sql/{sql.name}"
