@@ -16,13 +16,10 @@ import time
 
 from pooljob.errors import InputError, NonConvergenceError, NotNestedError
 from pooljob.model.cells import CellTable
-from pooljob.model.count_design import prepare_counts
 from pooljob.model.formula import Formula
-from pooljob.model.glmm_fit import fit_counts
 from pooljob.model.nested_fit import fit_nested
 from pooljob.model.optimize import OptSummary, is_singular
 from pooljob.model.options import DEFAULT_CONTROL, Control
-from pooljob.outputs.count_tables import count_tables, predictor
 from pooljob.outputs.tables import FitResult, build, build_general
 from pooljob.scan.cell_counts import COUNT_FAMILIES, count_stats_sql, covariate_indices, scan_counts
 from pooljob.scan.cell_moments import scan_cells
@@ -153,6 +150,11 @@ def fit_count_source(
     control: Control = DEFAULT_CONTROL,
 ) -> FitResult:
     """Scan ``source`` into per-cell counts and fit ``formula`` by Laplace."""
+    # imported here: a Gaussian run needs none of the Laplace solver (nor scipy.optimize)
+    from pooljob.model.count_design import prepare_counts
+    from pooljob.model.glmm_fit import fit_counts
+    from pooljob.outputs.count_tables import count_tables, predictor
+
     t0 = time.perf_counter()
     if not formula.random:
         raise InputError(

@@ -37,10 +37,10 @@ def test_summary_text_reads_like_lme4() -> None:
         "Variance",
         "Std.Dev.",
     ]
-    assert " Batch    (Intercept)     1764       42" in lines
+    assert " Batch    (Intercept)     1764    42.00" in lines
     assert " Residual                 2451    49.51" in lines
     assert "Number of obs: 30, groups:  Batch, 6" in lines
-    assert lines[-1].split() == ["(Intercept)", "1527.5", "19.38", "78.8"]
+    assert lines[-1].split() == ["(Intercept)", "1527.50", "19.38", "78.8"]
 
 
 def test_summary_text_of_ml_slopes_and_glmm() -> None:

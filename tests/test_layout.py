@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import fnmatch
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +149,14 @@ def test_the_readme_layout_names_every_module() -> None:
         assert any(fnmatch.fnmatch(path.name, n) for n in names), f"README's Layout omits {path}"
     for sql in (PACKAGE.parent / "sql").glob("*.sql"):
         assert sql.name in layout, f"README's Layout omits sql/{sql.name}"
+
+
+def test_starting_pooljob_loads_no_solver_library() -> None:
+    """A cron run starts a fresh process: the CLI imports no scipy or matplotlib until needed."""
+    code = (
+        "import sys, pooljob.job.cli; "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'matplotlib')); "
+        "assert not heavy, heavy"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr.strip().splitlines()[-1]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import expit
 
 Array = NDArray[np.float64]
 
@@ -17,6 +16,8 @@ Array = NDArray[np.float64]
 def mean_link(family: str, eta: Array) -> tuple[Array, Array]:
     """Per unit of ``t``: the mean ``m(η)`` and its derivative ``m'(η)``."""
     if family == "binomial":
+        from scipy.special import expit  # here: importing pooljob loads no scipy.special
+
         p = expit(eta)
         return p, p * (1.0 - p)
     mu = np.exp(eta)

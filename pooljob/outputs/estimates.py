@@ -22,12 +22,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-import scipy.sparse as sp
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 from pooljob.model.families import link, mean_link
 from pooljob.outputs.frames import align, published_names
@@ -193,6 +195,8 @@ def cell_estimates(
         start += q
     if not groupings:
         return []
+    import scipy.sparse as sp  # here: the nested tree's tables need no scipy
+
     a_random = []
     for k, block in enumerate(cells.grad_random):
         rows, cols, vals = entries[k]

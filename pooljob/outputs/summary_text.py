@@ -22,7 +22,8 @@ def _g(x: float | None, digits: int = 4) -> str:
     """A number to ``digits`` significant digits, as R's ``signif`` prints it."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "NA"
-    return f"{x:.{digits}g}"
+    text = f"{x:#.{digits}g}"  # keeps trailing zeros: 42.00, as R prints 42
+    return text[:-1] if text.endswith(".") else text
 
 
 def _columns(rows: list[list[str]], left: int = 1) -> list[str]:
