@@ -99,7 +99,7 @@ def factor_offset(rng: np.random.Generator) -> pl.DataFrame:
 
 
 def crossed_slope(rng: np.random.Generator) -> pl.DataFrame:
-    n = 110
+    n = 80  # the dense brute-force minimisation costs ~n³ per evaluation
     g = rng.permutation(np.arange(n) % 7)
     h = rng.permutation(np.arange(n) % 5)
     eff = rng.multivariate_normal([0, 0], [[1.5, -0.3], [-0.3, 0.4]], 7)

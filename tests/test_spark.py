@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,27 +44,6 @@ def _missing() -> str | None:
     if shutil.which("java") is None and not (java_home and Path(java_home, "bin", "java").exists()):
         return "no Java runtime (java not on PATH, no JAVA_HOME): Spark needs one"
     return None
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[Any]:
-    reason = _missing()
-    if reason:
-        pytest.skip(reason)
-    from pyspark.sql import SparkSession
-
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("pooljob-tests")
-        .config("spark.sql.shuffle.partitions", "4")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.memory", "1g")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
 
 
 # --- data ---------------------------------------------------------------------------
