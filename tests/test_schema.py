@@ -266,6 +266,19 @@ def test_the_manifests_follow_the_json_schema(runs: dict[str, Path], tmp_path: P
         '[output]\npath = "out"\ninterval = 0.9\n'
     )
     validate_manifest(run(load_config(tmp_path / "job.toml")).manifest)
+    # and an incremental refresh (no reason)
+    (tmp_path / "data").mkdir()
+    frame.write_parquet(tmp_path / "data" / "a.parquet")
+    (tmp_path / "refresh.toml").write_text(
+        '[source]\npath = "data/*.parquet"\n'
+        '[model]\nformula = "y ~ 1 + (1 | g)"\n'
+        '[output]\npath = "out2"\n'
+    )
+    validate_manifest(run(load_config(tmp_path / "refresh.toml")).manifest)
+    frame.with_columns(y=pl.col("y") * 2).write_parquet(tmp_path / "data" / "b.parquet")
+    manifest = run(load_config(tmp_path / "refresh.toml")).manifest
+    assert manifest["refresh"]["mode"] == "incremental"
+    validate_manifest(manifest)
 
 
 def test_a_manifest_breaking_the_schema_is_caught(runs: dict[str, Path]) -> None:
