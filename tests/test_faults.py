@@ -49,15 +49,15 @@ _PATCHES = {
     ),
     # the outputs: killed after the second Parquet file
     "write": (
-        "import polars as pl\n"
-        "orig = pl.DataFrame.write_parquet\n"
+        "import pyarrow.parquet as pq\n"
+        "orig = pq.write_table\n"
         "calls = []\n"
-        "def write(self, *a, **k):\n"
-        "    orig(self, *a, **k)\n"
+        "def write(*a, **k):\n"
+        "    orig(*a, **k)\n"
         "    calls.append(1)\n"
         "    if len(calls) == 2:\n"
         "        die()\n"
-        "pl.DataFrame.write_parquet = write\n"
+        "pq.write_table = write\n"
     ),
     # the publish: the run is complete and renamed, `current` not yet swapped
     "publish": (

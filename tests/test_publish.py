@@ -39,12 +39,12 @@ def test_failure_while_writing_leaves_current_unchanged(published: Path, monkeyp
     out = published.parent / "out"
     before = tree_digest(out)
 
-    def boom(self, path, *a, **k):
+    def boom(table, path, *a, **k):
         raise OSError(28, "No space left on device")
 
-    import polars as pl
+    import pyarrow.parquet as pq
 
-    monkeypatch.setattr(pl.DataFrame, "write_parquet", boom)
+    monkeypatch.setattr(pq, "write_table", boom)
     with pytest.raises(PublishError, match="no space left"):
         job_module.run(load_config(published))
     assert tree_digest(out) == before
@@ -57,16 +57,16 @@ def test_killed_run_leaves_current_unchanged_and_next_run_succeeds(published: Pa
     current_before = tree_digest(out / "current")
     # a run killed with SIGKILL in the middle of writing its outputs
     code = (
-        "import os, signal, polars as pl\n"
+        "import os, signal, pyarrow.parquet as pq\n"
         "from pooljob.job.cli import main\n"
-        "orig = pl.DataFrame.write_parquet\n"
+        "orig = pq.write_table\n"
         "calls = []\n"
-        "def write(self, *a, **k):\n"
-        "    orig(self, *a, **k)\n"
+        "def write(*a, **k):\n"
+        "    orig(*a, **k)\n"
         "    calls.append(1)\n"
         "    if len(calls) == 2:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "pl.DataFrame.write_parquet = write\n"
+        "pq.write_table = write\n"
         f"main(['--quiet', 'run', {str(published)!r}])\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True)

@@ -26,6 +26,7 @@ from pooljob.outputs.poststratify import poststratify, read_population, require_
 from pooljob.outputs.publish import new_run_id, publish
 from pooljob.outputs.report import REPORT, write_report
 from pooljob.outputs.report_figures import require_matplotlib
+from pooljob.outputs.schema import SCHEMA_VERSION, write_table
 from pooljob.outputs.tables import FitResult
 
 log = logging.getLogger("pooljob")
@@ -74,6 +75,7 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The manifest: the fit's numbers, row accounting, input, config, versions, timings."""
     return {
+        "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
         **result.summary(),
         "input_fingerprint": input_fingerprint,
@@ -199,9 +201,14 @@ def run(config: Config, progress: bool = False, full: bool = False) -> RunOutcom
         def write(directory: Path) -> None:
             t_w = time.perf_counter()
             for name in OUTPUT_TABLES:
-                getattr(result, name).write_parquet(directory / f"{name}.parquet")
+                write_table(getattr(result, name), directory / f"{name}.parquet", run_id, name)
             if poststratified is not None:
-                poststratified.write_parquet(directory / f"{POSTSTRATIFIED}.parquet")
+                write_table(
+                    poststratified,
+                    directory / f"{POSTSTRATIFIED}.parquet",
+                    run_id,
+                    POSTSTRATIFIED,
+                )
             timings["write"] = time.perf_counter() - t_w
             timings["total"] = time.perf_counter() - t0
             manifest.update(

@@ -20,6 +20,7 @@ import numpy as np
 import polars as pl
 
 from pooljob.errors import ConfigError, InputError
+from pooljob.outputs.schema import check_readable
 
 INTERCEPT = "(Intercept)"
 RESIDUAL = "Residual"
@@ -116,6 +117,7 @@ def load_run(directory: str | Path) -> RunData:
         raise InputError(f"cannot read {str(manifest_file)!r}: {exc}") from None
     if not isinstance(manifest, dict):
         raise InputError(f"{str(manifest_file)!r} is not a pooljob manifest (not a JSON object)")
+    check_readable(manifest, str(path))
     tables = {name: _read_table(path / f"{name}.parquet") for name in _TABLES}
     effects_file = path / "effects.parquet"
     effects = _read_table(effects_file) if effects_file.is_file() else None
