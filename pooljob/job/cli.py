@@ -195,7 +195,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     with open_source(config) as source:  # on the config's engine: Spark reads its own schema
-        check_schema(source, config.model.formula, config.model.family)
+        if config.model.rollup is not None:
+            from pooljob.scan.rollup import check_rollup_schema
+
+            check_rollup_schema(
+                source, config.model.formula, config.model.family, config.model.rollup
+            )
+        else:
+            check_schema(source, config.model.formula, config.model.family)
     print(
         f"config {args.config!r} is valid; columns found: "
         + ", ".join(config.model.formula.columns)
