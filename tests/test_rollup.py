@@ -203,11 +203,14 @@ ROLLUP_TOML = 'rollup = { count = "n", sum = "y_sum", sum_squares = "y_sum_squar
 def test_job_run_validate_explain(tmp_path: Path, capsys: Any) -> None:
     cfg = _job(tmp_path, "y ~ x + (1 | a/b)", ROLLUP_TOML)
     assert main(["validate", str(cfg)]) == 0
+    assert "columns found: x, a, b, n, y_sum, y_sum_squares" in capsys.readouterr().out
     assert main(["explain", str(cfg)]) == 0
     sql = capsys.readouterr().out
     assert "rollup_stats" in sql and '"y_sum_squares"' in sql
     assert main(["--quiet", "run", str(cfg)]) == 0
-    assert main(["--quiet", "run", str(cfg)]) == 0  # never incremental: a full scan, said why
+    assert main(["run", str(cfg)]) == 0  # never incremental: a full scan, said why
+    err = capsys.readouterr().err
+    assert "a rollup table is scanned in full" in err and "rollup: 160 rollup rows read" in err
     manifest = json.loads((tmp_path / "out" / "current" / "manifest.json").read_text())
     assert manifest["refresh"]["mode"] == "full"
     assert "rollup" in manifest["refresh"]["reason"]

@@ -203,10 +203,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             )
         else:
             check_schema(source, config.model.formula, config.model.family)
-    print(
-        f"config {args.config!r} is valid; columns found: "
-        + ", ".join(config.model.formula.columns)
-    )
+    m = config.model
+    found = [c for c in m.formula.columns if m.rollup is None or c != m.formula.response]
+    if m.rollup is not None:
+        found += [c for c in m.rollup.columns if c not in found]
+    print(f"config {args.config!r} is valid; columns found: " + ", ".join(found))
     return 0
 
 

@@ -117,6 +117,18 @@ def fit_rollup(
         control=m.control,
         rollup=m.rollup,
     )
+    counts: dict[str, Any] = result.rows["rollup_rows"]
+    dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts["dropped"].items() if v)
+    log_event(
+        "rollup",
+        "rollup: %d rollup rows read, %d used%s",
+        counts["read"],
+        counts["used"],
+        f"; dropped {dropped}" if dropped else "",
+        rollup_rows_read=counts["read"],
+        rollup_rows_used=counts["used"],
+        rollup_rows_dropped=counts["dropped"],
+    )
     return result, Refresh("full", ROLLUP_FULL, scanned=len(snap.files))
 
 
