@@ -14,6 +14,7 @@ from pooljob.model.options import (
     Control,
     check_control,
     check_options,
+    check_rollup,
     default_method,
 )
 from pooljob.outputs.tables import FitResult
@@ -29,6 +30,7 @@ def fit(
     interval: float = 0.95,
     max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
     on_nonconvergence: Literal["fail", "publish"] = "fail",
+    rollup: dict[str, str] | None = None,
 ) -> FitResult:
     """Fit a multilevel model from DuckDB sufficient statistics.
 
@@ -60,6 +62,11 @@ def fit(
         :class:`pooljob.errors.NonConvergenceError` (``"fail"``), or is
         returned with ``converged = False`` and a warning logged
         (``"publish"``).
+    rollup : dict, optional
+        ``{"count": ..., "sum": ..., "sum_squares": ...}``: ``data`` is a
+        rollup table, one row per group of rows with their number and the sum
+        and sum of squares of the response; every other column of the model is
+        a column of the rollup (docs/models.md, "Rollup tables").  Gaussian only.
 
     Returns
     -------
@@ -84,11 +91,15 @@ def fit(
     assert method is not None
     problems = check_options(family, method, interval)
     problems += check_control(max_evaluations, on_nonconvergence)
+    columns, rollup_problems = check_rollup(rollup, family)
+    problems += rollup_problems
     if problems:
         raise ConfigError("; ".join(problems))
     control = Control(max_evaluations, on_nonconvergence)
     with open_data(data) as source:
-        return fit_source(parsed, source, family, method, float(interval), control=control)
+        return fit_source(
+            parsed, source, family, method, float(interval), control=control, rollup=columns
+        )
 
 
 def poststratify(

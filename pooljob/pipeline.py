@@ -19,10 +19,11 @@ from pooljob.model.cells import CellTable
 from pooljob.model.formula import Formula
 from pooljob.model.nested_fit import fit_nested
 from pooljob.model.optimize import OptSummary, is_singular
-from pooljob.model.options import DEFAULT_CONTROL, Control
+from pooljob.model.options import DEFAULT_CONTROL, Control, Rollup
 from pooljob.outputs.tables import FitResult, build, build_general
 from pooljob.scan.cell_counts import COUNT_FAMILIES, count_stats_sql, covariate_indices, scan_counts
 from pooljob.scan.cell_moments import scan_cells
+from pooljob.scan.rollup import check_rollup_schema, scan_rollup
 from pooljob.scan.schema import ScanSpec, check_schema
 from pooljob.scan.source import TableSource
 from pooljob.scan.tree import nested_statistics
@@ -62,6 +63,7 @@ def fit_source(
     interval: float,
     solver: str = "auto",
     control: Control = DEFAULT_CONTROL,
+    rollup: Rollup | None = None,
 ) -> FitResult:
     """Fit ``formula`` to an open source: one scan, then the solver.
 
@@ -71,13 +73,18 @@ def fit_source(
     start from the same cell statistics and publish the same tables
     (``solver = "blocked"`` forces the blocked solver, for tests that say so).
     ``control`` bounds the optimizer and says what a fit that fails the
-    convergence check does.
+    convergence check does.  With ``rollup``, ``source`` is a rollup table
+    (:mod:`pooljob.scan.rollup`): the cells are those of the rows behind it.
     """
     t0 = time.perf_counter()
-    spec = check_schema(source, formula, family)
-    if family in COUNT_FAMILIES:
-        return fit_count_source(formula, source, spec, family, interval, control)
-    cells = scan_cells(source, spec.keys, spec.variables)
+    if rollup is not None:
+        spec = check_rollup_schema(source, formula, family, rollup)
+        cells = scan_rollup(source, spec, rollup)
+    else:
+        spec = check_schema(source, formula, family)
+        if family in COUNT_FAMILIES:
+            return fit_count_source(formula, source, spec, family, interval, control)
+        cells = scan_cells(source, spec.keys, spec.variables)
     return fit_cells(
         formula,
         cells,

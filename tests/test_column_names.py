@@ -265,7 +265,7 @@ def test_keys_come_back_with_their_names_and_types() -> None:
 # --- the statistics SQL names user columns in its first step only ------------------
 
 
-_INTERNAL = re.compile(r"^(k\d+|v\d+|c\d+|y|t|o|file|drop_code)$")
+_INTERNAL = re.compile(r"^(k\d+|v\d+|c\d+|m\d+|y|t|o|w|s|q|ys|yq|d|file|drop_code)$")
 
 
 def _check_names(sql: str) -> None:
@@ -304,6 +304,14 @@ def test_statistics_sql_reads_user_columns_only_in_its_first_step() -> None:
         _check_names(cell_stats_sql(spec.keys, spec.variables, finite_only, True, by=by))
     counts = parse_formula("cbind(y, t - y) ~ `select` + offset(o) + (1 | v1)")
     _check_names(count_sql(counts, "binomial", check_schema(_Schema(columns), counts, "binomial")))
+    from pooljob.model.options import Rollup
+    from pooljob.scan.rollup import check_rollup_schema, rollup_stats_sql
+
+    roll = Rollup("y", "t", 'say "hi"')
+    rollup_columns = {**columns, 'say "hi"': "DOUBLE"}
+    rollup_formula = parse_formula("`my col` ~ o + `select` + (1 | v1)")
+    spec = check_rollup_schema(_Schema(rollup_columns), rollup_formula, "gaussian", roll)
+    _check_names(rollup_stats_sql(spec.keys, spec.variables, roll))
 
 
 @dataclass

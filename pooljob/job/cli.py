@@ -195,11 +195,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     with open_source(config) as source:  # on the config's engine: Spark reads its own schema
-        check_schema(source, config.model.formula, config.model.family)
-    print(
-        f"config {args.config!r} is valid; columns found: "
-        + ", ".join(config.model.formula.columns)
-    )
+        if config.model.rollup is not None:
+            from pooljob.scan.rollup import check_rollup_schema
+
+            check_rollup_schema(
+                source, config.model.formula, config.model.family, config.model.rollup
+            )
+        else:
+            check_schema(source, config.model.formula, config.model.family)
+    m = config.model
+    found = [c for c in m.formula.columns if m.rollup is None or c != m.formula.response]
+    if m.rollup is not None:
+        found += [c for c in m.rollup.columns if c not in found]
+    print(f"config {args.config!r} is valid; columns found: " + ", ".join(found))
     return 0
 
 

@@ -17,6 +17,7 @@ Example:
     method = "reml"          # reml | ml
     max_evaluations = 10000  # optional: the optimizer's limit (lme4's maxfun)
     on_nonconvergence = "fail"  # or "publish": published with converged = false
+    # rollup = { count = "n", sum = "income_sum", sum_squares = "income_sum_squares" }
     [output]
     path = "out/income"
     interval = 0.95
@@ -53,8 +54,10 @@ from pooljob.model.options import (
     METHODS,
     Control,
     PoststratifyConfig,
+    Rollup,
     check_control,
     check_options,
+    check_rollup,
     default_method,
 )
 from pooljob.outputs.report_data import resolve_grouping
@@ -68,6 +71,7 @@ _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
         "method": str,
         "max_evaluations": int,
         "on_nonconvergence": str,
+        "rollup": dict,
     },
     "output": {
         "path": str,
@@ -105,6 +109,7 @@ class ModelConfig:
     method: str = "reml"
     max_evaluations: int = DEFAULT_MAX_EVALUATIONS
     on_nonconvergence: str = "fail"
+    rollup: Rollup | None = None  # the source is a rollup table (docs/models.md)
 
     @property
     def control(self) -> Control:
@@ -390,12 +395,19 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
     if not isinstance(on_nonconvergence, str):
         on_nonconvergence = "fail"
     problems.extend(f"[model] {p}" for p in check_control(max_evaluations, on_nonconvergence))
+    rollup, rollup_problems = check_rollup(model_raw.get("rollup"), family)
+    problems.extend(f"[model] {p}" for p in rollup_problems)
     keep_runs = out_raw.get("keep_runs", 5)
     if isinstance(keep_runs, int) and not isinstance(keep_runs, bool) and keep_runs < 1:
         problems.append(f"[output] keep_runs = {keep_runs} must be at least 1")
     engine = _engine(eng_raw, source, problems)
     if engine.kind == "duckdb":  # trusted SQL, still one expression or one SELECT
         problems.extend(p for p in _sql_problems(source) if p is not None)
+    if engine.kind == "spark" and "rollup" in model_raw:
+        problems.append(
+            "[model] rollup runs on [engine] kind = 'duckdb': the Spark engine computes the "
+            "statistics of rows only"
+        )
     if engine.kind == "spark" and family in ("binomial", "poisson"):
         problems.append(
             f"family = {family!r} runs on [engine] kind = 'duckdb': the Spark engine computes "
@@ -424,6 +436,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             method=method,
             max_evaluations=max_evaluations,
             on_nonconvergence=on_nonconvergence,
+            rollup=rollup,
         ),
         output=OutputConfig(
             path=Path(_resolve(base, out_path)),

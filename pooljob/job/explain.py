@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pooljob.job.config import Config
 from pooljob.scan.cell_counts import COUNT_FAMILIES
+from pooljob.scan.rollup import check_rollup_schema, rollup_stats_sql
 from pooljob.scan.schema import check_schema, group_stats_sql
 from pooljob.scan.source import inline_parameters, open_config_source, quote_identifier
 
@@ -44,12 +45,26 @@ def explain(config: Config) -> str:
         where=s.where,
         search_path=s.folder,
     ) as source:
-        spec = check_schema(source, config.model.formula, config.model.family)
+        m = config.model
+        if m.rollup is not None:
+            spec = check_rollup_schema(source, m.formula, m.family, m.rollup)
+        else:
+            spec = check_schema(source, m.formula, m.family)
         views = source.view_sql()
         description = source.description
         columns = dict(source.columns)
     formula = config.model.formula
-    if config.model.family in COUNT_FAMILIES:
+    if config.model.rollup is not None:
+        stats_sql = rollup_stats_sql(spec.keys, spec.variables, config.model.rollup)
+        shifts = {f"s{i}": 0.0 for i in range(len(spec.variables))}
+        stats_sql = inline_parameters(stats_sql, shifts)
+        what = [
+            "-- per-cell statistics of the rows behind a rollup table, one scan",
+            "-- (sql/rollup_stats.sql): the centring shifts are 0 here (a second scan, made",
+            "-- only for a mean far from 0, binds a shift); the cells are the rows whose",
+            "-- drop_code is 'used'",
+        ]
+    elif config.model.family in COUNT_FAMILIES:
         from pooljob.pipeline import count_sql
 
         stats_sql = count_sql(formula, config.model.family, spec)

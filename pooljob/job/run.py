@@ -18,16 +18,17 @@ import polars as pl
 from pooljob.errors import ConfigError
 from pooljob.job.config import Config
 from pooljob.job.engine import open_source
-from pooljob.job.fingerprint import check_unchanged, fingerprint, snapshot
+from pooljob.job.fingerprint import InputSnapshot, check_unchanged, fingerprint, snapshot
 from pooljob.job.lock import output_lock
 from pooljob.job.logs import log_context, log_event
-from pooljob.job.refresh import fit_refreshed
+from pooljob.job.refresh import Refresh, fit_refreshed
 from pooljob.outputs.poststratify import poststratify, read_population, require_population
 from pooljob.outputs.publish import new_run_id, publish
 from pooljob.outputs.report import REPORT, write_report
 from pooljob.outputs.report_figures import require_matplotlib
 from pooljob.outputs.schema import SCHEMA_VERSION, write_table
 from pooljob.outputs.tables import FitResult
+from pooljob.scan.source import TableSource
 
 log = logging.getLogger("pooljob")
 
@@ -92,6 +93,45 @@ def build_manifest(
         "started_at": _iso(started),
         "finished_at": _iso(time.time()),
     }
+
+
+#: Why a rollup is always scanned in full.
+ROLLUP_FULL = (
+    "[model] rollup: a rollup table is scanned in full (it is already one row per cell or "
+    "finer, so a full scan is cheap; no statistics store)"
+)
+
+
+def fit_rollup(
+    config: Config, source: TableSource, snap: InputSnapshot
+) -> tuple[FitResult, Refresh]:
+    """Fit from a rollup table: always one full scan, no store (the reason is logged)."""
+    from pooljob.pipeline import fit_source
+
+    log_event("refresh", "refresh: full scan, no statistics store: %s", ROLLUP_FULL, mode="full")
+    m = config.model
+    result = fit_source(
+        m.formula,
+        source,
+        m.family,
+        m.method,
+        config.output.interval,
+        control=m.control,
+        rollup=m.rollup,
+    )
+    counts: dict[str, Any] = result.rows["rollup_rows"]
+    dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts["dropped"].items() if v)
+    log_event(
+        "rollup",
+        "rollup: %d rollup rows read, %d used%s",
+        counts["read"],
+        counts["used"],
+        f"; dropped {dropped}" if dropped else "",
+        rollup_rows_read=counts["read"],
+        rollup_rows_used=counts["used"],
+        rollup_rows_dropped=counts["dropped"],
+    )
+    return result, Refresh("full", ROLLUP_FULL, scanned=len(snap.files))
 
 
 def _stage(name: str, seconds: float) -> dict[str, Any]:
@@ -160,7 +200,10 @@ def run(config: Config, progress: bool = False, full: bool = False) -> RunOutcom
                 t_open - t0,
                 **_stage("open", t_open - t0),
             )
-            result, refresh = fit_refreshed(config, source, before, full)
+            if config.model.rollup is not None:
+                result, refresh = fit_rollup(config, source, before)
+            else:
+                result, refresh = fit_refreshed(config, source, before, full)
         check_unchanged(before, snapshot(src))
         poststratified = _poststratify(config, result)
         rows = result.rows

@@ -99,3 +99,59 @@ class PoststratifyConfig:
     by: tuple[str, ...] = ()
     draws: int = 1000
     seed: int = 0
+
+
+#: The keys of ``[model] rollup``: the rollup's columns of the response's statistics.
+ROLLUP_KEYS = ("count", "sum", "sum_squares")
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """``[model] rollup``: the source is a rollup table, one row per (at least) model cell.
+
+    The response's rows behind each rollup row are given by their number
+    (``count``), the sum of the response (``sum``) and of its squares
+    (``sum_squares``); every other column the formula uses is a column of the
+    rollup, constant over those rows (docs/models.md, "Rollup tables").
+    """
+
+    count: str
+    sum: str
+    sum_squares: str
+
+    @property
+    def columns(self) -> tuple[str, str, str]:
+        """The three columns, in the order of ``ROLLUP_KEYS``."""
+        return (self.count, self.sum, self.sum_squares)
+
+
+def check_rollup(value: object, family: object) -> tuple[Rollup | None, list[str]]:
+    """``[model] rollup`` (or the API's ``rollup=``) as a :class:`Rollup`, and its problems."""
+    if value is None:
+        return None, []
+    example = '{ count = "n", sum = "y_sum", sum_squares = "y_sum_squares" }'
+    if not isinstance(value, dict):
+        return None, [f"rollup = {value!r} must be a table such as {example}"]
+    problems = [
+        f"rollup has an unknown key {k!r}; allowed: {', '.join(ROLLUP_KEYS)}"
+        for k in value
+        if k not in ROLLUP_KEYS
+    ]
+    for key in ROLLUP_KEYS:
+        if key not in value:
+            problems.append(f"rollup needs {key} = <column>, as in {example}")
+        elif not isinstance(value[key], str) or not value[key].strip():
+            problems.append(f"rollup {key} = {value[key]!r} must be a column name")
+    names = [value.get(k) for k in ROLLUP_KEYS]
+    if not problems and len(set(names)) != len(names):
+        problems.append(f"rollup names a column twice: {', '.join(map(repr, names))}")
+    if family in ("binomial", "poisson"):
+        problems.append(
+            f"rollup is for family = 'gaussian'; a {family} model needs no rollup option: "
+            "binomial rollups are already cbind(successes, failures) per row, and Poisson "
+            "rollups a count response with offset(log(exposure)), summed per row "
+            "(docs/rates.md)"
+        )
+    if problems:
+        return None, problems
+    return Rollup(*(str(value[k]) for k in ROLLUP_KEYS)), []
