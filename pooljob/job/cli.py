@@ -30,6 +30,7 @@ import polars as pl
 from pooljob import __version__
 from pooljob.errors import ConfigError, PooljobError
 from pooljob.job.logs import LOG_FORMATS, json_line, setup_logging
+from pooljob.job.progress import Progress, progress_mode
 from pooljob.model.formula import Grouping
 from pooljob.outputs.tables import FitResult
 
@@ -83,11 +84,9 @@ def _wants_json(argv: Sequence[str]) -> bool:
     return "--log-format=json" in args or any(a == "--log-format" and b == "json" for a, b in pairs)
 
 
-def _progress(args: argparse.Namespace) -> bool:
-    """DuckDB's progress bar only on an interactive terminal (it draws on stdout)."""
-    return (
-        args.log_format == "text" and not args.quiet and sys.stderr.isatty() and sys.stdout.isatty()
-    )
+def _progress(args: argparse.Namespace) -> Progress:
+    """A status line when stderr is a terminal (text logs), stage events in JSON, else nothing."""
+    return Progress(progress_mode(args.log_format, args.quiet))
 
 
 def _fmt(x: float) -> str:
