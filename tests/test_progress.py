@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import itertools
 import json
@@ -20,7 +21,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pooljob.job.cli import main
+from pooljob.job.cli import build_parser, main
 from pooljob.job.progress import CLEAR, Progress, progress_mode
 from pooljob.model.formula import parse_formula
 from pooljob.pipeline import fit_source
@@ -236,3 +237,17 @@ def test_the_fit_callback_counts_up_and_changes_nothing(
     assert seen.optimizer == plain.optimizer
     assert seen.estimates.equals(plain.estimates)
     assert seen.coefficients.equals(plain.coefficients)
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(sub.choices) == {"run", "validate", "explain", "demo-data", "report"}
+    for name, command in [("pooljob", parser), *sub.choices.items()]:
+        for action in command._actions:
+            if action is sub or isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, f"{name} {action.option_strings or action.dest}: no help"
+            if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+                assert "default" in action.help, f"{name} {action.option_strings}: no default"
+        assert "--verbose" in command.format_help()
