@@ -158,7 +158,10 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
         log_event("start", "run %s: reading %s", run_id, what, source=what)
         before = snapshot(src)
         with (
-            open_source(config, progress=watch.terminal) as source,
+            # not Spark's console bar: it would redraw stderr's line under the status line
+            open_source(
+                config, progress=watch.terminal and config.engine.kind == "duckdb"
+            ) as source,
             watch.probing(getattr(source, "query_progress", None)),
         ):
             t_open = time.perf_counter()
