@@ -151,30 +151,29 @@ def fit_cells(
     """
     t1 = time.perf_counter()
     reml = method == "reml"
-    result: FitResult | None = None
-    if formula.nested_intercepts and solver == "auto":
-        try:
-            gs = nested_statistics(cells, formula, description)
-        except NotNestedError:
-            gs = None
+    with watch.stage("fit"):
+        gs = None
+        if formula.nested_intercepts and solver == "auto":
+            try:
+                gs = nested_statistics(cells, formula, description)
+            except NotNestedError:
+                gs = None
         if gs is not None:
-            with watch.stage("fit"):
-                fitted = fit_nested(
-                    gs.stats, "reml" if reml else "ml", control.max_evaluations, watch.evaluation
-                )
-                check_convergence(fitted.optimizer, method.upper(), control)
-            t2 = time.perf_counter()
-            with watch.stage("tables"):
-                result = build(formula, gs, fitted, interval, family)
-    if result is None:
-        from pooljob.model.general import fit_general, prepare
+            fitted = fit_nested(
+                gs.stats, "reml" if reml else "ml", control.max_evaluations, watch.evaluation
+            )
+            check_convergence(fitted.optimizer, method.upper(), control)
+        else:
+            from pooljob.model.general import fit_general, prepare
 
-        with watch.stage("fit"):
             prep = prepare(formula, cells, spec.numeric, spec.categorical)
             general = fit_general(prep, reml, control.max_evaluations, watch.evaluation)
             check_convergence(general.optimizer, method.upper(), control)
-        t2 = time.perf_counter()
-        with watch.stage("tables"):
+    t2 = time.perf_counter()
+    with watch.stage("tables"):
+        if gs is not None:
+            result = build(formula, gs, fitted, interval, family)
+        else:
             result = build_general(formula, general, interval, family, method)
     t3 = time.perf_counter()
     result.timings.update({"scan": scan_seconds, "fit": t2 - t1, "tables": t3 - t2})
