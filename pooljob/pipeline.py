@@ -7,12 +7,19 @@ the exact tree solver (:mod:`pooljob.model.nested`); every other Gaussian model
 to the blocked-Cholesky solver (:mod:`pooljob.model.general`); binomial and
 Poisson models to the Laplace solver (:mod:`pooljob.model.glmm`).  The tables
 are built by :mod:`pooljob.outputs`.
+
+A :class:`Watch` (the job's progress display, or none) is told when each
+stage (scan, fit, tables) starts and ends and, during the fit, after each
+evaluation of the criterion; it only observes.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol
 
 from pooljob.errors import InputError, NonConvergenceError, NotNestedError
 from pooljob.model.cells import CellTable
@@ -32,6 +39,34 @@ from pooljob.scan.tree import nested_statistics
 SOLVERS = ("auto", "blocked")
 
 log = logging.getLogger("pooljob")
+
+
+class Watch(Protocol):
+    """What a fit tells whoever watches it (the job's progress display)."""
+
+    def stage(self, name: str) -> AbstractContextManager[None]:
+        """A context manager around the stage ``name`` (scan, fit, tables)."""
+        ...
+
+    def evaluation(self, evaluations: int, best: float) -> None:
+        """The criterion was evaluated: ``evaluations`` so far, ``best`` the lowest value."""
+        ...
+
+
+class Unwatched:
+    """The :class:`Watch` of a fit nobody watches: does nothing."""
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Nothing around the stage."""
+        yield
+
+    def evaluation(self, evaluations: int, best: float) -> None:
+        """Nothing."""
+
+
+#: No watch: the default.
+UNWATCHED: Watch = Unwatched()
 
 
 def check_convergence(optimizer: OptSummary, fit: str, control: Control) -> None:
@@ -64,6 +99,7 @@ def fit_source(
     solver: str = "auto",
     control: Control = DEFAULT_CONTROL,
     rollup: Rollup | None = None,
+    watch: Watch = UNWATCHED,
 ) -> FitResult:
     """Fit ``formula`` to an open source: one scan, then the solver.
 
@@ -73,18 +109,21 @@ def fit_source(
     start from the same cell statistics and publish the same tables
     (``solver = "blocked"`` forces the blocked solver, for tests that say so).
     ``control`` bounds the optimizer and says what a fit that fails the
-    convergence check does.  With ``rollup``, ``source`` is a rollup table
-    (:mod:`pooljob.scan.rollup`): the cells are those of the rows behind it.
+    convergence check does; ``watch`` is told of the stages and evaluations.
+    With ``rollup``, ``source`` is a rollup table (:mod:`pooljob.scan.rollup`):
+    the cells are those of the rows behind it.
     """
     t0 = time.perf_counter()
     if rollup is not None:
         spec = check_rollup_schema(source, formula, family, rollup)
-        cells = scan_rollup(source, spec, rollup)
+        with watch.stage("scan"):
+            cells = scan_rollup(source, spec, rollup)
     else:
         spec = check_schema(source, formula, family)
         if family in COUNT_FAMILIES:
-            return fit_count_source(formula, source, spec, family, interval, control)
-        cells = scan_cells(source, spec.keys, spec.variables)
+            return fit_count_source(formula, source, spec, family, interval, control, watch)
+        with watch.stage("scan"):
+            cells = scan_cells(source, spec.keys, spec.variables)
     return fit_cells(
         formula,
         cells,
@@ -96,6 +135,7 @@ def fit_source(
         scan_seconds=time.perf_counter() - t0,
         solver=solver,
         control=control,
+        watch=watch,
     )
 
 
@@ -110,33 +150,40 @@ def fit_cells(
     scan_seconds: float = 0.0,
     solver: str = "auto",
     control: Control = DEFAULT_CONTROL,
+    watch: Watch = UNWATCHED,
 ) -> FitResult:
     """Fit ``formula`` to cell statistics, scanned or merged from a store.
 
     ``description`` names the data in messages; ``scan_seconds`` is recorded
-    as the ``scan`` timing.  The solver is chosen as in :func:`fit_source`.
+    as the ``scan`` timing.  The solver is chosen as in :func:`fit_source`;
+    ``watch`` is told of the fit and tables stages and of each evaluation.
     """
     t1 = time.perf_counter()
     reml = method == "reml"
-    result: FitResult | None = None
-    if formula.nested_intercepts and solver == "auto":
-        try:
-            gs = nested_statistics(cells, formula, description)
-        except NotNestedError:
-            gs = None
+    with watch.stage("fit"):
+        gs = None
+        if formula.nested_intercepts and solver == "auto":
+            try:
+                gs = nested_statistics(cells, formula, description)
+            except NotNestedError:
+                gs = None
         if gs is not None:
-            fitted = fit_nested(gs.stats, "reml" if reml else "ml", control.max_evaluations)
+            fitted = fit_nested(
+                gs.stats, "reml" if reml else "ml", control.max_evaluations, watch.evaluation
+            )
             check_convergence(fitted.optimizer, method.upper(), control)
-            t2 = time.perf_counter()
-            result = build(formula, gs, fitted, interval, family)
-    if result is None:
-        from pooljob.model.general import fit_general, prepare
+        else:
+            from pooljob.model.general import fit_general, prepare
 
-        prep = prepare(formula, cells, spec.numeric, spec.categorical)
-        general = fit_general(prep, reml, control.max_evaluations)
-        check_convergence(general.optimizer, method.upper(), control)
-        t2 = time.perf_counter()
-        result = build_general(formula, general, interval, family, method)
+            prep = prepare(formula, cells, spec.numeric, spec.categorical)
+            general = fit_general(prep, reml, control.max_evaluations, watch.evaluation)
+            check_convergence(general.optimizer, method.upper(), control)
+    t2 = time.perf_counter()
+    with watch.stage("tables"):
+        if gs is not None:
+            result = build(formula, gs, fitted, interval, family)
+        else:
+            result = build_general(formula, general, interval, family, method)
     t3 = time.perf_counter()
     result.timings.update({"scan": scan_seconds, "fit": t2 - t1, "tables": t3 - t2})
     return result
@@ -155,8 +202,12 @@ def fit_count_source(
     family: str,
     interval: float,
     control: Control = DEFAULT_CONTROL,
+    watch: Watch = UNWATCHED,
 ) -> FitResult:
-    """Scan ``source`` into per-cell counts and fit ``formula`` by Laplace."""
+    """Scan ``source`` into per-cell counts and fit ``formula`` by Laplace.
+
+    ``watch`` is told of the scan, fit and tables stages and of each evaluation.
+    """
     # imported here: a Gaussian run needs none of the Laplace solver (nor scipy.optimize)
     from pooljob.model.count_design import prepare_counts
     from pooljob.model.glmm_fit import fit_counts
@@ -168,13 +219,16 @@ def fit_count_source(
             f"formula {formula.text!r} has no random-effect term; pooljob fits multilevel "
             "models: add one, e.g. '+ (1 | group)'"
         )
-    counts = scan_counts(source, formula, family, spec)
+    with watch.stage("scan"):
+        counts = scan_counts(source, formula, family, spec)
     t1 = time.perf_counter()
-    prep = prepare_counts(formula, family, counts, spec.numeric, spec.categorical)
-    fit = fit_counts(prep.model, control.max_evaluations)
-    check_convergence(fit.optimizer, f"Laplace ({family})", control)
+    with watch.stage("fit"):
+        prep = prepare_counts(formula, family, counts, spec.numeric, spec.categorical)
+        fit = fit_counts(prep.model, control.max_evaluations, watch.evaluation)
+        check_convergence(fit.optimizer, f"Laplace ({family})", control)
     t2 = time.perf_counter()
-    frames = count_tables(prep, fit, interval)
+    with watch.stage("tables"):
+        frames = count_tables(prep, fit, interval)
     t3 = time.perf_counter()
     singular = is_singular(prep.model.free, fit.theta)
     groups = {

@@ -30,6 +30,7 @@ import polars as pl
 from pooljob import __version__
 from pooljob.errors import ConfigError, PooljobError
 from pooljob.job.logs import LOG_FORMATS, json_line, setup_logging
+from pooljob.job.progress import Progress, progress_mode
 from pooljob.model.formula import Grouping
 from pooljob.outputs.tables import FitResult
 
@@ -83,11 +84,9 @@ def _wants_json(argv: Sequence[str]) -> bool:
     return "--log-format=json" in args or any(a == "--log-format" and b == "json" for a, b in pairs)
 
 
-def _progress(args: argparse.Namespace) -> bool:
-    """DuckDB's progress bar only on an interactive terminal (it draws on stdout)."""
-    return (
-        args.log_format == "text" and not args.quiet and sys.stderr.isatty() and sys.stdout.isatty()
-    )
+def _progress(args: argparse.Namespace) -> Progress:
+    """A status line when stderr is a terminal (text logs), stage events in JSON, else nothing."""
+    return Progress(progress_mode(args.log_format, args.quiet))
 
 
 def _fmt(x: float) -> str:
@@ -207,7 +206,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     found = [c for c in m.formula.columns if m.rollup is None or c != m.formula.response]
     if m.rollup is not None:
         found += [c for c in m.rollup.columns if c not in found]
-    print(f"config {args.config!r} is valid; columns found: " + ", ".join(found))
+    if not args.quiet:
+        print(f"config {args.config!r} is valid; columns found: " + ", ".join(found))
     return 0
 
 
@@ -226,7 +226,8 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
         path = write_poll_data(args.directory, seed=args.seed)
     else:
         path = write_demo_data(args.directory, rows=args.rows, seed=args.seed)
-    print(f"demo data written to {path}")
+    if not args.quiet:
+        print(f"demo data written to {path}")
     return 0
 
 
@@ -248,6 +249,34 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+_CONFIG = "the job's TOML file (relative paths in it are relative to the file)"
+
+
+def _common_options(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """--verbose, --quiet, --log-format: before the command or after it (``default`` SUPPRESS)."""
+    flag: dict[str, object] = {} if default is None else {"default": default}
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="debug logs, and a traceback with an error (default: info logs, one-line errors)",
+        **flag,  # type: ignore[arg-type]
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="only warnings and errors, no progress, and nothing on stdout but explain's SQL "
+        "(default: info logs, progress on a terminal, the summary on stdout)",
+        **flag,  # type: ignore[arg-type]
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text" if default is None else default,
+        help="logs on stderr as text, with a status line per stage on a terminal, or as "
+        "JSON lines for schedulers, with stage_start/stage_end events (default: text)",
+    )
+
+
 def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     """The argument parser of the ``pooljob`` command (usage errors as JSON if ``json_errors``)."""
     parser = _Parser(
@@ -257,17 +286,17 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"pooljob {__version__}")
-    parser.add_argument("--verbose", action="store_true", help="debug logs and tracebacks")
-    parser.add_argument("--quiet", action="store_true", help="only warnings and errors")
-    parser.add_argument(
-        "--log-format",
-        choices=LOG_FORMATS,
-        default="text",
-        help="logs on stderr as text (default) or JSON lines, for schedulers",
-    )
+    _common_options(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="fit the model of CONFIG and publish its outputs")
-    p_run.add_argument("config")
+    p_run = sub.add_parser(
+        "run",
+        help="fit the model of CONFIG and publish its outputs",
+        description="Scan the source of CONFIG, fit its model and publish the outputs; "
+        "print a summary on stdout. While it runs, stderr shows a status line per stage "
+        "when it is a terminal (text logs), or stage_start/stage_end events with "
+        "--log-format json.",
+    )
+    p_run.add_argument("config", help=_CONFIG)
     p_run.add_argument(
         "--full",
         action="store_true",
@@ -276,17 +305,27 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     )
     p_run.set_defaults(func=_cmd_run)
     p_val = sub.add_parser("validate", help="check CONFIG and the source schema, without fitting")
-    p_val.add_argument("config")
+    p_val.add_argument("config", help=_CONFIG)
     p_val.set_defaults(func=_cmd_validate)
     p_exp = sub.add_parser(
         "explain", help="print the SQL a run of CONFIG would send to DuckDB, without scanning"
     )
-    p_exp.add_argument("config")
+    p_exp.add_argument("config", help=_CONFIG)
     p_exp.set_defaults(func=_cmd_explain)
     p_demo = sub.add_parser("demo-data", help="write the deterministic demo data set")
-    p_demo.add_argument("directory")
-    p_demo.add_argument("--rows", type=int, default=20_000)
-    p_demo.add_argument("--seed", type=int, default=2012)
+    p_demo.add_argument("directory", metavar="DIR", help="where to write it (created if need be)")
+    p_demo.add_argument(
+        "--rows",
+        type=int,
+        default=20_000,
+        help="rows of the income demo (default: %(default)s; not used with --poll)",
+    )
+    p_demo.add_argument(
+        "--seed",
+        type=int,
+        default=2012,
+        help="the random seed: equal seeds write equal data (default: %(default)s)",
+    )
     p_demo.add_argument(
         "--poll",
         action="store_true",
@@ -310,9 +349,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     p_rep.add_argument("--grouping", help="the grouping to draw (default: the finest)")
     p_rep.set_defaults(func=_cmd_report)
     for p in (p_run, p_val, p_demo, p_rep, p_exp):
-        p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS)
-        p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS)
-        p.add_argument("--log-format", choices=LOG_FORMATS, default=argparse.SUPPRESS)
+        _common_options(p, argparse.SUPPRESS)
     for p in (parser, *sub.choices.values()):
         if isinstance(p, _Parser):
             p.json_errors = json_errors

@@ -37,9 +37,10 @@ from numpy.typing import NDArray
 
 from pooljob.job.fingerprint import FileStamp, InputSnapshot
 from pooljob.job.logs import log_event
+from pooljob.job.progress import current
 from pooljob.model.cells import CellTable
 from pooljob.outputs.tables import FitResult
-from pooljob.pipeline import fit_cells
+from pooljob.pipeline import UNWATCHED, Watch, fit_cells
 from pooljob.scan.cell_counts import COUNT_FAMILIES
 from pooljob.scan.cell_moments import (
     FILE_ALIAS,
@@ -144,7 +145,11 @@ class Refresh:
 
 
 def fit_refreshed(
-    config: Config, source: TableSource, snap: InputSnapshot, full: bool = False
+    config: Config,
+    source: TableSource,
+    snap: InputSnapshot,
+    full: bool = False,
+    watch: Watch = UNWATCHED,
 ) -> tuple[FitResult, Refresh]:
     """Fit the model of ``config``, from the store and the changed files when possible.
 
@@ -157,6 +162,8 @@ def fit_refreshed(
         The input's stamps, taken before ``source`` was opened.
     full : bool
         Scan every file and rebuild the store (``pooljob run --full``).
+    watch : Watch
+        Told of the stages (scan, fit, tables) and the fit's evaluations.
     """
     t0 = time.perf_counter()
     formula = config.model.formula
@@ -172,11 +179,12 @@ def fit_refreshed(
             mode="full",
         )
         result = fit_count_source(
-            formula, source, spec, family, config.output.interval, config.model.control
+            formula, source, spec, family, config.output.interval, config.model.control, watch
         )
         reason = f"family = {family!r} is fitted from one count scan (no statistics store)"
         return result, Refresh("full", reason, scanned=len(snap.files))
-    cells, refresh = refresh_cells(config, source, spec, snap, full)
+    with watch.stage("scan"):
+        cells, refresh = refresh_cells(config, source, spec, snap, full)
     result = fit_cells(
         formula,
         cells,
@@ -187,6 +195,7 @@ def fit_refreshed(
         source.description,
         scan_seconds=time.perf_counter() - t0,
         control=config.model.control,
+        watch=watch,
     )
     return result, refresh
 
@@ -277,16 +286,20 @@ def _scan_files(
     m = len(spec.variables)
     assert config.source.path is not None
     by = file_column(source.columns)  # a name no column of the source has
-    with open_file_list(
-        scan,
-        path=config.source.path,
-        columns=source.columns,
-        file_column=by,
-        where=config.source.where,
-        threads=config.engine.threads,
-        memory_limit=config.engine.memory_limit,
-        search_path=config.source.folder,
-    ) as files:
+    with (
+        open_file_list(
+            scan,
+            path=config.source.path,
+            columns=source.columns,
+            file_column=by,
+            where=config.source.where,
+            threads=config.engine.threads,
+            memory_limit=config.engine.memory_limit,
+            search_path=config.source.folder,
+            progress=current().terminal,
+        ) as files,
+        current().probing(files.query_progress, len(scan)),
+    ):
         at = np.zeros(m) if shifts is None else shifts
         scanned = scan_moments(files, spec.keys, spec.variables, at, by=by)
         parts = _parts(scanned.good, spec.keys, m, paths)

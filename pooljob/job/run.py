@@ -7,6 +7,7 @@ import json
 import logging
 import platform
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -21,6 +22,7 @@ from pooljob.job.engine import open_source
 from pooljob.job.fingerprint import InputSnapshot, check_unchanged, fingerprint, snapshot
 from pooljob.job.lock import output_lock
 from pooljob.job.logs import log_context, log_event
+from pooljob.job.progress import Progress
 from pooljob.job.refresh import Refresh, fit_refreshed
 from pooljob.outputs.poststratify import poststratify, read_population, require_population
 from pooljob.outputs.publish import new_run_id, publish
@@ -28,6 +30,7 @@ from pooljob.outputs.report import REPORT, write_report
 from pooljob.outputs.report_figures import require_matplotlib
 from pooljob.outputs.schema import SCHEMA_VERSION, write_table
 from pooljob.outputs.tables import FitResult
+from pooljob.pipeline import UNWATCHED, Watch
 from pooljob.scan.source import TableSource
 
 log = logging.getLogger("pooljob")
@@ -103,7 +106,7 @@ ROLLUP_FULL = (
 
 
 def fit_rollup(
-    config: Config, source: TableSource, snap: InputSnapshot
+    config: Config, source: TableSource, snap: InputSnapshot, watch: Watch = UNWATCHED
 ) -> tuple[FitResult, Refresh]:
     """Fit from a rollup table: always one full scan, no store (the reason is logged)."""
     from pooljob.pipeline import fit_source
@@ -118,6 +121,7 @@ def fit_rollup(
         config.output.interval,
         control=m.control,
         rollup=m.rollup,
+        watch=watch,
     )
     counts: dict[str, Any] = result.rows["rollup_rows"]
     dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts["dropped"].items() if v)
@@ -139,7 +143,7 @@ def _stage(name: str, seconds: float) -> dict[str, Any]:
     return {"stage": name, "seconds": round(seconds, 6)}
 
 
-def _poststratify(config: Config, result: FitResult) -> pl.DataFrame | None:
+def _poststratify(config: Config, result: FitResult, watch: Progress) -> pl.DataFrame | None:
     """The poststratified table of ``[poststratify]`` (None without the section)."""
     post = config.poststratify
     if post is None:
@@ -149,8 +153,9 @@ def _poststratify(config: Config, result: FitResult) -> pl.DataFrame | None:
             f"[poststratify] needs a binomial or poisson model; got family = {result.family!r}"
         )
     t0 = time.perf_counter()
-    table, _, _ = read_population(result.predictor, post)
-    out = poststratify(result.predictor, post, config.output.interval, table)
+    with watch.stage("poststratify"):
+        table, _, _ = read_population(result.predictor, post)
+        out = poststratify(result.predictor, post, config.output.interval, table)
     seconds = time.perf_counter() - t0
     result.timings["poststratify"] = seconds
     log_event(
@@ -165,18 +170,23 @@ def _poststratify(config: Config, result: FitResult) -> pl.DataFrame | None:
     return out
 
 
-def run(config: Config, progress: bool = False, full: bool = False) -> RunOutcome:
+def run(config: Config, progress: Progress | bool = False, full: bool = False) -> RunOutcome:
     """Run the job described by ``config`` and publish its outputs.
 
     Holds the output lock throughout; fails with SourceChangedError (nothing
     published) if a source file is written, added or removed during the scan.
-    ``progress`` shows DuckDB's progress bar on long scans (a terminal only).
+    ``progress`` shows what the run is doing as it goes
+    (:mod:`pooljob.job.progress`: a status line on a terminal, stage events
+    in JSON logs; True: the status line on stderr).
     A path source is refreshed incrementally from the statistics store under
     ``<output>/state/`` (:mod:`pooljob.job.refresh`), saved once the run is
     published; ``full`` scans every file and rebuilds the store.
     """
     started = time.time()
     t0 = time.perf_counter()
+    if not isinstance(progress, Progress):
+        progress = Progress("terminal" if progress else "off")
+    watch = progress
     run_id = new_run_id()
     src = config.source
     if config.output.report:
@@ -187,11 +197,17 @@ def run(config: Config, progress: bool = False, full: bool = False) -> RunOutcom
         from pooljob.scan.spark import require_spark
 
         require_spark()
-    with output_lock(config.output.path, run_id), log_context(run_id=run_id):
+    with output_lock(config.output.path, run_id), log_context(run_id=run_id), watch.running():
         what = src.path or src.table or "query"
         log_event("start", "run %s: reading %s", run_id, what, source=what)
         before = snapshot(src)
-        with open_source(config, progress=progress) as source:
+        with (
+            # not Spark's console bar: it would redraw stderr's line under the status line
+            open_source(
+                config, progress=watch.terminal and config.engine.kind == "duckdb"
+            ) as source,
+            watch.probing(getattr(source, "query_progress", None)),
+        ):
             t_open = time.perf_counter()
             log_event(
                 "open",
@@ -201,11 +217,11 @@ def run(config: Config, progress: bool = False, full: bool = False) -> RunOutcom
                 **_stage("open", t_open - t0),
             )
             if config.model.rollup is not None:
-                result, refresh = fit_rollup(config, source, before)
+                result, refresh = fit_rollup(config, source, before, watch)
             else:
-                result, refresh = fit_refreshed(config, source, before, full)
+                result, refresh = fit_refreshed(config, source, before, full, watch)
         check_unchanged(before, snapshot(src))
-        poststratified = _poststratify(config, result)
+        poststratified = _poststratify(config, result, watch)
         rows = result.rows
         dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in rows["dropped"].items() if v)
         log_event(
@@ -243,36 +259,38 @@ def run(config: Config, progress: bool = False, full: bool = False) -> RunOutcom
 
         def write(directory: Path) -> None:
             t_w = time.perf_counter()
-            for name in OUTPUT_TABLES:
-                write_table(getattr(result, name), directory / f"{name}.parquet", run_id, name)
-            if poststratified is not None:
-                write_table(
-                    poststratified,
-                    directory / f"{POSTSTRATIFIED}.parquet",
-                    run_id,
-                    POSTSTRATIFIED,
+            with watch.stage("write"):
+                for name in OUTPUT_TABLES:
+                    write_table(getattr(result, name), directory / f"{name}.parquet", run_id, name)
+                if poststratified is not None:
+                    write_table(
+                        poststratified,
+                        directory / f"{POSTSTRATIFIED}.parquet",
+                        run_id,
+                        POSTSTRATIFIED,
+                    )
+                timings["write"] = time.perf_counter() - t_w
+                timings["total"] = time.perf_counter() - t0
+                manifest.update(
+                    build_manifest(
+                        config,
+                        result,
+                        run_id,
+                        started,
+                        timings,
+                        input_fingerprint,
+                        refresh.manifest(),
+                    )
                 )
-            timings["write"] = time.perf_counter() - t_w
-            timings["total"] = time.perf_counter() - t0
-            manifest.update(
-                build_manifest(
-                    config,
-                    result,
-                    run_id,
-                    started,
-                    timings,
-                    input_fingerprint,
-                    refresh.manifest(),
+                (directory / "manifest.json").write_text(
+                    json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8"
                 )
-            )
-            (directory / "manifest.json").write_text(
-                json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8"
-            )
             t_write = time.perf_counter() - t_w
             log_event("write", "write: %s (%.3f s)", directory, t_write, **_stage("write", t_write))
             if config.output.report:  # inside the partial run: a failed report publishes nothing
                 t_r = time.perf_counter()
-                write_report(directory, config.output.report_grouping)
+                with watch.stage("report"):
+                    write_report(directory, config.output.report_grouping)
                 log.info("report: %s (%.3f s)", REPORT, time.perf_counter() - t_r)
 
         manifest: dict[str, Any] = {}
@@ -281,14 +299,18 @@ def run(config: Config, progress: bool = False, full: bool = False) -> RunOutcom
         def write_all(directory: Path) -> None:
             write(directory)
             written.append(time.perf_counter())
+            stages.enter_context(watch.stage("publish"))  # ends when publish returns
 
-        run_dir = publish(config.output.path, run_id, write_all, config.output.keep_runs)
+        with ExitStack() as stages:
+            run_dir = publish(config.output.path, run_id, write_all, config.output.keep_runs)
         t_end = time.perf_counter()
         t_pub = t_end - written[0]  # sync, rename, swap of current, pruning
         log_event(
             "publish", "publish: current -> %s (%.3f s)", run_dir, t_pub, **_stage("publish", t_pub)
         )
-        refresh.save(config.output.path, run_id)  # only now: the store follows `current`
+        if refresh.pending is not None:
+            with watch.stage("state"):
+                refresh.save(config.output.path, run_id)  # only now: the store follows `current`
         t_end = time.perf_counter()
         log_event(
             "done",

@@ -19,6 +19,8 @@ from pooljob.model.options import DEFAULT_MAX_EVALUATIONS
 Array = NDArray[np.float64]
 #: Points whose values the criterion keeps (asking again costs no evaluation).
 RECENT = 8
+#: Told ``(evaluations, best criterion so far)`` after each evaluation (e.g. to show progress).
+OnEvaluation = Callable[[int, float], None]
 
 
 class EvaluationLimitError(Exception):
@@ -32,7 +34,9 @@ class Criterion:
     ``(f(x), ∇f(x))``.  ``spent`` evaluations were made by earlier stages;
     once ``max_evaluations`` are made, the next raises
     :class:`EvaluationLimitError` (while ``enforce``).  The last ``RECENT``
-    points are cached: asking again costs no evaluation.
+    points are cached: asking again costs no evaluation.  ``on_evaluation``,
+    if given, is called after each evaluation with the count and the best
+    value so far; it only observes (the search does not depend on it).
     """
 
     def __init__(
@@ -41,6 +45,7 @@ class Criterion:
         gradient: Callable[[Array], tuple[float, Array]] | None = None,
         max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
         spent: int = 0,
+        on_evaluation: OnEvaluation | None = None,
     ) -> None:
         self._value, self._gradient = value, gradient
         self.max_evaluations = max_evaluations
@@ -50,6 +55,7 @@ class Criterion:
         self._recent: dict[bytes, tuple[float, Array | None]] = {}
         self.best_x: Array | None = None
         self.best_f = float("inf")
+        self.on_evaluation = on_evaluation
 
     @property
     def exact(self) -> bool:
@@ -77,6 +83,8 @@ class Criterion:
             del self._recent[next(iter(self._recent))]
         if out[0] < self.best_f:
             self.best_x, self.best_f = x.copy(), out[0]
+        if self.on_evaluation is not None:
+            self.on_evaluation(self.evaluations, self.best_f)
         return out
 
     def __call__(self, x: Array) -> float:

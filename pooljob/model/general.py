@@ -19,7 +19,7 @@ from pooljob.errors import InputError
 from pooljob.model import profiled
 from pooljob.model.blocks import Blocks, ColumnWeights, build_blocks
 from pooljob.model.cells import CellTable
-from pooljob.model.criterion import Criterion, Differences, EvaluationLimitError
+from pooljob.model.criterion import Criterion, Differences, EvaluationLimitError, OnEvaluation
 from pooljob.model.design import (
     Column,
     Design,
@@ -101,7 +101,10 @@ def prepare(
 
 
 def optimize(
-    blocks: Blocks, reml: bool, max_evaluations: int = DEFAULT_MAX_EVALUATIONS
+    blocks: Blocks,
+    reml: bool,
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+    on_evaluation: OnEvaluation | None = None,
 ) -> tuple[Array, OptSummary]:
     """Minimise the profiled criterion over θ (diagonal entries ≥ 0).
 
@@ -141,12 +144,16 @@ def optimize(
         return x0, summary
     ws = workspace(blocks)
     if ws is None:
-        crit = Criterion(lambda t: objective(blocks, t, reml), None, max_evaluations)
+        crit = Criterion(
+            lambda t: objective(blocks, t, reml), None, max_evaluations, 0, on_evaluation
+        )
     else:
         crit = Criterion(
             lambda t: profiled.objective(blocks, ws, t, reml),
             lambda t: objective_and_gradient(blocks, ws, t, reml),
             max_evaluations,
+            0,
+            on_evaluation,
         )
     start, notes = x0.copy(), []
     try:
@@ -262,10 +269,16 @@ class GeneralFit:
 
 
 def fit_general(
-    prep: Prepared, reml: bool, max_evaluations: int = DEFAULT_MAX_EVALUATIONS
+    prep: Prepared,
+    reml: bool,
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+    on_evaluation: OnEvaluation | None = None,
 ) -> GeneralFit:
-    """Optimise θ and return every estimate in the original parametrisation."""
-    theta, summary = optimize(prep.blocks, reml, max_evaluations)
+    """Optimise θ and return every estimate in the original parametrisation.
+
+    ``on_evaluation`` is told ``(evaluations, best criterion)`` as the search goes.
+    """
+    theta, summary = optimize(prep.blocks, reml, max_evaluations, on_evaluation)
     sol = solve(prep.blocks, theta, reml)
     tr = back_transform(prep)
     beta = tr.fixed @ sol.beta + tr.fixed_shift

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from scipy.optimize import minimize
 
 from pooljob.model.blocks import Blocks
-from pooljob.model.criterion import Criterion, Differences, EvaluationLimitError
+from pooljob.model.criterion import Criterion, Differences, EvaluationLimitError, OnEvaluation
 from pooljob.model.families import mean_link
 from pooljob.model.glmm import (
     CountFit,
@@ -52,7 +52,11 @@ GRADIENT_DIFFERENCES = Differences(1e-4, 0.1, central=True)
 VALUE_DIFFERENCES = Differences(3e-3, 0.1)
 
 
-def fit_counts(model: CountModel, max_evaluations: int = DEFAULT_MAX_EVALUATIONS) -> CountFit:
+def fit_counts(
+    model: CountModel,
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+    on_evaluation: OnEvaluation | None = None,
+) -> CountFit:
     """Minimise the Laplace criterion over (θ, β), as glmer does with nAGQ = 1.
 
     Random-intercept models: L-BFGS-B with the exact gradient from θ = 1 (β
@@ -64,6 +68,8 @@ def fit_counts(model: CountModel, max_evaluations: int = DEFAULT_MAX_EVALUATIONS
     over (θ, β) jointly from there, with COBYQA to a trust-region radius of
     ``STAGE2_RADIUS`` and Newton steps by differences of values.  The final
     Hessian also gives β's standard errors (:func:`_beta_vcov`).
+    ``on_evaluation`` is told ``(evaluations, best criterion)`` as the
+    search goes (the count runs on across the stages).
     """
     n_theta, p = model.n_theta, model.x.shape[1]
     diag = diagonal_positions(model.free)
@@ -109,7 +115,7 @@ def fit_counts(model: CountModel, max_evaluations: int = DEFAULT_MAX_EVALUATIONS
     gradient = _gradient_function(model, stage2, last)
     spent = 0
     if gradient is None:
-        crit1 = Criterion(stage1, max_evaluations=max_evaluations)
+        crit1 = Criterion(stage1, max_evaluations=max_evaluations, on_evaluation=on_evaluation)
         try:
             res1 = minimize(
                 crit1,
@@ -152,12 +158,12 @@ def fit_counts(model: CountModel, max_evaluations: int = DEFAULT_MAX_EVALUATIONS
     name = f"{stage1_note}, then COBYQA over (θ, β) (Laplace), then Newton steps"
     optimum: Optimum
     if gradient is None:
-        crit = Criterion(stage2, None, max_evaluations, spent)
+        crit = Criterion(stage2, None, max_evaluations, spent, on_evaluation)
         optimum = minimize_criterion(
             crit, x0, model.free, VALUE_DIFFERENCES, name, search=cobyqa(crit)
         )
     else:
-        crit = Criterion(stage2, gradient, max_evaluations, spent)
+        crit = Criterion(stage2, gradient, max_evaluations, spent, on_evaluation)
 
         def lbfgs(start: Array) -> tuple[Array, str]:
             res = minimize(
@@ -180,7 +186,7 @@ def fit_counts(model: CountModel, max_evaluations: int = DEFAULT_MAX_EVALUATIONS
         )
         if not optimum.summary.converged and not crit.limit_reached:
             # the gradient search stopped short of a checked optimum: finish without it
-            values = Criterion(stage2, None, max_evaluations, crit.evaluations)
+            values = Criterion(stage2, None, max_evaluations, crit.evaluations, on_evaluation)
             first = optimum.summary
             optimum = minimize_criterion(
                 values,

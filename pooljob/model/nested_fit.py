@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from pooljob.model.criterion import Criterion, Differences
+from pooljob.model.criterion import Criterion, Differences, OnEvaluation
 from pooljob.model.nested import (
     Array,
     NestedStats,
@@ -130,7 +130,10 @@ def _shrinkage(effect_var: Array, r: float) -> Array:
 
 
 def optimize_theta(
-    stats: NestedStats, reml: bool, max_evaluations: int = DEFAULT_MAX_EVALUATIONS
+    stats: NestedStats,
+    reml: bool,
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+    on_evaluation: OnEvaluation | None = None,
 ) -> tuple[Array, OptSummary]:
     """Minimise the criterion over θ ≥ 0 from the moment start.
 
@@ -147,7 +150,11 @@ def optimize_theta(
         last["r"] = grad_r
         return f, 2.0 * theta * grad_r
 
-    crit = Criterion(gradient=value_and_gradient, max_evaluations=max_evaluations)
+    crit = Criterion(
+        gradient=value_and_gradient,
+        max_evaluations=max_evaluations,
+        on_evaluation=on_evaluation,
+    )
 
     def outward(theta: Array) -> Array:
         crit.gradient(theta)  # evaluated last, or now
@@ -165,7 +172,10 @@ def optimize_theta(
 
 
 def fit_nested(
-    stats: NestedStats, method: Method = "reml", max_evaluations: int = DEFAULT_MAX_EVALUATIONS
+    stats: NestedStats,
+    method: Method = "reml",
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+    on_evaluation: OnEvaluation | None = None,
 ) -> NestedFit:
     """Fit ``y ~ 1 + (1 | g₁) + … + (1 | g_L)`` with nested groupings.
 
@@ -176,6 +186,8 @@ def fit_nested(
     method : {"reml", "ml"}
     max_evaluations : int
         Criterion evaluations after which the search stops.
+    on_evaluation : callable, optional
+        Told ``(evaluations, best criterion)`` after each evaluation.
 
     Returns
     -------
@@ -183,7 +195,7 @@ def fit_nested(
     """
     reml = method == "reml"
     n_levels = len(stats.parents)
-    theta, summary = optimize_theta(stats, reml, max_evaluations)
+    theta, summary = optimize_theta(stats, reml, max_evaluations, on_evaluation)
     r = theta**2
     up = upward(stats, r)
     nu = stats.nobs - (1.0 if reml else 0.0)

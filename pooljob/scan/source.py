@@ -129,6 +129,16 @@ class Source:
         except duckdb.Error as exc:
             raise InputError(f"reading {self.description} failed: {first_line(exc)}") from exc
 
+    def query_progress(self) -> float:
+        """Percent done of the query running on this connection (−1 if none or unknown).
+
+        Safe to call from another thread while the query runs; DuckDB tracks
+        it only on a connection opened with ``progress``.
+        """
+        if self._con is None:
+            return -1.0
+        return float(self._con.query_progress())
+
     def require(self, names: tuple[str, ...]) -> None:
         """Check that every name is a column; the error lists what exists."""
         require_columns(self.description, self.columns, names)
@@ -253,12 +263,14 @@ def _connect(
     search_path: str | None = None,
     httpfs: bool | None = False,
 ) -> duckdb.DuckDBPyConnection:
-    """An in-memory connection, its settings locked; DuckDB's progress bar only if ``progress``.
+    """An in-memory connection, its settings locked; progress tracked only if ``progress``.
 
-    ``memory_limit`` defaults to :func:`default_memory_limit`.  The bar is
-    drawn on stdout after ``progress_bar_time`` ms; these are session
-    settings (DuckDB refuses them in ``connect``'s config), set one
-    statement at a time.  ``search_path`` (DuckDB's ``file_search_path``)
+    ``memory_limit`` defaults to :func:`default_memory_limit`.  With
+    ``progress`` DuckDB tracks each query's progress, for
+    :meth:`Source.query_progress` (the job draws it on stderr), but never
+    prints its own bar (it would draw on stdout, mixed with the output);
+    these are session settings (DuckDB refuses them in ``connect``'s
+    config), set one statement at a time.  ``search_path`` (DuckDB's ``file_search_path``)
     is where relative file names in trusted SQL are looked for: the config
     file's folder.  ``httpfs`` True loads the httpfs extension (installed if
     need be; an error if it cannot be had), None loads it if installed.
@@ -278,10 +290,8 @@ def _connect(
     if search_path:
         config["file_search_path"] = search_path
     con = duckdb.connect(":memory:", config=config)
-    con.execute(f"set enable_progress_bar_print = {str(progress).lower()}")
+    con.execute("set enable_progress_bar_print = false")
     con.execute(f"set enable_progress_bar = {str(progress).lower()}")
-    if progress:
-        con.execute("set progress_bar_time = 2000")
     if httpfs is not False:
         try:
             _load_httpfs(con, required=httpfs is True)
@@ -307,8 +317,9 @@ def open_config_source(
 ) -> Iterator[Source]:
     """Open the source of a config: exactly one of path, database+table, query.
 
-    ``progress`` turns on DuckDB's progress bar for long scans (for an
-    interactive terminal only); it is off otherwise.  ``search_path`` is the
+    ``progress`` has DuckDB track each query's progress
+    (:meth:`Source.query_progress`; for a run on a terminal); it is off
+    otherwise.  ``search_path`` is the
     folder against which relative file names in ``query`` and ``where``
     resolve (the config file's; see :func:`_connect`).
     """
@@ -380,6 +391,7 @@ def open_file_list(
     threads: int | None = None,
     memory_limit: str | None = None,
     search_path: str | None = None,
+    progress: bool = False,
 ) -> Iterator[Source]:
     """Open only ``files`` of the ``[source] path`` ``path``, naming each row's file.
 
@@ -389,7 +401,8 @@ def open_file_list(
     column these files lack is null, one typed otherwise in them is cast.
     The column ``file_column`` holds each row's path as given in ``files``
     (bound as a parameter, never pasted).  Hive partitions and the
-    ``where`` filter apply as for the whole source.
+    ``where`` filter apply as for the whole source; ``progress`` as for
+    :func:`open_config_source`.
     """
     kind = "parquet" if os.path.isdir(path) and not glob.has_magic(path) else file_format(path)
     name = "'" + file_column.replace("'", "''") + "'"
@@ -400,7 +413,7 @@ def open_file_list(
     if where:
         _check_sql(where_problem(where))
     httpfs = None if where and "://" in where else False
-    con = _connect(threads, memory_limit, search_path=search_path, httpfs=httpfs)
+    con = _connect(threads, memory_limit, progress, search_path=search_path, httpfs=httpfs)
     try:
         try:
             found = con.sql(f"select * from {reader} limit 0", params={"files": files})
