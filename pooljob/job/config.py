@@ -396,11 +396,6 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
     engine = _engine(eng_raw, source, problems)
     if engine.kind == "duckdb":  # trusted SQL, still one expression or one SELECT
         problems.extend(p for p in _sql_problems(source) if p is not None)
-    if engine.kind == "spark" and family in ("binomial", "poisson"):
-        problems.append(
-            f"family = {family!r} runs on [engine] kind = 'duckdb': the Spark engine computes "
-            "the statistics of gaussian models only"
-        )
     out_path = out_raw.get("path")
     if isinstance(out_path, str) and not out_path.strip():
         problems.append("[output] path is empty")
