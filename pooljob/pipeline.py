@@ -15,7 +15,7 @@ import logging
 import time
 
 from pooljob.errors import InputError, NonConvergenceError, NotNestedError
-from pooljob.model.cells import CellTable
+from pooljob.model.cells import CellTable, CountTable
 from pooljob.model.formula import Formula
 from pooljob.model.nested_fit import fit_nested
 from pooljob.model.optimize import OptSummary, is_singular
@@ -150,18 +150,37 @@ def fit_count_source(
     control: Control = DEFAULT_CONTROL,
 ) -> FitResult:
     """Scan ``source`` into per-cell counts and fit ``formula`` by Laplace."""
-    # imported here: a Gaussian run needs none of the Laplace solver (nor scipy.optimize)
-    from pooljob.model.count_design import prepare_counts
-    from pooljob.model.glmm_fit import fit_counts
-    from pooljob.outputs.count_tables import count_tables, predictor
-
     t0 = time.perf_counter()
+    _require_random(formula)
+    counts = scan_counts(source, formula, family, spec)
+    scan_seconds = time.perf_counter() - t0
+    return fit_count_table(formula, counts, spec, family, interval, control, scan_seconds)
+
+
+def _require_random(formula: Formula) -> None:
     if not formula.random:
         raise InputError(
             f"formula {formula.text!r} has no random-effect term; pooljob fits multilevel "
             "models: add one, e.g. '+ (1 | group)'"
         )
-    counts = scan_counts(source, formula, family, spec)
+
+
+def fit_count_table(
+    formula: Formula,
+    counts: CountTable,
+    spec: ScanSpec,
+    family: str,
+    interval: float,
+    control: Control = DEFAULT_CONTROL,
+    scan_seconds: float = 0.0,
+) -> FitResult:
+    """Fit ``formula`` by Laplace to per-cell counts, scanned or merged from a store."""
+    # imported here: a Gaussian run needs none of the Laplace solver (nor scipy.optimize)
+    from pooljob.model.count_design import prepare_counts
+    from pooljob.model.glmm_fit import fit_counts
+    from pooljob.outputs.count_tables import count_tables, predictor
+
+    _require_random(formula)
     t1 = time.perf_counter()
     prep = prepare_counts(formula, family, counts, spec.numeric, spec.categorical)
     fit = fit_counts(prep.model, control.max_evaluations)
@@ -195,5 +214,5 @@ def fit_count_source(
         hierarchy=tuple(b.grouping for b in prep.design.blocks),
         nested=False,
     )
-    result.timings.update({"scan": t1 - t0, "fit": t2 - t1, "tables": t3 - t2})
+    result.timings.update({"scan": scan_seconds, "fit": t2 - t1, "tables": t3 - t2})
     return result
