@@ -22,7 +22,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 from pooljob.errors import InputError, NonConvergenceError, NotNestedError
-from pooljob.model.cells import CellTable
+from pooljob.model.cells import CellTable, CountTable
 from pooljob.model.formula import Formula
 from pooljob.model.nested_fit import fit_nested
 from pooljob.model.optimize import OptSummary, is_singular
@@ -208,19 +208,42 @@ def fit_count_source(
 
     ``watch`` is told of the scan, fit and tables stages and of each evaluation.
     """
-    # imported here: a Gaussian run needs none of the Laplace solver (nor scipy.optimize)
-    from pooljob.model.count_design import prepare_counts
-    from pooljob.model.glmm_fit import fit_counts
-    from pooljob.outputs.count_tables import count_tables, predictor
-
     t0 = time.perf_counter()
+    _require_random(formula)
+    with watch.stage("scan"):
+        counts = scan_counts(source, formula, family, spec)
+    scan_seconds = time.perf_counter() - t0
+    return fit_count_table(formula, counts, spec, family, interval, control, scan_seconds, watch)
+
+
+def _require_random(formula: Formula) -> None:
     if not formula.random:
         raise InputError(
             f"formula {formula.text!r} has no random-effect term; pooljob fits multilevel "
             "models: add one, e.g. '+ (1 | group)'"
         )
-    with watch.stage("scan"):
-        counts = scan_counts(source, formula, family, spec)
+
+
+def fit_count_table(
+    formula: Formula,
+    counts: CountTable,
+    spec: ScanSpec,
+    family: str,
+    interval: float,
+    control: Control = DEFAULT_CONTROL,
+    scan_seconds: float = 0.0,
+    watch: Watch = UNWATCHED,
+) -> FitResult:
+    """Fit ``formula`` by Laplace to per-cell counts, scanned or merged from a store.
+
+    ``watch`` is told of the fit and tables stages and of each evaluation.
+    """
+    # imported here: a Gaussian run needs none of the Laplace solver (nor scipy.optimize)
+    from pooljob.model.count_design import prepare_counts
+    from pooljob.model.glmm_fit import fit_counts
+    from pooljob.outputs.count_tables import count_tables, predictor
+
+    _require_random(formula)
     t1 = time.perf_counter()
     with watch.stage("fit"):
         prep = prepare_counts(formula, family, counts, spec.numeric, spec.categorical)
@@ -256,5 +279,5 @@ def fit_count_source(
         hierarchy=tuple(b.grouping for b in prep.design.blocks),
         nested=False,
     )
-    result.timings.update({"scan": t1 - t0, "fit": t2 - t1, "tables": t3 - t2})
+    result.timings.update({"scan": scan_seconds, "fit": t2 - t1, "tables": t3 - t2})
     return result

@@ -268,12 +268,12 @@ def test_keys_come_back_with_their_names_and_types() -> None:
 _INTERNAL = re.compile(r"^(k\d+|v\d+|c\d+|m\d+|y|t|o|w|s|q|ys|yq|d|file|drop_code)$")
 
 
-def _check_names(sql: str) -> None:
+def _check_names(sql: str, dialect: str = "duckdb") -> None:
     """Source columns are read qualified, in the first CTE only; all else is pooljob's."""
     sqlglot = pytest.importorskip("sqlglot")
     from sqlglot import exp
 
-    tree = sqlglot.parse_one(sql, read="duckdb")
+    tree = sqlglot.parse_one(sql, read=dialect)
     first = tree.find(exp.CTE)
     assert first is not None and first.alias == "model_rows"
     for column in tree.find_all(exp.Column):
@@ -285,6 +285,7 @@ def _check_names(sql: str) -> None:
 
 def test_statistics_sql_reads_user_columns_only_in_its_first_step() -> None:
     from pooljob.pipeline import count_sql
+    from pooljob.scan.cell_counts import count_stats_sql, covariate_indices
     from pooljob.scan.cell_moments import cell_stats_sql
 
     columns = {
@@ -312,6 +313,19 @@ def test_statistics_sql_reads_user_columns_only_in_its_first_step() -> None:
     rollup_formula = parse_formula("`my col` ~ o + `select` + (1 | v1)")
     spec = check_rollup_schema(_Schema(rollup_columns), rollup_formula, "gaussian", roll)
     _check_names(rollup_stats_sql(spec.keys, spec.variables, roll))
+    # the per-file count query of incremental refresh, with a covariate c0, and on Spark
+    poisson = parse_formula("y ~ `my col` + offset(log(t)) + (1 | `select`)")
+    spec = check_schema(_Schema(columns), poisson, "poisson")
+    covariates = [spec.variables[k] for k in covariate_indices(spec)]
+    by = file_column(columns)
+    per_file = count_stats_sql(poisson, "poisson", spec.keys, covariates, by=by)
+    assert "c0" in per_file and "file_count_stats" in per_file
+    _check_names(per_file)
+    pytest.importorskip("sqlglot")
+    from pooljob.scan.spark_sql import spark_sql
+
+    spec = check_schema(_Schema(columns), counts, "binomial")
+    _check_names(spark_sql(count_sql(counts, "binomial", spec)), dialect="spark")
 
 
 @dataclass
@@ -430,11 +444,64 @@ def test_incremental_refresh_with_any_column_names(names: dict[str, str], tmp_pa
     assert second.result.objective == pytest.approx(once.objective, rel=1e-10)
 
 
+_COUNT_REFRESH_NAMES = [
+    {"succ": "y", "trials": "t", "cat": "file", "covar": "c0", "ga": "__pooljob_file"},
+    {"succ": "o", "trials": "n_used", "cat": "k0", "covar": "drop_code", "ga": "__min_0"},
+    {"succ": "my col", "trials": "select", "cat": 'say "hi"', "covar": "größe 州", "ga": "b`t"},
+]
+_COUNT_REFRESH = "cbind({succ}, {trials} - {succ}) ~ {cat} + {covar} + (1 | {ga})"
+
+
+def _count_refresh_rows(seed: int, n: int = 150) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    ga, cat = rng.integers(0, 8, n), rng.integers(0, 3, n)
+    covar = np.random.default_rng(5).uniform(0, 2, 8)[ga]  # constant within a group
+    eta = -0.5 + 0.3 * cat + 0.4 * covar + np.random.default_rng(6).normal(0, 0.8, 8)[ga]
+    trials = rng.integers(1, 25, n)
+    succ = rng.binomial(trials, 1 / (1 + np.exp(-eta)))
+    return pl.DataFrame(
+        {"succ": succ, "trials": trials, "cat": [str(v) for v in cat], "covar": covar, "ga": ga}
+    )
+
+
+@pytest.mark.parametrize("names", _COUNT_REFRESH_NAMES, ids=lambda n: n["ga"])
+def test_incremental_count_refresh_with_any_column_names(
+    names: dict[str, str], tmp_path: Path
+) -> None:
+    plain_names = {c: c for c in names}
+    outcomes: dict[str, list[Any]] = {"plain": [], "renamed": []}
+    for label, mapping in (("plain", plain_names), ("renamed", names)):
+        folder = tmp_path / label
+        (folder / "data").mkdir(parents=True)
+        formula = _COUNT_REFRESH.format(**{r: display_name(c) for r, c in mapping.items()})
+        cfg = folder / "job.toml"
+        cfg.write_text(
+            f'[source]\npath = "data/*.parquet"\n[model]\nformula = {json.dumps(formula)}\n'
+            'family = "binomial"\n[output]\npath = "out"\nkeep_runs = 2\n'
+        )
+        for day in range(3):
+            _count_refresh_rows(day).rename(mapping).write_parquet(
+                folder / "data" / f"{day}.parquet"
+            )
+            if day:
+                outcomes[label].append(run(load_config(cfg)))
+        record = json.loads((folder / "out" / "state" / "store.json").read_text())
+        cells = pl.read_parquet(folder / "out" / "state" / record["tables"]["cells"]["file"])
+        assert cells.columns[:3] == ["__file_index", "k0", "k1"]  # no user column named
+        assert all(c.startswith("__") for c in cells.columns[3:])
+    first, second = outcomes["renamed"]
+    assert first.manifest["refresh"]["mode"] == "full"
+    assert second.manifest["refresh"]["mode"] == "incremental", second.manifest["refresh"]
+    assert second.manifest["refresh"]["files_scanned"] == 1
+    for got, want in zip(outcomes["renamed"], outcomes["plain"], strict=True):
+        assert_same_fit(got.result, want.result, names)
+
+
 # --- Spark -----------------------------------------------------------------------
 
 
 @pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
-@pytest.mark.parametrize("which", ["nested", "blocked"])
+@pytest.mark.parametrize("which", ["nested", "blocked", "counts"])
 def test_spark_with_any_column_names(spark: Any, which: str, tmp_path: Path) -> None:
     from pooljob.scan.spark import open_spark_source
 
@@ -442,12 +509,15 @@ def test_spark_with_any_column_names(spark: Any, which: str, tmp_path: Path) -> 
     roles = model.data.columns
     # Spark's Parquet reader takes any name; its analyser matches names ignoring case
     picked = ["v1", "select", "back`tick", 'say "hi"', "größe 州", "source", "o"]
+    if which == "counts":  # the count query's own names: y, t, o, c<k>, drop_code
+        picked = ["t", "y", "back`tick", "o", "drop_code"]
     names = dict(zip(roles, picked, strict=False))
     path = tmp_path / "data.parquet"
     model.frame(names).write_parquet(path)
     formula = parse_formula(model.text(names))
+    method = "reml" if model.family == "gaussian" else "laplace"
     with open_spark_source(path=str(path)) as source:
-        got = fit_source(formula, source, "gaussian", "reml", 0.95)
+        got = fit_source(formula, source, model.family, method, 0.95)
     want = plain_fit(model)
     assert got.objective == pytest.approx(want.objective, rel=1e-9)
     for table in ("estimates", "effects", "coefficients", "components"):

@@ -113,7 +113,7 @@ def test_explain_and_validate_count_model(tmp_path: object) -> None:
     assert "lgamma(y + 1)" in text
 
 
-def test_spark_engine_refuses_count_families(tmp_path: object) -> None:
+def test_spark_engine_takes_count_families(tmp_path: object) -> None:
     from pathlib import Path
 
     from pooljob.job.config import parse_config
@@ -125,5 +125,5 @@ def test_spark_engine_refuses_count_families(tmp_path: object) -> None:
         "output": {"path": "out"},
         "engine": {"kind": "spark"},
     }
-    with pytest.raises(ConfigError, match="Spark engine computes"):
-        parse_config(raw, tmp_path / "c.toml")
+    config = parse_config(raw, tmp_path / "c.toml")  # tests/test_spark.py runs such a job
+    assert config.engine.kind == "spark" and config.model.family == "binomial"

@@ -408,11 +408,6 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             "[model] rollup runs on [engine] kind = 'duckdb': the Spark engine computes the "
             "statistics of rows only"
         )
-    if engine.kind == "spark" and family in ("binomial", "poisson"):
-        problems.append(
-            f"family = {family!r} runs on [engine] kind = 'duckdb': the Spark engine computes "
-            "the statistics of gaussian models only"
-        )
     out_path = out_raw.get("path")
     if isinstance(out_path, str) and not out_path.strip():
         problems.append("[output] path is empty")

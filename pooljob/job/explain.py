@@ -118,10 +118,28 @@ def _explain_spark(config: Config) -> str:
     from pooljob.scan.spark_sql import spark_sql
 
     formula = config.model.formula
+    family = config.model.family
     with open_source(config) as source:
-        check_schema(source, formula)
+        spec = check_schema(source, formula, family)
         columns = dict(source.columns)
     e, s = config.engine, config.source
+    if family in COUNT_FAMILIES:
+        from pooljob.pipeline import count_sql
+
+        stats_sql = count_sql(formula, family, spec)
+        what = [
+            "-- per-cell counts, one scan: sql/count_stats.sql (see its comments) transpiled",
+            "-- from DuckDB by sqlglot (pooljob/scan/spark_sql.py); lgamma, which Spark SQL",
+            "-- lacks, written as Stirling's series (exact to rounding), fsum as sum",
+        ]
+    else:
+        stats_sql = group_stats_sql(formula, columns=columns)
+        what = [
+            "-- per-cell statistics, one scan: sql/cell_stats.sql (see its comments) transpiled",
+            "-- from DuckDB by sqlglot (pooljob/scan/spark_sql.py); the centring shifts (its :s",
+            "-- parameters) are bound to 0 (a second scan, made only for NaN or infinite values",
+            "-- or a mean far from 0, skips those rows or binds a shift)",
+        ]
     lines = [
         f"-- pooljob explain {config.file}",
         f"-- model: {formula.text} ({config.model.family}, {config.model.method.upper()})",
@@ -129,10 +147,7 @@ def _explain_spark(config: Config) -> str:
         f"-- source: temp view `source` over {s.path}"
         + (f", filtered by the Spark SQL: {s.where}" if s.where else ""),
         "",
-        "-- per-cell statistics, one scan: sql/cell_stats.sql (see its comments) transpiled",
-        "-- from DuckDB by sqlglot (pooljob/scan/spark_sql.py); the centring shifts (its :s",
-        "-- parameters) are bound to 0 (a second scan, made only for NaN or infinite values",
-        "-- or a mean far from 0, skips those rows or binds a shift)",
-        spark_sql(group_stats_sql(formula, columns=columns), pretty=True).strip() + ";",
+        *what,
+        spark_sql(stats_sql, pretty=True).strip() + ";",
     ]
     return "\n".join(lines) + "\n"

@@ -1,13 +1,15 @@
 """Incremental refresh: per-file statistics kept between runs, merged, refitted.
 
 A run on ``[source] path`` files keeps the cell statistics of every source
-file separately (``sql/file_cell_stats.sql``), with the file's stamp (path,
+file separately (``sql/file_cell_stats.sql``; the counts of
+``sql/file_count_stats.sql`` for a binomial or Poisson model), with the file's stamp (path,
 size, modification time), in a store under ``<output.path>/state/``
 (:mod:`pooljob.scan.store`).  The next run compares the stamps with the files the
 path matches now: it scans only the files that are new or changed, drops
 the statistics of changed and deleted files, and merges every file's
 statistics into the cells of the whole source
-(:func:`pooljob.scan.merge.merge_moments`, exact).  The fit then runs from the
+(:func:`pooljob.scan.merge.merge_moments`; counts and sums add, the
+covariates' extremes merge by min and max: exact).  The fit then runs from the
 merged cells as from a scan.  A hive partition is tracked as the files in it.
 
 The run scans every file and rebuilds the store instead (mode ``full``, the
@@ -35,39 +37,40 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
-from pooljob.job.fingerprint import FileStamp, InputSnapshot
+from pooljob.job.fingerprint import InputSnapshot
 from pooljob.job.logs import log_event
 from pooljob.job.progress import current
-from pooljob.model.cells import CellTable
+from pooljob.job.store_tables import (
+    count_parts,
+    file_table,
+    merge_parts,
+    merged,
+    moment_parts,
+    store_columns,
+)
+from pooljob.model.cells import CellTable, CountTable
 from pooljob.outputs.tables import FitResult
-from pooljob.pipeline import UNWATCHED, Watch, fit_cells
-from pooljob.scan.cell_counts import COUNT_FAMILIES
+from pooljob.pipeline import UNWATCHED, Watch, fit_cells, fit_count_table
+from pooljob.scan.cell_counts import COUNT_FAMILIES, scan_count_parts, scan_counts
 from pooljob.scan.cell_moments import (
     FILE_ALIAS,
-    cell_arrays,
     centring_shifts,
     file_column,
-    key_aliases,
-    key_frame,
     require_rows,
     rescan_moments,
-    row_totals,
     scan_cells,
     scan_moments,
 )
-from pooljob.scan.merge import merge_moments
 from pooljob.scan.schema import ScanSpec, check_schema
 from pooljob.scan.source import TableSource, open_file_list
 from pooljob.scan.store import (
     FILE_INDEX,
     FILE_STAMP,
-    FILE_STATS,
     STORE_FORMAT,
     Store,
     UnusableStoreError,
     load_store,
     save_store,
-    stat_columns,
 )
 
 if TYPE_CHECKING:
@@ -169,22 +172,20 @@ def fit_refreshed(
     formula = config.model.formula
     family = config.model.family
     spec = check_schema(source, formula, family)
-    if family in COUNT_FAMILIES:
-        from pooljob.pipeline import fit_count_source
-
-        log_event(
-            "refresh",
-            "refresh: full scan, no statistics store: family = %r is fitted from one count scan",
-            family,
-            mode="full",
-        )
-        result = fit_count_source(
-            formula, source, spec, family, config.output.interval, config.model.control, watch
-        )
-        reason = f"family = {family!r} is fitted from one count scan (no statistics store)"
-        return result, Refresh("full", reason, scanned=len(snap.files))
     with watch.stage("scan"):
         cells, refresh = refresh_cells(config, source, spec, snap, full)
+    if isinstance(cells, CountTable):
+        result = fit_count_table(
+            formula,
+            cells,
+            spec,
+            family,
+            config.output.interval,
+            config.model.control,
+            scan_seconds=time.perf_counter() - t0,
+            watch=watch,
+        )
+        return result, refresh
     result = fit_cells(
         formula,
         cells,
@@ -216,24 +217,30 @@ def _without_store(config: Config, source: TableSource, snap: InputSnapshot) -> 
 
 def refresh_cells(
     config: Config, source: TableSource, spec: ScanSpec, snap: InputSnapshot, full: bool = False
-) -> tuple[CellTable, Refresh]:
+) -> tuple[CellTable | CountTable, Refresh]:
     """The cell statistics of the whole source, and how they were obtained.
 
-    Incremental when a store can serve the run (module docstring); otherwise
-    every file is scanned and, for local files, the store rebuilt.  Logs one
-    ``refresh`` record saying which.
+    Moments (a CellTable) for a gaussian model, counts (a CountTable) for a
+    binomial or Poisson one.  Incremental when a store can serve the run
+    (module docstring); otherwise every file is scanned and, for local
+    files, the store rebuilt.  Logs one ``refresh`` record saying which.
     """
     reason = _without_store(config, source, snap)
     if reason:
         log_event("refresh", "refresh: full scan, no statistics store: %s", reason, mode="full")
-        cells = scan_cells(source, spec.keys, spec.variables)
+        family = config.model.family
+        cells: CellTable | CountTable
+        if family in COUNT_FAMILIES:
+            cells = scan_counts(source, config.model.formula, family, spec)
+        else:
+            cells = scan_cells(source, spec.keys, spec.variables)
         return cells, Refresh("full", reason, scanned=len(snap.files))
     identity = _identity(config, spec, source.columns)
     if full:
         reason = "pooljob run --full"
     else:
         try:
-            store = load_store(config.output.path, identity)
+            store = load_store(config.output.path, identity, store_columns(config, spec))
             return _incremental(config, source, spec, snap, store)
         except UnusableStoreError as exc:
             reason = str(exc)
@@ -246,8 +253,8 @@ def refresh_cells(
         reason=reason,
         files_scanned=len(snap.files),
     )
-    cells, store = _rebuild(config, source, spec, snap, identity)
-    return cells, Refresh("full", reason, scanned=len(snap.files), pending=store)
+    rebuilt, store = _rebuild(config, source, spec, snap, identity)
+    return rebuilt, Refresh("full", reason, scanned=len(snap.files), pending=store)
 
 
 def _identity(config: Config, spec: ScanSpec, columns: dict[str, str]) -> dict[str, Any]:
@@ -262,6 +269,7 @@ def _identity(config: Config, spec: ScanSpec, columns: dict[str, str]) -> dict[s
         "source": config.source.path,
         "where": config.source.where or "",
         "formula": config.model.formula.text,
+        "family": config.model.family,
         "keys": list(spec.keys),
         "variables": [[list(v.columns), v.centrable] for v in spec.variables],
         "columns": dict(columns),
@@ -281,7 +289,7 @@ def _scan_files(
     ``paths`` (sorted) are the files of the store being made: a part's
     ``__file_index`` is its file's position there.  Returns the cells (the
     store's layout, sorted by file), the per-file row counts (by ``path``),
-    and the shifts the means are taken about.
+    and the shifts the means are taken about (0 for counts).
     """
     m = len(spec.variables)
     assert config.source.path is not None
@@ -300,19 +308,25 @@ def _scan_files(
         ) as files,
         current().probing(files.query_progress, len(scan)),
     ):
+        family = config.model.family
+        if family in COUNT_FAMILIES:
+            good, counts = scan_count_parts(files, config.model.formula, family, spec, by)
+            if shifts is None:
+                require_rows(counts, source.description)
+            return count_parts(good, spec, paths), counts.rename({FILE_ALIAS: "path"}), np.zeros(m)
         at = np.zeros(m) if shifts is None else shifts
         scanned = scan_moments(files, spec.keys, spec.variables, at, by=by)
-        parts = _parts(scanned.good, spec.keys, m, paths)
+        parts = moment_parts(scanned.good, spec.keys, m, paths)
         if shifts is None:  # a rebuild: centre as a scan of every file would
             require_rows(scanned.counts, source.description)
-            merged = merge_parts(parts, spec.keys, m, at, {})
+            whole = merge_parts(parts, spec.keys, m, at, {})
             centrable = [v.centrable for v in spec.variables]
-            at = centring_shifts(merged.n, merged.mean, merged.comoment, centrable)
+            at = centring_shifts(whole.n, whole.mean, whole.comoment, centrable)
             if np.any(at != 0.0):
                 good = rescan_moments(
                     files, spec.keys, spec.variables, at, scanned.finite_only, by=by
                 )
-                parts = _parts(good, spec.keys, m, paths)
+                parts = moment_parts(good, spec.keys, m, paths)
     return parts, scanned.counts.rename({FILE_ALIAS: "path"}), at
 
 
@@ -322,17 +336,17 @@ def _rebuild(
     spec: ScanSpec,
     snap: InputSnapshot,
     identity: dict[str, Any],
-) -> tuple[CellTable, Store]:
+) -> tuple[CellTable | CountTable, Store]:
     """Scan every file: the merged cells and the new store."""
     paths = [p for p, _, _ in snap.files]
     parts, counts, shifts = _scan_files(config, source, spec, paths, paths, None)
-    store = Store(identity, shifts, _file_table(snap.files, counts), parts)
-    return _merged(store, spec), store
+    store = Store(identity, shifts, file_table(snap.files, counts), parts)
+    return merged(store, config, spec), store
 
 
 def _incremental(
     config: Config, source: TableSource, spec: ScanSpec, snap: InputSnapshot, store: Store
-) -> tuple[CellTable, Refresh]:
+) -> tuple[CellTable | CountTable, Refresh]:
     """Scan the new and changed files only, and merge them with the store's others.
 
     Raises
@@ -361,7 +375,7 @@ def _incremental(
     if scan:
         new_parts, counts, _ = _scan_files(config, source, spec, scan, paths, store.shifts)
         scanned = set(scan)
-        new_files = _file_table(tuple(s for s in snap.files if s[0] in scanned), counts)
+        new_files = file_table(tuple(s for s in snap.files if s[0] in scanned), counts)
         try:
             parts = pl.concat([parts, new_parts.cast(parts.schema)])
             files = pl.concat([files, new_files.cast(files.schema)])
@@ -376,9 +390,11 @@ def _incremental(
         parts.sort(FILE_INDEX, maintain_order=True),
     )
     require_rows(updated.files, source.description)
-    cells = _merged(updated, spec)
+    cells = merged(updated, config, spec)
     centrable = [v.centrable for v in spec.variables]
-    if np.any(centring_shifts(cells.n, cells.mean, cells.comoment, centrable) != 0.0):
+    if isinstance(cells, CellTable) and np.any(
+        centring_shifts(cells.n, cells.mean, cells.comoment, centrable) != 0.0
+    ):
         raise UnusableStoreError(
             "the stored centring shifts no longer centre the data (a variable's mean moved "
             "far from them beside its spread)"
@@ -419,82 +435,3 @@ def _summary(new: list[str], changed: list[str], removed: list[str]) -> str:
         return f"{len(paths)} {label} ({names})"
 
     return ", ".join([part("new", new), part("changed", changed), part("deleted", removed)])
-
-
-def _file_table(stamps: tuple[FileStamp, ...], counts: pl.DataFrame) -> pl.DataFrame:
-    """The store's file rows: each file's stamp and its rows (0 for a file with none)."""
-    frame = pl.DataFrame(
-        [list(s) for s in stamps],
-        schema={"path": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64},
-        orient="row",
-    )
-    counts = counts.select("path", *(pl.col(c).cast(pl.Int64) for c in FILE_STATS))
-    return frame.join(counts, on="path", how="left").with_columns(
-        pl.col(list(FILE_STATS)).fill_null(0)
-    )
-
-
-def _parts(good: pl.DataFrame, keys: tuple[str, ...], m: int, paths: list[str]) -> pl.DataFrame:
-    """The store's cell rows from the per-file query's usable rows, sorted by file.
-
-    A part's file becomes its position in ``paths`` (the cast to an Enum of
-    the paths is that lookup, and fails on a path not in the list).  The key
-    columns keep the query's names (``k<i>``): the store's columns are all
-    pooljob's own.
-    """
-    n, mean, comoment = cell_arrays(good, m)
-    values = [n, *(mean[:, i] for i in range(m))]
-    values += [comoment[:, i, j] for i in range(m) for j in range(i, m)]
-    stats = [pl.Series(name, v) for name, v in zip(stat_columns(m), values, strict=True)]
-    index = pl.col(FILE_ALIAS).cast(pl.Enum(paths)).to_physical().cast(pl.UInt32)
-    frame = good.select(index.alias(FILE_INDEX), *key_aliases(keys)).with_columns(stats)
-    return frame.sort(FILE_INDEX, maintain_order=True)
-
-
-def merge_parts(
-    parts: pl.DataFrame,
-    keys: tuple[str, ...],
-    m: int,
-    shifts: NDArray[np.float64],
-    rows: dict[str, object],
-) -> CellTable:
-    """The cells of the whole source from per-file cells (:func:`merge_moments`).
-
-    Cells come in sorted key order; each cell's parts are summed in the
-    order of ``parts`` (by file), so equal parts give equal bits.
-    """
-    columns = stat_columns(m)
-    n = parts[columns[0]].to_numpy().astype(np.float64)
-    mean = np.column_stack([parts[c].to_numpy() for c in columns[1 : m + 1]]).reshape(-1, m)
-    comoment = np.empty((parts.height, m, m))
-    pairs = [(i, j) for i in range(m) for j in range(i, m)]
-    for (i, j), c in zip(pairs, columns[m + 1 :], strict=True):
-        comoment[:, i, j] = comoment[:, j, i] = parts[c].to_numpy()
-    aliases = key_aliases(keys)  # the store's names of the key columns: k0, k1, …
-    part_keys = parts.select(aliases)
-    if keys:
-        cell_keys = part_keys.unique().sort(aliases)
-        coded = part_keys.join(
-            cell_keys.with_row_index("__cell"), on=aliases, how="left", maintain_order="left"
-        )
-        codes = coded["__cell"].to_numpy().astype(np.int64)
-        size = cell_keys.height
-    else:  # no key column: one cell, the whole source (a frame of no columns)
-        cell_keys = part_keys
-        codes = np.zeros(parts.height, dtype=np.int64)
-        size = 1 if parts.height else 0
-    total, merged_mean, merged = merge_moments(codes, size, n, mean.astype(np.float64), comoment)
-    return CellTable(
-        keys=key_frame(cell_keys, keys),
-        n=total,
-        mean=merged_mean,
-        comoment=merged,
-        shifts=np.asarray(shifts, dtype=np.float64),
-        rows=rows,
-    )
-
-
-def _merged(store: Store, spec: ScanSpec) -> CellTable:
-    """The store's cells merged over its files, with its row accounting summed."""
-    m = len(spec.variables)
-    return merge_parts(store.cells, spec.keys, m, store.shifts, row_totals(store.files))

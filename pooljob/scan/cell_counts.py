@@ -24,10 +24,12 @@ from pooljob.model.cells import CountTable, NumericVariable
 from pooljob.model.formula import Formula, display_name
 from pooljob.scan.cell_moments import (
     DROP_REASONS,
+    FILE_ALIAS,
     key_aliases,
     key_frame,
     null_key,
     require_rows,
+    row_totals,
     source_column,
     sql_text,
 )
@@ -57,9 +59,18 @@ def _offset_sql(formula: Formula) -> str:
 
 
 def count_stats_sql(
-    formula: Formula, family: str, keys: tuple[str, ...], covariates: list[NumericVariable]
+    formula: Formula,
+    family: str,
+    keys: tuple[str, ...],
+    covariates: list[NumericVariable],
+    by: str | None = None,
 ) -> str:
-    """The per-cell count query for ``formula``, identifiers quoted; no parameters."""
+    """The per-cell count query for ``formula``, identifiers quoted; no parameters.
+
+    With ``by``, the column naming each row's source file, it is the per-file
+    query ``sql/file_count_stats.sql``: the same counts, one row per file
+    (column ``file``) and cell.
+    """
     y = _double(formula.response)
     if family == "binomial":
         if formula.cbind is None:
@@ -97,16 +108,20 @@ def count_stats_sql(
         f",\n        max(c{k}) filter (where drop_code = 0) as max_{k}"
         for k in range(len(covariates))
     )
-    return sql_text("count_stats").format(
-        columns=",\n        ".join(columns),
-        key_list=key_sql + "," if keys else "",
-        group_by=f"group by {key_sql}" if keys else "",
-        drop_code=drop_code,
-        bad=bad,
-        exposure=exposure,
-        constant=constant,
-        extremes=extremes,
-    )
+    fields = {
+        "columns": ",\n        ".join(columns),
+        "key_list": key_sql + "," if keys else "",
+        "group_by": f"group by {key_sql}" if keys else "",
+        "drop_code": drop_code,
+        "bad": bad,
+        "exposure": exposure,
+        "constant": constant,
+        "extremes": extremes,
+    }
+    if by is None:
+        return sql_text("count_stats").format(**fields)
+    fields["group_by"] = f"group by {FILE_ALIAS}" + (f", {key_sql}" if keys else "")
+    return sql_text("file_count_stats").format(file_column=source_column(by), **fields)
 
 
 def _describe_cell(row: dict[str, object], keys: tuple[str, ...]) -> str:
@@ -140,6 +155,35 @@ def covariate_indices(spec: ScanSpec) -> list[int]:
     return [k for k in range(1, len(spec.variables)) if k + 1 not in spec.offsets]
 
 
+def count_row_counts(table: pl.DataFrame, keys: tuple[str, ...]) -> pl.DataFrame:
+    """Rows read, used and dropped by reason, per file (column ``file``) if the query has one.
+
+    ``table`` is the count query's result, null keys included.
+    """
+    group = FILE_ALIAS if FILE_ALIAS in table.columns else "__all"
+    if group == "__all":
+        table = table.with_columns(pl.lit(0).alias(group))
+    keyed = ~null_key(keys)
+    return (
+        table.group_by(group)
+        .agg(
+            pl.col("n_rows").sum().alias("read"),
+            pl.col("n_used").filter(keyed).sum().alias("used"),
+            pl.col("n_rows").filter(~keyed).sum().alias("null_group_key"),
+            pl.col("n_null_response").filter(keyed).sum().alias("null_response"),
+            pl.col("n_nonfinite_response").filter(keyed).sum().alias("nonfinite_response"),
+            pl.col("n_unusable_covariate").filter(keyed).sum().alias("unusable_covariate"),
+        )
+        .select(group, "read", "used", *DROP_REASONS)
+        .sort(group)
+    )
+
+
+def used_cells(table: pl.DataFrame, keys: tuple[str, ...]) -> pl.DataFrame:
+    """The count query's rows with no null key and at least one used row."""
+    return table.filter(~null_key(keys)).filter(pl.col("n_used") > 0)
+
+
 def scan_counts(source: TableSource, formula: Formula, family: str, spec: ScanSpec) -> CountTable:
     """Scan the source once into a CountTable.
 
@@ -160,37 +204,55 @@ def scan_counts(source: TableSource, formula: Formula, family: str, spec: ScanSp
         within a cell, a binomial offset varies within a cell, or no row is
         usable.
     """
+    covariates = [spec.variables[k] for k in covariate_indices(spec)]
+    table = pl.from_arrow(source.arrow(count_stats_sql(formula, family, spec.keys, covariates)))
+    assert isinstance(table, pl.DataFrame)
+    counts = count_row_counts(table, spec.keys)
+    require_rows(counts, source.description)
+    used = used_cells(table, spec.keys)
+    if spec.keys:  # sorted by key: the same data give the same cells in the same order
+        used = used.sort(key_aliases(spec.keys))
+    return count_table(used, formula, family, spec, row_totals(counts))
+
+
+def scan_count_parts(
+    source: TableSource, formula: Formula, family: str, spec: ScanSpec, by: str
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One per-file count scan (``sql/file_count_stats.sql``) of the files of ``source``.
+
+    ``by`` is the column naming each row's file.  Returns the used cells of
+    each file (column ``file``, the key columns ``k<i>`` and
+    :func:`count_columns`) and each file's row accounting
+    (:func:`count_row_counts`).  Nothing is checked here: the merged cells
+    are (:func:`count_table`), as a scan of every file would be.
+    """
+    covariates = [spec.variables[k] for k in covariate_indices(spec)]
+    sql = count_stats_sql(formula, family, spec.keys, covariates, by=by)
+    table = pl.from_arrow(source.arrow(sql))
+    assert isinstance(table, pl.DataFrame)
+    return used_cells(table, spec.keys), count_row_counts(table, spec.keys)
+
+
+def _varies(lo: Array, hi: Array) -> NDArray[np.bool_]:
+    return (hi - lo) > CONSTANT_TOL * np.maximum(1.0, np.maximum(np.abs(lo), np.abs(hi)))
+
+
+def count_table(
+    used: pl.DataFrame, formula: Formula, family: str, spec: ScanSpec, rows: dict[str, object]
+) -> CountTable:
+    """The CountTable of a model from its cells' counts, checked (:func:`scan_counts`).
+
+    ``used`` has the count query's columns, one row per cell with used rows,
+    sorted by key; from one scan, or merged over files
+    (:func:`merge_count_parts`).  ``rows`` is the row accounting.
+    """
     keys, variables = spec.keys, spec.variables
     covariate_index = covariate_indices(spec)
-    covariates = [variables[k] for k in covariate_index]
-    table = pl.from_arrow(source.arrow(count_stats_sql(formula, family, keys, covariates)))
-    assert isinstance(table, pl.DataFrame)
-    unkeyed = table.filter(null_key(keys))
-    keyed = table.filter(~null_key(keys))
-    dropped = {
-        "null_group_key": int(unkeyed["n_rows"].sum()),
-        "null_response": int(keyed["n_null_response"].sum()),
-        "nonfinite_response": int(keyed["n_nonfinite_response"].sum()),
-        "unusable_covariate": int(keyed["n_unusable_covariate"].sum()),
-    }
-    # sorted by key: the same data give the same cells in the same order, and the same fit
-    used = keyed.filter(pl.col("n_used") > 0)
-    if keys:
-        used = used.sort(key_aliases(keys))
-    counts = pl.DataFrame(
-        {
-            "read": [int(table["n_rows"].sum())],
-            "used": [int(used["n_used"].sum())],
-            **{r: [dropped[r]] for r in DROP_REASONS},
-        }
-    )
-    require_rows(counts, source.description)
     bad = int(used["n_bad_response"].sum())
     if bad:
         raise InputError(_response_problem(formula, family, bad))
     for j, k in enumerate(covariate_index):
-        lo, hi = used[f"min_{j}"].to_numpy(), used[f"max_{j}"].to_numpy()
-        varies = (hi - lo) > CONSTANT_TOL * np.maximum(1.0, np.maximum(np.abs(lo), np.abs(hi)))
+        varies = _varies(used[f"min_{j}"].to_numpy(), used[f"max_{j}"].to_numpy())
         if varies.any():
             name = ":".join(display_name(c) for c in variables[k].columns)
             where = _describe_cell(used.row(int(np.argmax(varies)), named=True), keys)
@@ -200,9 +262,7 @@ def scan_counts(source: TableSource, formula: Formula, family: str, spec: ScanSp
                 f"constant within a cell; make it categorical with factor({name}) or bin it"
             )
     lo, hi = used["min_offset"].to_numpy(), used["max_offset"].to_numpy()
-    if family == "binomial" and np.any(
-        (hi - lo) > CONSTANT_TOL * np.maximum(1.0, np.maximum(np.abs(lo), np.abs(hi)))
-    ):
+    if family == "binomial" and np.any(_varies(lo, hi)):
         raise InputError(
             "the offset varies within cells: a binomial model is fitted from per-cell counts, "
             "so its offset must be constant within a cell (a function of the grouping and "
@@ -219,9 +279,47 @@ def scan_counts(source: TableSource, formula: Formula, family: str, spec: ScanSp
         offset=lo.astype(np.float64) if family == "binomial" else np.zeros(used.height),
         values=values,
         constant=float(used["const_sum"].sum()),
-        rows={
-            "read": int(table["n_rows"].sum()),
-            "used": int(used["n_used"].sum()),
-            "dropped": dropped,
-        },
+        rows=rows,
     )
+
+
+def count_columns(covariates: int) -> list[str]:
+    """The count query's statistics of a used cell (what :func:`merge_count_parts` merges)."""
+    names = ["n_used", "n_bad_response", "y_sum", "t_sum", "const_sum", "min_offset", "max_offset"]
+    return names + [f"{e}_{j}" for j in range(covariates) for e in ("min", "max")]
+
+
+def merge_count_parts(parts: pl.DataFrame, keys: tuple[str, ...], covariates: int) -> pl.DataFrame:
+    """The cells of the whole source from per-file counts: sums add, extremes by min and max.
+
+    ``parts`` has the key columns ``k<i>`` and :func:`count_columns`, one row
+    per file and used cell, in file order.  Returns the same columns, one
+    row per cell, sorted by key; each cell's parts are summed in the order
+    of ``parts`` (``numpy.bincount``), so equal parts give equal bits.
+    """
+    aliases = key_aliases(keys)
+    part_keys = parts.select(aliases)
+    if keys:
+        cell_keys = part_keys.unique().sort(aliases)
+        coded = part_keys.join(
+            cell_keys.with_row_index("__cell"), on=aliases, how="left", maintain_order="left"
+        )
+        codes = coded["__cell"].to_numpy().astype(np.int64)
+    else:  # no key column: one cell, the whole source
+        cell_keys = pl.DataFrame()
+        codes = np.zeros(parts.height, dtype=np.int64)
+    size = cell_keys.height if keys else (1 if parts.height else 0)
+    merged: dict[str, Array] = {}
+    for name in count_columns(covariates):
+        values = parts[name].to_numpy().astype(np.float64)
+        if name.startswith("min_"):
+            out = np.full(size, np.inf)
+            np.minimum.at(out, codes, values)
+        elif name.startswith("max_"):
+            out = np.full(size, -np.inf)
+            np.maximum.at(out, codes, values)
+        else:
+            out = np.bincount(codes, weights=values, minlength=size)
+        merged[name] = out
+    frame = pl.DataFrame(merged)
+    return pl.concat([cell_keys, frame], how="horizontal") if keys else frame

@@ -13,13 +13,19 @@ reason.  ``cells``, sorted by file: ``__file_index`` (the file's row in
 identity's ``keys``; original types), ``__n`` (rows), ``__mean_<i>`` and
 ``__comoment_<i>_<j>`` (i ≤ j) of the model's numeric variables, centred
 at the store's shifts (:func:`pooljob.scan.merge.merge_moments` merges
-them).  Every column name is pooljob's own, whatever the source's columns
-are called: the keys' names are in the identity only.
+them); for a binomial or Poisson model instead the per-file counts of
+``sql/file_count_stats.sql`` (:func:`count_stat_columns`: used rows, bad
+responses, the sums of responses, trials or exposure and log-likelihood
+constants, the min and max of the offset and of each covariate; merged by
+:func:`pooljob.scan.cell_counts.merge_count_parts`), and shifts all 0.
+Every column name is pooljob's own, whatever the source's columns are
+called: the keys' names are in the identity only.
 
 ``store.json``: ``format``, ``identity`` (what the statistics are: pooljob
-version, the source path and ``where`` filter, the formula, the scan's keys
-and variables, the source's columns and types), ``shifts``, ``run_id`` (the
-run that wrote it) and each table's file name, size and SHA-256.
+version, the source path and ``where`` filter, the formula and family, the
+scan's keys and variables, the source's columns and types), ``shifts``,
+``run_id`` (the run that wrote it) and each table's file name, size and
+SHA-256.
 
 A store is saved only after its run is published: the tables first
 (synced), then ``store.json`` through a temporary file renamed over it, so
@@ -46,13 +52,15 @@ import polars as pl
 from numpy.typing import NDArray
 
 from pooljob.durable import fsync_path
+from pooljob.scan.cell_counts import count_columns
 from pooljob.scan.cell_moments import DROP_REASONS, key_aliases
 
 STATE = "state"
 RECORD = "store.json"
 #: Version of the layout above; a store of another format is rebuilt.
 #: 2: the key columns of ``cells`` are named ``k<i>``, not as in the source.
-STORE_FORMAT = 2
+#: 3: the family is part of the identity; binomial and Poisson stores hold counts.
+STORE_FORMAT = 3
 #: Per-file row accounting, as :func:`pooljob.scan.cell_moments.row_totals` sums it.
 FILE_STATS = ("read", "used", *DROP_REASONS)
 FILE_STAMP = ("path", "size", "mtime_ns")
@@ -65,6 +73,7 @@ _LABELS = {
     "source": "[source] path",
     "where": "[source] where filter",
     "formula": "formula",
+    "family": "family",
     "keys": "scan's key columns",
     "variables": "scan's variables",
 }
@@ -105,6 +114,11 @@ def stat_columns(m: int) -> list[str]:
     """The statistics columns of ``cells`` for ``m`` variables."""
     names = ["__n", *(f"__mean_{i}" for i in range(m))]
     return names + [f"__comoment_{i}_{j}" for i in range(m) for j in range(i, m)]
+
+
+def count_stat_columns(covariates: int) -> list[str]:
+    """The statistics columns of ``cells`` of a count model with ``covariates`` covariates."""
+    return [f"__{c}" for c in count_columns(covariates)]
 
 
 def _difference(stored: dict[str, Any], identity: dict[str, Any]) -> str:
@@ -149,8 +163,11 @@ def _read_table(folder: Path, entry: Any, columns: list[str]) -> pl.DataFrame:
     return frame
 
 
-def load_store(output: Path, identity: dict[str, Any]) -> Store:
+def load_store(output: Path, identity: dict[str, Any], stats: list[str] | None = None) -> Store:
     """Read the store of ``output`` if it can serve a run of ``identity``.
+
+    ``stats`` are the statistics columns its cells must have (default: the
+    moments of the identity's variables, :func:`stat_columns`).
 
     Raises
     ------
@@ -181,7 +198,7 @@ def load_store(output: Path, identity: dict[str, Any]) -> Store:
     try:
         files = _read_table(folder, tables["files"], [*FILE_STAMP, *FILE_STATS])
         keys = [FILE_INDEX, *key_aliases(tuple(identity["keys"]))]
-        cells = _read_table(folder, tables["cells"], keys + stat_columns(m))
+        cells = _read_table(folder, tables["cells"], keys + (stats or stat_columns(m)))
     except (KeyError, TypeError) as exc:
         raise UnusableStoreError(f"{RECORD} does not describe its tables ({_line(exc)})") from None
     if cells.height and int(cells[FILE_INDEX].to_numpy().max()) >= files.height:
