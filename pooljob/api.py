@@ -6,6 +6,7 @@ import os
 from typing import Any, Literal
 
 from pooljob.errors import ConfigError
+from pooljob.model.area_options import area_option_problems
 from pooljob.model.formula import parse_formula
 from pooljob.model.options import (
     DEFAULT_MAX_EVALUATIONS,
@@ -29,6 +30,7 @@ def fit(
     interval: float = 0.95,
     max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
     on_nonconvergence: Literal["fail", "publish"] = "fail",
+    sampling_variance: str | None = None,
 ) -> FitResult:
     """Fit a multilevel model from DuckDB sufficient statistics.
 
@@ -60,6 +62,12 @@ def fit(
         :class:`pooljob.errors.NonConvergenceError` (``"fail"``), or is
         returned with ``converged = False`` and a warning logged
         (``"publish"``).
+    sampling_variance : str, optional
+        An area-level (Fay–Herriot) model, as ``metafor::rma(yi, vi, mods)``
+        or ``sae::eblupFH``: one row per area, the response its direct
+        estimate and this column its known sampling variance (> 0); the
+        formula is ``y ~ x… + (1 | area)``.  ``estimates`` gains ``rmse``
+        (docs/models.md, "Area-level models").
 
     Returns
     -------
@@ -84,11 +92,21 @@ def fit(
     assert method is not None
     problems = check_options(family, method, interval)
     problems += check_control(max_evaluations, on_nonconvergence)
+    if sampling_variance is not None:
+        problems += area_option_problems(parsed, family, sampling_variance)
     if problems:
         raise ConfigError("; ".join(problems))
     control = Control(max_evaluations, on_nonconvergence)
     with open_data(data) as source:
-        return fit_source(parsed, source, family, method, float(interval), control=control)
+        return fit_source(
+            parsed,
+            source,
+            family,
+            method,
+            float(interval),
+            control=control,
+            sampling_variance=sampling_variance,
+        )
 
 
 def poststratify(

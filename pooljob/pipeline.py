@@ -5,7 +5,9 @@ statistics that were scanned or merged from the statistics store (incremental
 refresh).  Gaussian random intercepts on groupings that nest in the data go to
 the exact tree solver (:mod:`pooljob.model.nested`); every other Gaussian model
 to the blocked-Cholesky solver (:mod:`pooljob.model.general`); binomial and
-Poisson models to the Laplace solver (:mod:`pooljob.model.glmm`).  The tables
+Poisson models to the Laplace solver (:mod:`pooljob.model.glmm`); area-level
+(Fay–Herriot) models, one row per area with a known sampling variance, to
+:mod:`pooljob.model.area`.  The tables
 are built by :mod:`pooljob.outputs`.
 """
 
@@ -62,6 +64,7 @@ def fit_source(
     interval: float,
     solver: str = "auto",
     control: Control = DEFAULT_CONTROL,
+    sampling_variance: str | None = None,
 ) -> FitResult:
     """Fit ``formula`` to an open source: one scan, then the solver.
 
@@ -71,8 +74,11 @@ def fit_source(
     start from the same cell statistics and publish the same tables
     (``solver = "blocked"`` forces the blocked solver, for tests that say so).
     ``control`` bounds the optimizer and says what a fit that fails the
-    convergence check does.
+    convergence check does.  With ``sampling_variance`` the model is
+    area-level (Fay–Herriot): :func:`fit_area_source`.
     """
+    if sampling_variance is not None:
+        return fit_area_source(formula, source, sampling_variance, method, interval, control)
     t0 = time.perf_counter()
     spec = check_schema(source, formula, family)
     if family in COUNT_FAMILIES:
@@ -132,6 +138,35 @@ def fit_cells(
         result = build_general(formula, general, interval, family, method)
     t3 = time.perf_counter()
     result.timings.update({"scan": scan_seconds, "fit": t2 - t1, "tables": t3 - t2})
+    return result
+
+
+def fit_area_source(
+    formula: Formula,
+    source: TableSource,
+    sampling_variance: str,
+    method: str,
+    interval: float,
+    control: Control = DEFAULT_CONTROL,
+) -> FitResult:
+    """Read the areas of ``source`` and fit the area-level (Fay–Herriot) model.
+
+    One row per area: the response is the direct estimate, ``sampling_variance``
+    the column of its known variance (:mod:`pooljob.scan.area_rows`,
+    :mod:`pooljob.model.area`); the tables by :mod:`pooljob.outputs.area_tables`.
+    """
+    from pooljob.model.area import fit_area
+    from pooljob.outputs.area_tables import area_result
+    from pooljob.scan.area_rows import scan_areas
+
+    t0 = time.perf_counter()
+    areas = scan_areas(source, formula, sampling_variance)
+    t1 = time.perf_counter()
+    fit = fit_area(areas.y, areas.v, areas.x, method, control.max_evaluations)
+    check_convergence(fit.optimizer, method.upper(), control)
+    t2 = time.perf_counter()
+    result = area_result(formula, areas, fit, interval, method, sampling_variance)
+    result.timings.update({"scan": t1 - t0, "fit": t2 - t1, "tables": time.perf_counter() - t2})
     return result
 
 

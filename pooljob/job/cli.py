@@ -194,8 +194,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from pooljob.scan.schema import check_schema
 
     config = load_config(args.config)
+    variance = config.model.sampling_variance
     with open_source(config) as source:  # on the config's engine: Spark reads its own schema
-        check_schema(source, config.model.formula, config.model.family)
+        if variance is not None:
+            from pooljob.scan.area_rows import check_area_schema
+
+            check_area_schema(source, config.model.formula, variance)
+        else:
+            check_schema(source, config.model.formula, config.model.family)
     print(
         f"config {args.config!r} is valid; columns found: "
         + ", ".join(config.model.formula.columns)

@@ -17,6 +17,7 @@ Example:
     method = "reml"          # reml | ml
     max_evaluations = 10000  # optional: the optimizer's limit (lme4's maxfun)
     on_nonconvergence = "fail"  # or "publish": published with converged = false
+    # sampling_variance = "vi"  # an area-level (Fay–Herriot) model: one row per area
     [output]
     path = "out/income"
     interval = 0.95
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from pooljob.errors import ConfigError, FormulaError
+from pooljob.model.area_options import area_option_problems
 from pooljob.model.formula import Formula, parse_formula
 from pooljob.model.options import (
     DEFAULT_MAX_EVALUATIONS,
@@ -68,6 +70,7 @@ _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
         "method": str,
         "max_evaluations": int,
         "on_nonconvergence": str,
+        "sampling_variance": str,
     },
     "output": {
         "path": str,
@@ -105,6 +108,8 @@ class ModelConfig:
     method: str = "reml"
     max_evaluations: int = DEFAULT_MAX_EVALUATIONS
     on_nonconvergence: str = "fail"
+    #: An area-level (Fay–Herriot) model: the column of known sampling variances.
+    sampling_variance: str | None = None
 
     @property
     def control(self) -> Control:
@@ -412,6 +417,13 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
         except ConfigError as exc:
             problems.append(f"[output] {exc}")
     post = _poststratify(raw, base, family, problems)
+    variance = model_raw.get("sampling_variance")
+    if isinstance(variance, str):
+        problems.extend(f"[model] {p}" for p in area_option_problems(formula, family, variance))
+        if engine.kind == "spark":
+            problems.append(
+                '[model] sampling_variance (an area-level model) runs on [engine] kind = "duckdb"'
+            )
     if problems:
         raise ConfigError(f"config {str(file)!r}: " + "; ".join(problems))
     assert formula is not None and isinstance(out_path, str)
@@ -424,6 +436,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             method=method,
             max_evaluations=max_evaluations,
             on_nonconvergence=on_nonconvergence,
+            sampling_variance=variance if isinstance(variance, str) else None,
         ),
         output=OutputConfig(
             path=Path(_resolve(base, out_path)),

@@ -161,6 +161,17 @@ def fit_refreshed(
     t0 = time.perf_counter()
     formula = config.model.formula
     family = config.model.family
+    variance = config.model.sampling_variance
+    if variance is not None:  # an area-level model reads its areas: no statistics store
+        from pooljob.pipeline import fit_area_source
+
+        reason = "an area-level model (sampling_variance) reads its areas (no statistics store)"
+        log_event("refresh", "refresh: full scan: %s", reason, mode="full")
+        m = config.model
+        result = fit_area_source(
+            formula, source, variance, m.method, config.output.interval, m.control
+        )
+        return result, Refresh("full", reason, scanned=len(snap.files))
     spec = check_schema(source, formula, family)
     if family in COUNT_FAMILIES:
         from pooljob.pipeline import fit_count_source
