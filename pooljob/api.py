@@ -6,6 +6,7 @@ import os
 from typing import Any, Literal
 
 from pooljob.errors import ConfigError
+from pooljob.model.area_options import area_option_problems
 from pooljob.model.formula import parse_formula
 from pooljob.model.options import (
     DEFAULT_MAX_EVALUATIONS,
@@ -31,6 +32,7 @@ def fit(
     max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
     on_nonconvergence: Literal["fail", "publish"] = "fail",
     rollup: dict[str, str] | None = None,
+    sampling_variance: str | None = None,
 ) -> FitResult:
     """Fit a multilevel model from DuckDB sufficient statistics.
 
@@ -67,6 +69,12 @@ def fit(
         rollup table, one row per group of rows with their number and the sum
         and sum of squares of the response; every other column of the model is
         a column of the rollup (docs/models.md, "Rollup tables").  Gaussian only.
+    sampling_variance : str, optional
+        An area-level (Fay–Herriot) model, as ``metafor::rma(yi, vi, mods)``
+        or ``sae::eblupFH``: one row per area, the response its direct
+        estimate and this column its known sampling variance (> 0); the
+        formula is ``y ~ x… + (1 | area)``.  ``estimates`` gains ``rmse``
+        (docs/models.md, "Area-level models").
 
     Returns
     -------
@@ -93,12 +101,21 @@ def fit(
     problems += check_control(max_evaluations, on_nonconvergence)
     columns, rollup_problems = check_rollup(rollup, family)
     problems += rollup_problems
+    if sampling_variance is not None:
+        problems += area_option_problems(parsed, family, sampling_variance)
     if problems:
         raise ConfigError("; ".join(problems))
     control = Control(max_evaluations, on_nonconvergence)
     with open_data(data) as source:
         return fit_source(
-            parsed, source, family, method, float(interval), control=control, rollup=columns
+            parsed,
+            source,
+            family,
+            method,
+            float(interval),
+            control=control,
+            rollup=columns,
+            sampling_variance=sampling_variance,
         )
 
 

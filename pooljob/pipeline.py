@@ -5,7 +5,9 @@ statistics that were scanned or merged from the statistics store (incremental
 refresh).  Gaussian random intercepts on groupings that nest in the data go to
 the exact tree solver (:mod:`pooljob.model.nested`); every other Gaussian model
 to the blocked-Cholesky solver (:mod:`pooljob.model.general`); binomial and
-Poisson models to the Laplace solver (:mod:`pooljob.model.glmm`).  The tables
+Poisson models to the Laplace solver (:mod:`pooljob.model.glmm`); area-level
+(Fay–Herriot) models, one row per area with a known sampling variance, to
+:mod:`pooljob.model.area`.  The tables
 are built by :mod:`pooljob.outputs`.
 
 A :class:`Watch` (the job's progress display, or none) is told when each
@@ -100,6 +102,7 @@ def fit_source(
     control: Control = DEFAULT_CONTROL,
     rollup: Rollup | None = None,
     watch: Watch = UNWATCHED,
+    sampling_variance: str | None = None,
 ) -> FitResult:
     """Fit ``formula`` to an open source: one scan, then the solver.
 
@@ -111,8 +114,11 @@ def fit_source(
     ``control`` bounds the optimizer and says what a fit that fails the
     convergence check does; ``watch`` is told of the stages and evaluations.
     With ``rollup``, ``source`` is a rollup table (:mod:`pooljob.scan.rollup`):
-    the cells are those of the rows behind it.
+    the cells are those of the rows behind it.  With ``sampling_variance`` the
+    model is area-level (Fay–Herriot): :func:`fit_area_source`.
     """
+    if sampling_variance is not None:
+        return fit_area_source(formula, source, sampling_variance, method, interval, control, watch)
     t0 = time.perf_counter()
     if rollup is not None:
         spec = check_rollup_schema(source, formula, family, rollup)
@@ -186,6 +192,39 @@ def fit_cells(
             result = build_general(formula, general, interval, family, method)
     t3 = time.perf_counter()
     result.timings.update({"scan": scan_seconds, "fit": t2 - t1, "tables": t3 - t2})
+    return result
+
+
+def fit_area_source(
+    formula: Formula,
+    source: TableSource,
+    sampling_variance: str,
+    method: str,
+    interval: float,
+    control: Control = DEFAULT_CONTROL,
+    watch: Watch = UNWATCHED,
+) -> FitResult:
+    """Read the areas of ``source`` and fit the area-level (Fay–Herriot) model.
+
+    One row per area: the response is the direct estimate, ``sampling_variance``
+    the column of its known variance (:mod:`pooljob.scan.area_rows`,
+    :mod:`pooljob.model.area`); the tables by :mod:`pooljob.outputs.area_tables`.
+    """
+    from pooljob.model.area import fit_area
+    from pooljob.outputs.area_tables import area_result
+    from pooljob.scan.area_rows import scan_areas
+
+    t0 = time.perf_counter()
+    with watch.stage("scan"):
+        areas = scan_areas(source, formula, sampling_variance)
+    t1 = time.perf_counter()
+    with watch.stage("fit"):
+        fit = fit_area(areas.y, areas.v, areas.x, method, control.max_evaluations)
+        check_convergence(fit.optimizer, method.upper(), control)
+    t2 = time.perf_counter()
+    with watch.stage("tables"):
+        result = area_result(formula, areas, fit, interval, method, sampling_variance)
+    result.timings.update({"scan": t1 - t0, "fit": t2 - t1, "tables": time.perf_counter() - t2})
     return result
 
 

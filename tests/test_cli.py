@@ -49,7 +49,9 @@ def test_run_publishes_all_outputs(job: Path, capsys) -> None:
         "lower",
         "upper",
         "shrinkage",
+        "rmse",
     ]
+    assert est["rmse"].null_count() == est.height  # area-level models only
     assert est.schema["store"] == pl.Int64  # original key types survive
     assert est.filter(pl.col("grouping") == "region")["store"].null_count() == 2
     eff = pl.read_parquet(current / "effects.parquet")

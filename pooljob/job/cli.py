@@ -193,6 +193,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from pooljob.scan.schema import check_schema
 
     config = load_config(args.config)
+    variance = config.model.sampling_variance
     with open_source(config) as source:  # on the config's engine: Spark reads its own schema
         if config.model.rollup is not None:
             from pooljob.scan.rollup import check_rollup_schema
@@ -200,12 +201,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             check_rollup_schema(
                 source, config.model.formula, config.model.family, config.model.rollup
             )
+        elif variance is not None:
+            from pooljob.scan.area_rows import check_area_schema
+
+            check_area_schema(source, config.model.formula, variance)
         else:
             check_schema(source, config.model.formula, config.model.family)
     m = config.model
     found = [c for c in m.formula.columns if m.rollup is None or c != m.formula.response]
     if m.rollup is not None:
         found += [c for c in m.rollup.columns if c not in found]
+    if variance is not None and variance not in found:
+        found.append(variance)
     if not args.quiet:
         print(f"config {args.config!r} is valid; columns found: " + ", ".join(found))
     return 0

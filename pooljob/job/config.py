@@ -18,6 +18,7 @@ Example:
     max_evaluations = 10000  # optional: the optimizer's limit (lme4's maxfun)
     on_nonconvergence = "fail"  # or "publish": published with converged = false
     # rollup = { count = "n", sum = "income_sum", sum_squares = "income_sum_squares" }
+    # sampling_variance = "vi"  # an area-level (Fay–Herriot) model: one row per area
     [output]
     path = "out/income"
     interval = 0.95
@@ -47,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from pooljob.errors import ConfigError, FormulaError
+from pooljob.model.area_options import area_option_problems
 from pooljob.model.formula import Formula, parse_formula
 from pooljob.model.options import (
     DEFAULT_MAX_EVALUATIONS,
@@ -72,6 +74,7 @@ _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
         "max_evaluations": int,
         "on_nonconvergence": str,
         "rollup": dict,
+        "sampling_variance": str,
     },
     "output": {
         "path": str,
@@ -110,6 +113,8 @@ class ModelConfig:
     max_evaluations: int = DEFAULT_MAX_EVALUATIONS
     on_nonconvergence: str = "fail"
     rollup: Rollup | None = None  # the source is a rollup table (docs/models.md)
+    #: An area-level (Fay–Herriot) model: the column of known sampling variances.
+    sampling_variance: str | None = None
 
     @property
     def control(self) -> Control:
@@ -419,6 +424,18 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
         except ConfigError as exc:
             problems.append(f"[output] {exc}")
     post = _poststratify(raw, base, family, problems)
+    variance = model_raw.get("sampling_variance")
+    if isinstance(variance, str) and "rollup" in model_raw:
+        problems.append(
+            "[model] rollup and sampling_variance do not go together: a rollup holds rows of "
+            "one area each, an area-level model one row per area; keep one of them"
+        )
+    if isinstance(variance, str):
+        problems.extend(f"[model] {p}" for p in area_option_problems(formula, family, variance))
+        if engine.kind == "spark":
+            problems.append(
+                '[model] sampling_variance (an area-level model) runs on [engine] kind = "duckdb"'
+            )
     if problems:
         raise ConfigError(f"config {str(file)!r}: " + "; ".join(problems))
     assert formula is not None and isinstance(out_path, str)
@@ -432,6 +449,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             max_evaluations=max_evaluations,
             on_nonconvergence=on_nonconvergence,
             rollup=rollup,
+            sampling_variance=variance if isinstance(variance, str) else None,
         ),
         output=OutputConfig(
             path=Path(_resolve(base, out_path)),

@@ -11,9 +11,10 @@ that it can be pasted into a DuckDB shell and run as it is.
 from __future__ import annotations
 
 from pooljob.job.config import Config
+from pooljob.scan.area_rows import area_counts_sql, area_rows_sql, check_area_schema
 from pooljob.scan.cell_counts import COUNT_FAMILIES
 from pooljob.scan.rollup import check_rollup_schema, rollup_stats_sql
-from pooljob.scan.schema import check_schema, group_stats_sql
+from pooljob.scan.schema import ScanSpec, check_schema, group_stats_sql
 from pooljob.scan.source import inline_parameters, open_config_source, quote_identifier
 
 
@@ -46,15 +47,22 @@ def explain(config: Config) -> str:
         search_path=s.folder,
     ) as source:
         m = config.model
+        variance = m.sampling_variance
+        spec: ScanSpec | None
         if m.rollup is not None:
             spec = check_rollup_schema(source, m.formula, m.family, m.rollup)
+        elif variance is not None:
+            check_area_schema(source, m.formula, variance)
+            spec = None
         else:
             spec = check_schema(source, m.formula, m.family)
         views = source.view_sql()
         description = source.description
         columns = dict(source.columns)
     formula = config.model.formula
+    keys = spec.keys if spec is not None else formula.random[0].grouping.columns
     if config.model.rollup is not None:
+        assert spec is not None
         stats_sql = rollup_stats_sql(spec.keys, spec.variables, config.model.rollup)
         shifts = {f"s{i}": 0.0 for i in range(len(spec.variables))}
         stats_sql = inline_parameters(stats_sql, shifts)
@@ -64,9 +72,20 @@ def explain(config: Config) -> str:
             "-- only for a mean far from 0, binds a shift); the cells are the rows whose",
             "-- drop_code is 'used'",
         ]
+    elif variance is not None:
+        stats_sql = (
+            area_counts_sql(formula, variance).strip().rstrip(";")
+            + ";\n\n-- then, if no variance is bad and at most MAX_AREAS rows are used, the areas\n"
+            + area_rows_sql(formula, variance)
+        )
+        what = [
+            "-- an area-level (Fay-Herriot) model: the rows are the areas.  First the counts",
+            "-- (sql/area_counts.sql), then the used rows are collected (sql/area_rows.sql)",
+        ]
     elif config.model.family in COUNT_FAMILIES:
         from pooljob.pipeline import count_sql
 
+        assert spec is not None
         stats_sql = count_sql(formula, config.model.family, spec)
         what = [
             "-- per-cell counts, one scan (sql/count_stats.sql): every row of a cell shares",
@@ -75,6 +94,7 @@ def explain(config: Config) -> str:
         ]
     else:
         stats_sql = group_stats_sql(formula, columns=columns)  # types tell categorical columns
+        assert spec is not None
         shifts = {f"s{i}": 0.0 for i in range(len(spec.variables))}  # as the first scan binds
         stats_sql = inline_parameters(stats_sql, shifts)
         what = [
@@ -91,8 +111,8 @@ def explain(config: Config) -> str:
         lines.append(f"set file_search_path = {_string_literal(s.folder)};")
     if s.database is not None:
         lines.append(f"attach {_string_literal(s.database)} as warehouse (read_only);")
-    if spec.keys:  # the query names user columns only where it reads them
-        lines_keys = ", ".join(f"k{i} = {quote_identifier(k)}" for i, k in enumerate(spec.keys))
+    if keys:  # the query names user columns only where it reads them
+        lines_keys = ", ".join(f"k{i} = {quote_identifier(k)}" for i, k in enumerate(keys))
         what.append(f"-- the result's key columns: {lines_keys}")
     lines += [
         *views,

@@ -171,6 +171,17 @@ def fit_refreshed(
     t0 = time.perf_counter()
     formula = config.model.formula
     family = config.model.family
+    variance = config.model.sampling_variance
+    if variance is not None:  # an area-level model reads its areas: no statistics store
+        from pooljob.pipeline import fit_area_source
+
+        reason = "an area-level model (sampling_variance) reads its areas (no statistics store)"
+        log_event("refresh", "refresh: full scan: %s", reason, mode="full")
+        m = config.model
+        result = fit_area_source(
+            formula, source, variance, m.method, config.output.interval, m.control, watch
+        )
+        return result, Refresh("full", reason, scanned=len(snap.files))
     spec = check_schema(source, formula, family)
     with watch.stage("scan"):
         cells, refresh = refresh_cells(config, source, spec, snap, full)

@@ -47,6 +47,7 @@ ESTIMATE_COLUMNS = (
     "lower",
     "upper",
     "shrinkage",
+    "rmse",
 )
 
 
@@ -65,6 +66,10 @@ class GroupingEstimates:
     shrinkage : ndarray or None
         ``Var(b | y) / Var(b)`` of the group's random intercept; None when
         the grouping has no intercept (published as null).
+    rmse : ndarray or None
+        Area-level (Fay–Herriot) models only: the square root of the
+        second-order MSE of the EBLUP (:mod:`pooljob.model.area`); None
+        (null) for unit-level models.
     """
 
     name: str
@@ -75,6 +80,7 @@ class GroupingEstimates:
     parent: Array
     std_error: Array
     shrinkage: Array | None
+    rmse: Array | None = None
 
 
 @dataclass(frozen=True)
@@ -271,6 +277,9 @@ def estimates_frame(
                 pl.Series("lower", lower, dtype=pl.Float64),
                 pl.Series("upper", upper, dtype=pl.Float64),
                 shrinkage,
+                pl.Series("rmse", g.rmse if g.rmse is not None else [None] * g.keys.height).cast(
+                    pl.Float64
+                ),
             )
         )
     if not parts:

@@ -44,6 +44,7 @@ RESERVED = frozenset(
         "lower",
         "upper",
         "shrinkage",
+        "rmse",
         "cond_sd",
         "population",
     }

@@ -40,11 +40,14 @@ def _columns(rows: list[list[str]], left: int = 1) -> list[str]:
 
 
 def _parameters(fit: FitResult) -> int:
-    """lme4's ``npar``: fixed effects, covariance parameters, and σ for a gaussian model."""
+    """lme4's ``npar``: fixed effects, covariance parameters, and σ for a gaussian model.
+
+    An area-level model has no σ (its sampling variances are known): metafor's count.
+    """
     return (
         fit.coefficients.height
         + fit.components.filter(fit.components["grouping"] != "Residual").height
-        + (1 if fit.family == "gaussian" else 0)
+        + (1 if fit.family == "gaussian" and fit.sampling_variance is None else 0)
     )
 
 
@@ -113,6 +116,11 @@ def summary_text(fit: FitResult) -> str:
     if fit.family == "gaussian":
         how = "REML" if fit.method == "reml" else "maximum likelihood"
         title = f"Linear mixed model fit by {how} (pooljob)"
+        if fit.sampling_variance is not None:
+            title = (
+                f"Area-level (Fay-Herriot) model fit by {how}, sampling variances "
+                f"{fit.sampling_variance!r} (pooljob)"
+            )
     else:
         title = (
             "Generalized linear mixed model fit by maximum likelihood "

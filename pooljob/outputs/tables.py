@@ -56,6 +56,8 @@ class FitResult:
         Whether the groupings form a tree (the nested solver fitted it).
     predictor : Predictor or None
         For binomial and Poisson fits: what poststratification needs.
+    sampling_variance : str or None
+        Area-level (Fay–Herriot) fits: the column of known sampling variances.
     """
 
     formula: Formula
@@ -79,6 +81,7 @@ class FitResult:
     timings: dict[str, float] = field(default_factory=dict)
     nested: bool = True
     predictor: Predictor | None = field(default=None, repr=False)
+    sampling_variance: str | None = None
 
     @property
     def key_columns(self) -> dict[str, str]:
@@ -123,6 +126,7 @@ class FitResult:
             "formula": self.formula.text,
             "family": self.family,
             "method": self.method,
+            "sampling_variance": self.sampling_variance,
             "nobs": self.nobs,
             "groups": self.groups,
             "objective": self.objective,
