@@ -128,12 +128,12 @@ def poststratify(
     seed: int = 0,
     interval: float | None = None,
 ) -> Any:
-    """Weight a binomial or Poisson fit's cell predictions to a population (MRP).
+    """Weight a fit's cell predictions to a population (MRP).
 
     Parameters
     ----------
     result : FitResult
-        A fit with ``family = "binomial"`` or ``"poisson"``.
+        A unit-level fit of any family (not an area-level one).
     population : str, path, DuckDB relation, or polars / pandas / Arrow table
         One row per cell: the model's grouping and categorical columns (and
         any cell-constant numeric covariates) and the count ``weight``.
@@ -157,7 +157,8 @@ def poststratify(
 
     if result.predictor is None:
         raise ConfigError(
-            f"poststratification needs a binomial or poisson fit; got family = {result.family!r}"
+            "poststratification does not apply to an area-level (Fay–Herriot) fit: it has no "
+            "unit-level predictions to weight"
         )
     name = str(population) if isinstance(population, str | os.PathLike) else "given"
     config = PoststratifyConfig(name, weight, tuple(by), int(draws), int(seed))

@@ -31,7 +31,7 @@ Example:
     # kind = "spark"         # or: the scan on Spark (needs pooljob[spark]); then
     # master = "yarn"        # Spark's master, and Spark settings instead of threads:
     # conf = { "spark.executor.memory" = "8g" }
-    [poststratify]           # optional, binomial and poisson models: MRP
+    [poststratify]           # optional: MRP (gaussian, binomial and poisson models)
     path = "population.parquet"  # cells: the model's columns and a count
     weight = "population"
     by = ["state"]           # groups to report; [] for one overall figure
@@ -335,10 +335,6 @@ def _poststratify(
     for key in ("path", "weight"):
         if key not in body:
             problems.append(f"missing [poststratify] {key}")
-    if family not in ("binomial", "poisson"):
-        problems.append(
-            f"[poststratify] needs family = 'binomial' or 'poisson' in [model], got {family!r}"
-        )
     by = body.get("by", [])
     if isinstance(by, list) and not all(isinstance(c, str) and c for c in by):
         problems.append(f"[poststratify] by = {by!r} must be a list of column names")
@@ -432,6 +428,11 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
         )
     if isinstance(variance, str):
         problems.extend(f"[model] {p}" for p in area_option_problems(formula, family, variance))
+        if post is not None:
+            problems.append(
+                "[poststratify] does not apply to an area-level model (sampling_variance): it "
+                "has no unit-level predictions to weight"
+            )
         if engine.kind == "spark":
             problems.append(
                 '[model] sampling_variance (an area-level model) runs on [engine] kind = "duckdb"'

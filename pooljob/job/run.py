@@ -150,7 +150,8 @@ def _poststratify(config: Config, result: FitResult, watch: Progress) -> pl.Data
         return None
     if result.predictor is None:
         raise ConfigError(
-            f"[poststratify] needs a binomial or poisson model; got family = {result.family!r}"
+            "[poststratify] does not apply to an area-level (Fay–Herriot) model: it has no "
+            "unit-level predictions to weight"
         )
     t0 = time.perf_counter()
     with watch.stage("poststratify"):
@@ -160,10 +161,10 @@ def _poststratify(config: Config, result: FitResult, watch: Progress) -> pl.Data
     result.timings["poststratify"] = seconds
     log_event(
         "poststratify",
-        "poststratify: %d population cells, %d groups, %d draws (%.3f s)",
+        "poststratify: %d population cells, %d groups, %s (%.3f s)",
         table.height,
         out.height,
-        post.draws,
+        "exact normal posterior" if result.family == "gaussian" else f"{post.draws} draws",
         seconds,
         **_stage("poststratify", seconds),
     )

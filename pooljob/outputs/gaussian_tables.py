@@ -12,10 +12,12 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from pooljob.model.design import RandomBlock
-from pooljob.model.general import Array, GeneralFit, Prepared
+from pooljob.model.formula import Formula
+from pooljob.model.general import Array, GeneralFit, Prepared, back_transform
 from pooljob.model.lmm import prediction_variance
 from pooljob.outputs.estimates import (
     CellGrouping,
@@ -31,6 +33,7 @@ from pooljob.outputs.frames import (
     intercept_shrinkage,
     level_keys,
 )
+from pooljob.outputs.poststratify import Predictor
 
 
 def _group_frames(prep: Prepared) -> list[tuple[RandomBlock, NDArray[np.int64], pl.DataFrame]]:
@@ -114,3 +117,34 @@ def _estimates(
         cells, groupings, lambda a, b: prediction_variance(prep.blocks, sol, a, b)
     )
     return estimates_frame(estimates, "gaussian", interval, keys, schema)
+
+
+def predictor(fit: GeneralFit, formula: Formula) -> Predictor:
+    """Predictions and exact posterior variances for new cells (poststratification).
+
+    The population's columns are on the original scale; the blocks may be
+    centred (:func:`pooljob.model.general.back_transform`): a coefficient
+    vector ``a`` of the original ``(β, b)`` is ``Mᵀ a`` of the centred ones.
+    """
+    prep = fit.prepared
+    tr = back_transform(prep)
+
+    def variance(a_fixed: Array, a_random: list[sp.csr_matrix]) -> Array:
+        centred: list[sp.csr_matrix] = []
+        for d in prep.blocks.order:
+            q = int(prep.codes[d].max()) + 1
+            back = sp.kron(sp.identity(q), sp.csr_matrix(tr.random[d].T)).tocsr()
+            centred.append(sp.csr_matrix(back @ a_random[d]))
+        return prediction_variance(prep.blocks, fit.solution, tr.fixed.T @ a_fixed, centred)
+
+    return Predictor(
+        family="gaussian",
+        formula=formula,
+        design=prep.design,
+        beta=fit.beta,
+        b=list(fit.b),
+        levels=[g[2] for g in _group_frames(prep)],
+        covariance=list(fit.covariance),
+        keys=prep.cells.keys.schema,
+        variance=variance,
+    )

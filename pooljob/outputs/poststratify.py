@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 from numpy.typing import NDArray
+from scipy.stats import norm
 
 from pooljob.errors import InputError
 from pooljob.model.design import Column, Design, indicator
@@ -50,7 +51,7 @@ class Predictor:
 
     Attributes
     ----------
-    family : {"binomial", "poisson"}
+    family : {"gaussian", "binomial", "poisson"}
     formula : Formula
     design : Design
     beta : ndarray, shape (p,)
@@ -62,9 +63,14 @@ class Predictor:
         Prior covariance of each block's effects.
     keys : polars.Schema
         Types of the sample's key columns.
-    sample : callable
-        ``sample(draws, rng)`` returns β draws (draws, p) and per design
-        block b draws (draws, q_d, p_d).
+    sample : callable or None
+        Count models: ``sample(draws, rng)`` returns β draws (draws, p) and
+        per design block b draws (draws, q_d, p_d).
+    variance : callable or None
+        Gaussian models: ``variance(a_fixed, a_random)`` returns the exact
+        posterior variances ``Var(aᵀ(β, b) | y)`` given the variance
+        components of G combinations, ``a_fixed`` (p, G) and per design block
+        ``a_random[d]`` (q_d p_d, G), row ``level · p_d + column``.
     """
 
     family: str
@@ -75,7 +81,8 @@ class Predictor:
     levels: list[pl.DataFrame]
     covariance: list[Array]
     keys: pl.Schema
-    sample: Callable[[int, np.random.Generator], tuple[Array, list[Array]]]
+    sample: Callable[[int, np.random.Generator], tuple[Array, list[Array]]] | None = None
+    variance: Callable[[Array, list[sp.csr_matrix]], Array] | None = None
 
 
 def _model_columns(pred: Predictor) -> tuple[list[str], list[str]]:
@@ -282,6 +289,83 @@ def poststratify(
     member = sp.csr_matrix((weight, (np.arange(n_cells), gid)), shape=(n_cells, n_groups))
     total = np.asarray(member.sum(axis=0)).ravel()
 
+    if pred.variance is not None:
+        columns = _linear(pred, x, zs, idx, extra, member, total, interval)
+    else:
+        columns = _drawn(pred, config, interval, x, zs, idx, extra, member, total)
+    if by:  # a by column named like a column of the table gets `_key` appended
+        return groups.rename(published_names(by)).with_columns(
+            [pl.Series(k, v) for k, v in columns.items()]
+        )
+    return pl.DataFrame(columns)
+
+
+def _linear(
+    pred: Predictor,
+    x: Array,
+    zs: list[Array],
+    idx: list[NDArray[np.int64]],
+    extra: list[int],
+    member: sp.csr_matrix,
+    total: Array,
+    interval: float,
+) -> dict[str, Array]:
+    """Gaussian models: the estimate is linear in (β, b), its posterior normal.
+
+    Per group ``g`` the estimate is ``a_gᵀ (β̂, b̂)`` with ``a_g = Σ N_c (x_c,
+    z_c) / Σ N_c``; its variance ``a_gᵀ C a_g`` (``pred.variance``, Henderson)
+    plus, for each level the sample never saw, ``w Σ_d wᵀ`` with ``w`` the
+    weighted ``z`` of the cells at that level (its prior variance).
+    """
+    assert pred.variance is not None
+    share = sp.csr_matrix(member.multiply(1.0 / total[None, :]))  # N_c / N_g
+    a_fixed = np.asarray((share.T @ x).T, dtype=np.float64)  # (p, G)
+    estimate = a_fixed.T @ pred.beta
+    prior = np.zeros(len(total))
+    a_random = []
+    for d, bd in enumerate(pred.b):
+        q, p_d = bd.shape
+        rows = (idx[d][:, None] * p_d + np.arange(p_d)).ravel()
+        cells = np.repeat(np.arange(len(idx[d])), p_d)
+        scatter = sp.csr_matrix(
+            (zs[d].ravel(), (rows, cells)), shape=((q + extra[d]) * p_d, len(idx[d]))
+        )
+        coef = sp.csr_matrix(scatter @ share)  # ((q + unseen) p_d, G)
+        seen = sp.csr_matrix(coef[: q * p_d])
+        a_random.append(seen)
+        estimate = estimate + np.asarray(seen.T @ bd.ravel()).ravel()
+        if extra[d]:
+            unseen = sp.csr_matrix(coef[q * p_d :])
+            cov = sp.kron(sp.identity(extra[d]), sp.csr_matrix(pred.covariance[d])).tocsr()
+            prior += np.asarray(unseen.multiply(cov @ unseen).sum(axis=0)).ravel()
+    variance = pred.variance(a_fixed, a_random) + prior
+    std_error = np.sqrt(np.maximum(variance, 0.0))
+    z = float(norm.ppf(0.5 + interval / 2.0))
+    return {
+        "estimate": estimate,
+        "std_error": std_error,
+        "lower": estimate - z * std_error,
+        "upper": estimate + z * std_error,
+        "population": total,
+    }
+
+
+def _drawn(
+    pred: Predictor,
+    config: PoststratifyConfig,
+    interval: float,
+    x: Array,
+    zs: list[Array],
+    idx: list[NDArray[np.int64]],
+    extra: list[int],
+    member: sp.csr_matrix,
+    total: Array,
+) -> dict[str, Array]:
+    """Count models: the estimate from the modes, its uncertainty from seeded draws."""
+    assert pred.sample is not None
+    design = pred.design
+    n_cells, n_groups = member.shape
+
     def group_means(beta: Array, b: list[Array]) -> Array:
         """Per draw and group: Σ N m(η) / Σ N; beta (S, p), b[d] (S, q_d + unseen, p_d)."""
         acc = np.zeros((beta.shape[0], n_groups))
@@ -313,15 +397,10 @@ def poststratify(
         sims[start:stop] = group_means(beta_s, b_s)
     alpha = 1.0 - interval
     lower, upper = np.quantile(sims, [alpha / 2.0, 1.0 - alpha / 2.0], axis=0)
-    columns = {
+    return {
         "estimate": estimate,
         "std_error": sims.std(axis=0, ddof=1),
         "lower": lower,
         "upper": upper,
         "population": total,
     }
-    if by:  # a by column named like a column of the table gets `_key` appended
-        return groups.rename(published_names(by)).with_columns(
-            [pl.Series(k, v) for k, v in columns.items()]
-        )
-    return pl.DataFrame(columns)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
+from numpy.typing import NDArray
 
 from pooljob.model.formula import Formula, Grouping
 from pooljob.model.nested_fit import NestedFit
@@ -25,6 +26,8 @@ from pooljob.outputs.frames import (
 )
 
 if TYPE_CHECKING:
+    import scipy.sparse as sp
+
     from pooljob.model.general import GeneralFit
     from pooljob.outputs.poststratify import Predictor
 from pooljob.scan.tree import GroupStatistics
@@ -224,6 +227,45 @@ def build(
         rows=gs.rows,
         optimizer=fit.optimizer.to_dict(),
         hierarchy=tuple(lev.grouping for lev in gs.levels),
+        predictor=_nested_predictor(formula, gs, fit) if family == "gaussian" else None,
+    )
+
+
+def _nested_predictor(formula: Formula, gs: GroupStatistics, fit: NestedFit) -> Predictor:
+    """Poststratification of a nested fit: exact variances by one pass up the tree.
+
+    The design is the formula's (intercept and random intercepts, no
+    covariates); its blocks map onto the levels of the tree.
+    """
+    from pooljob.model.design import build_design
+    from pooljob.model.nested import upward
+    from pooljob.model.nested_linear import linear_variance
+    from pooljob.outputs.poststratify import Predictor
+
+    design = build_design(formula, set(), {})
+    level_of = [
+        next(k for k, lev in enumerate(gs.levels) if lev.grouping == block.grouping)
+        for block in design.blocks
+    ]
+    r = fit.theta**2
+    up = upward(gs.stats, r)
+
+    def variance(
+        a_fixed: NDArray[np.float64], a_random: list[sp.csr_matrix]
+    ) -> NDArray[np.float64]:
+        by_level = [a_random[level_of.index(k)] for k in range(len(gs.levels))]
+        return linear_variance(gs.stats, up, r, fit.sigma2, a_fixed[0], by_level)
+
+    return Predictor(
+        family="gaussian",
+        formula=formula,
+        design=design,
+        beta=np.array([fit.intercept + gs.shift]),
+        b=[fit.levels[k].effect[:, None] for k in level_of],
+        levels=[_key_frame(gs, k) for k in level_of],
+        covariance=[np.array([[fit.variances[k]]]) for k in level_of],
+        keys=gs.keys.schema,
+        variance=variance,
     )
 
 
@@ -231,7 +273,7 @@ def build_general(
     formula: Formula, fit: GeneralFit, interval: float, family: str, method: str
 ) -> FitResult:
     """Assemble the output tables of a general (blocked-Cholesky) fit."""
-    from pooljob.outputs.gaussian_tables import tables
+    from pooljob.outputs.gaussian_tables import predictor, tables
 
     frames = tables(fit, interval)
     prep = fit.prepared
@@ -260,4 +302,5 @@ def build_general(
         optimizer=fit.optimizer.to_dict(),
         hierarchy=tuple(b.grouping for b in prep.design.blocks),
         nested=False,
+        predictor=predictor(fit, formula) if family == "gaussian" else None,
     )
