@@ -142,7 +142,8 @@ def poststratify(
     by : sequence of str
         Columns of the population to report; empty for one overall figure.
     draws, seed : int
-        Posterior draws for ``std_error``/``lower``/``upper``, and their seed.
+        Posterior draws for ``std_error``/``lower``/``upper``, and their seed
+        (binomial and Poisson; a Gaussian fit's are exact, with no draws).
     interval : float, optional
         Coverage of ``lower``/``upper``; default the fit's.
 
@@ -150,7 +151,8 @@ def poststratify(
     -------
     polars.DataFrame
         The ``by`` columns, ``estimate = Σ N_c m(η̂_c) / Σ N_c``,
-        ``std_error``, ``lower``, ``upper``, ``population = Σ N_c``.
+        ``std_error``, ``lower``, ``upper``, ``population = Σ N_c``
+        (docs/outputs.md).
     """
     from pooljob.model.options import PoststratifyConfig
     from pooljob.outputs.poststratify import poststratify, read_population

@@ -3,7 +3,8 @@
 For every cell ``c`` of the population table (a combination of the model's
 grouping and predictor columns, with a count ``N_c``) the model predicts
 ``m(η_c)``, ``η_c = x_cᵀβ̂ + Σ_k z_ckᵀ b̂_k[level]`` — a probability
-(binomial) or a rate per unit of exposure (Poisson).  A level the sample
+(binomial), a rate per unit of exposure (Poisson) or ``η_c`` itself
+(Gaussian).  A level the sample
 never saw contributes 0 (its effect's prior mean), so such a cell gets the
 prediction from the parts the model knows.  For each ``by`` group::
 
@@ -14,6 +15,12 @@ their posterior (:func:`pooljob.model.glmm.sample_effects`); an unseen level's
 effect is drawn from its prior ``N(0, Σ_k)``.  ``std_error`` is the
 standard deviation of the draws of ``estimate_g``, ``lower``/``upper``
 their quantiles.  The draws are seeded: the same seed gives the same table.
+
+A Gaussian model's estimate is linear in (β, b) and their posterior given the
+variance components is exactly normal: no draws.  ``std_error`` is
+``√(a_gᵀ C a_g + prior variance of the unseen levels' part)`` with ``C``
+Henderson's inverse (``Predictor.variance``: the tree's pass or the blocked
+factor), ``lower``/``upper`` are ``estimate ∓ z·std_error``.
 """
 
 from __future__ import annotations
