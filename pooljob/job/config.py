@@ -37,6 +37,10 @@ Example:
     by = ["state"]           # groups to report; [] for one overall figure
     draws = 1000             # posterior draws for the uncertainty
     seed = 0
+    [predict]                # optional: score new cells (predictions.parquet)
+    path = "cells.parquet"   # the model's columns, one prediction per row
+    draws = 1000             # binomial, poisson: posterior draws (gaussian: exact)
+    seed = 0
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from pooljob.errors import ConfigError, FormulaError
+from pooljob.job.sections import poststratify_section, predict_section, resolve_path
 from pooljob.model.area_options import area_option_problems
 from pooljob.model.formula import Formula, parse_formula
 from pooljob.model.options import (
@@ -56,6 +61,7 @@ from pooljob.model.options import (
     METHODS,
     Control,
     PoststratifyConfig,
+    PredictConfig,
     Rollup,
     check_control,
     check_options,
@@ -86,6 +92,7 @@ _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
     },
     "engine": {"threads": int, "memory_limit": str, "kind": str, "master": str, "conf": dict},
     "poststratify": {"path": str, "weight": str, "by": list, "draws": int, "seed": int},
+    "predict": {"path": str, "draws": int, "seed": int},
 }
 _REQUIRED = {"source": (), "model": ("formula",), "output": ("path",)}
 ENGINES = ("duckdb", "spark")
@@ -171,6 +178,7 @@ class Config:
     engine: EngineConfig
     raw: dict[str, Any]
     poststratify: PoststratifyConfig | None = None
+    predict: PredictConfig | None = None
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
@@ -185,12 +193,6 @@ def _type_name(t: type | tuple[type, ...]) -> str:
     if isinstance(t, tuple):
         return names[t[0]]
     return names[t]
-
-
-def _resolve(base: Path, value: str) -> str:
-    if "://" in value:
-        return value
-    return os.path.normpath(base / value)
 
 
 def _option(value: Any, choices: tuple[str, ...]) -> Any:
@@ -249,8 +251,8 @@ def _source(raw: dict[str, Any], base: Path, problems: list[str]) -> SourceConfi
         if key in src and not src[key].strip():
             problems.append(f"[source] {key} is empty")
     return SourceConfig(
-        path=_resolve(base, src["path"]) if "path" in src else None,
-        database=_resolve(base, src["database"]) if "database" in src else None,
+        path=resolve_path(base, src["path"]) if "path" in src else None,
+        database=resolve_path(base, src["database"]) if "database" in src else None,
         table=src.get("table"),
         query=src.get("query"),
         where=src.get("where"),
@@ -326,40 +328,6 @@ def _engine(eng_raw: dict[str, Any], source: SourceConfig, problems: list[str]) 
     )
 
 
-def _poststratify(
-    raw: dict[str, Any], base: Path, family: object, problems: list[str]
-) -> PoststratifyConfig | None:
-    body = raw.get("poststratify")
-    if not isinstance(body, dict):
-        return None
-    for key in ("path", "weight"):
-        if key not in body:
-            problems.append(f"missing [poststratify] {key}")
-    by = body.get("by", [])
-    if isinstance(by, list) and not all(isinstance(c, str) and c for c in by):
-        problems.append(f"[poststratify] by = {by!r} must be a list of column names")
-    elif isinstance(by, list) and len(set(by)) != len(by):
-        problems.append(f"[poststratify] by = {by!r} names a column twice")
-    draws = body.get("draws", 1000)
-    if isinstance(draws, int) and not isinstance(draws, bool) and not 100 <= draws <= 100_000:
-        problems.append(f"[poststratify] draws = {draws} must be between 100 and 100000")
-    seed = body.get("seed", 0)
-    if isinstance(seed, int) and not isinstance(seed, bool) and seed < 0:
-        problems.append(f"[poststratify] seed = {seed} must be >= 0")
-    path, weight = body.get("path"), body.get("weight")
-    if not (isinstance(path, str) and isinstance(weight, str) and isinstance(by, list)):
-        return None
-    if not path.strip():
-        problems.append("[poststratify] path is empty")
-    return PoststratifyConfig(
-        path=_resolve(base, path),
-        weight=weight,
-        by=tuple(str(c) for c in by),
-        draws=int(draws) if isinstance(draws, int) else 1000,
-        seed=int(seed) if isinstance(seed, int) else 0,
-    )
-
-
 def parse_config(raw: dict[str, Any], file: Path) -> Config:
     """Validate a parsed TOML document; raise one ConfigError listing every problem."""
     problems: list[str] = []
@@ -419,7 +387,8 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             report_grouping = resolve_grouping(names, report_grouping)
         except ConfigError as exc:
             problems.append(f"[output] {exc}")
-    post = _poststratify(raw, base, family, problems)
+    post = poststratify_section(raw, base, problems)
+    predict = predict_section(raw, base, problems)
     variance = model_raw.get("sampling_variance")
     if isinstance(variance, str) and "rollup" in model_raw:
         problems.append(
@@ -432,6 +401,11 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             problems.append(
                 "[poststratify] does not apply to an area-level model (sampling_variance): it "
                 "has no unit-level predictions to weight"
+            )
+        if predict is not None:
+            problems.append(
+                "[predict] does not apply to an area-level model (sampling_variance): it has "
+                "no unit-level predictions"
             )
         if engine.kind == "spark":
             problems.append(
@@ -453,7 +427,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             sampling_variance=variance if isinstance(variance, str) else None,
         ),
         output=OutputConfig(
-            path=Path(_resolve(base, out_path)),
+            path=Path(resolve_path(base, out_path)),
             interval=float(interval),
             keep_runs=int(keep_runs),
             report=out_raw.get("report") is True,
@@ -463,6 +437,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
         engine=engine,
         raw=raw,
         poststratify=post,
+        predict=predict,
     )
 
 

@@ -25,6 +25,7 @@ from pooljob.job.logs import log_context, log_event
 from pooljob.job.progress import Progress
 from pooljob.job.refresh import Refresh, fit_refreshed
 from pooljob.outputs.poststratify import poststratify, read_population, require_population
+from pooljob.outputs.predict import predict, read_cells, require_cells
 from pooljob.outputs.publish import new_run_id, publish
 from pooljob.outputs.report import REPORT, write_report
 from pooljob.outputs.report_figures import require_matplotlib
@@ -38,6 +39,8 @@ log = logging.getLogger("pooljob")
 OUTPUT_TABLES = ("estimates", "effects", "coefficients", "components")
 #: The table ``[poststratify]`` adds.
 POSTSTRATIFIED = "poststratified"
+#: The table ``[predict]`` adds.
+PREDICTIONS = "predictions"
 _PACKAGES = ("pooljob", "duckdb", "polars", "numpy", "pyarrow")
 
 
@@ -50,6 +53,7 @@ class RunOutcome:
     result: FitResult
     manifest: dict[str, Any]
     poststratified: pl.DataFrame | None = None
+    predictions: pl.DataFrame | None = None
 
 
 @functools.cache
@@ -88,6 +92,7 @@ def build_manifest(
         "coefficients": result.coefficients.to_dicts(),
         "outputs": [f"{name}.parquet" for name in OUTPUT_TABLES]
         + ([f"{POSTSTRATIFIED}.parquet"] if config.poststratify is not None else [])
+        + ([f"{PREDICTIONS}.parquet"] if config.predict is not None else [])
         + ([REPORT] if config.output.report else []),
         "config": config.raw,
         "config_file": str(config.file),
@@ -171,6 +176,34 @@ def _poststratify(config: Config, result: FitResult, watch: Progress) -> pl.Data
     return out
 
 
+def _predict(config: Config, result: FitResult, watch: Progress) -> pl.DataFrame | None:
+    """The predictions table of ``[predict]`` (None without the section)."""
+    section = config.predict
+    if section is None:
+        return None
+    if result.predictor is None:
+        raise ConfigError(
+            "[predict] does not apply to an area-level (Fay–Herriot) model: it has no "
+            "unit-level predictions"
+        )
+    t0 = time.perf_counter()
+    with watch.stage("predict"):
+        table = read_cells(result.predictor, section)
+        out = predict(result.predictor, section, config.output.interval, table)
+    seconds = time.perf_counter() - t0
+    result.timings["predict"] = seconds
+    log_event(
+        "predict",
+        "predict: %d cells, %d with unseen levels, %s (%.3f s)",
+        out.height,
+        out.height - out["unseen"].null_count(),
+        "exact normal posterior" if result.family == "gaussian" else f"{section.draws} draws",
+        seconds,
+        **_stage("predict", seconds),
+    )
+    return out
+
+
 def run(config: Config, progress: Progress | bool = False, full: bool = False) -> RunOutcome:
     """Run the job described by ``config`` and publish its outputs.
 
@@ -194,6 +227,8 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
         require_matplotlib()  # fail before the scan, not after the fit
     if config.poststratify is not None:
         require_population(config.poststratify)
+    if config.predict is not None:
+        require_cells(config.predict)
     if config.engine.kind == "spark":
         from pooljob.scan.spark import require_spark
 
@@ -223,6 +258,7 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
                 result, refresh = fit_refreshed(config, source, before, full, watch)
         check_unchanged(before, snapshot(src))
         poststratified = _poststratify(config, result, watch)
+        predictions = _predict(config, result, watch)
         rows = result.rows
         dropped = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in rows["dropped"].items() if v)
         log_event(
@@ -269,6 +305,10 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
                         directory / f"{POSTSTRATIFIED}.parquet",
                         run_id,
                         POSTSTRATIFIED,
+                    )
+                if predictions is not None:
+                    write_table(
+                        predictions, directory / f"{PREDICTIONS}.parquet", run_id, PREDICTIONS
                     )
                 timings["write"] = time.perf_counter() - t_w
                 timings["total"] = time.perf_counter() - t0
@@ -327,4 +367,5 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
         result=result,
         manifest=manifest,
         poststratified=poststratified,
+        predictions=predictions,
     )

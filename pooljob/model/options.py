@@ -101,6 +101,15 @@ class PoststratifyConfig:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class PredictConfig:
+    """The ``[predict]`` section: the table of cells to score, and the draws (counts)."""
+
+    path: str
+    draws: int = 1000
+    seed: int = 0
+
+
 #: The keys of ``[model] rollup``: the rollup's columns of the response's statistics.
 ROLLUP_KEYS = ("count", "sum", "sum_squares")
 

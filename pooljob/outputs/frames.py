@@ -47,6 +47,7 @@ RESERVED = frozenset(
         "rmse",
         "cond_sd",
         "population",
+        "unseen",
     }
 )
 

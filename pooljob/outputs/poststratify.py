@@ -92,7 +92,7 @@ class Predictor:
     variance: Callable[[Array, list[sp.csr_matrix]], Array] | None = None
 
 
-def _model_columns(pred: Predictor) -> tuple[list[str], list[str]]:
+def model_columns(pred: Predictor) -> tuple[list[str], list[str]]:
     """(key columns, numeric columns) a population table must have."""
     keys = list(pred.design.keys)
     numeric: list[str] = []
@@ -134,7 +134,7 @@ def read_population(
             "poststratification of a model with offset(col) is not supported: the population "
             "cells would need the offset; use offset(log(exposure)) for rates"
         )
-    keys, numeric = _model_columns(pred)
+    keys, numeric = model_columns(pred)
     wanted = list(dict.fromkeys([*keys, *numeric, config.weight, *config.by]))
     where = f"population table {config.path!r}"
     if data is None:
@@ -162,11 +162,34 @@ def read_population(
         )
     if float(weight.sum()) <= 0:
         raise InputError(f"{where}: the counts in {config.weight!r} sum to 0")
+    table = check_cells(pred, table, keys, numeric, where)
+    dup = table.select(keys + numeric).is_duplicated()
+    if bool(dup.any()):
+        first = table.filter(dup).row(0, named=True)
+        cell = ", ".join(f"{c} = {first[c]!r}" for c in keys + numeric)
+        raise InputError(
+            f"{where}: {int(dup.sum())} rows repeat a cell (e.g. {cell}); each combination of "
+            "the model's columns must appear once: aggregate the counts first"
+        )
+    return table.with_columns(weight.alias(config.weight)), keys, numeric
+
+
+def check_cells(
+    pred: Predictor, table: pl.DataFrame, keys: list[str], numeric: list[str], where: str
+) -> pl.DataFrame:
+    """Check and type the model's columns of new cells (population or predict table).
+
+    Raises
+    ------
+    InputError
+        A null model column, a key column whose values do not convert to the
+        sample's type, or a level of a fixed-effect column the sample never saw.
+    """
     for c in keys + numeric:
         nulls = int(table[c].is_null().sum())
         if nulls:
             raise InputError(
-                f"{where}: column {c!r} has {nulls} null values; every population cell needs "
+                f"{where}: column {c!r} has {nulls} null values; every cell needs "
                 "a value of each model column"
             )
     for c in keys:
@@ -179,14 +202,6 @@ def read_population(
                     f"{target}, and its values do not convert; make the types match"
                 )
             table = table.with_columns(cast.alias(c))
-    dup = table.select(keys + numeric).is_duplicated()
-    if bool(dup.any()):
-        first = table.filter(dup).row(0, named=True)
-        cell = ", ".join(f"{c} = {first[c]!r}" for c in keys + numeric)
-        raise InputError(
-            f"{where}: {int(dup.sum())} rows repeat a cell (e.g. {cell}); each combination of "
-            "the model's columns must appear once: aggregate the counts first"
-        )
     for c, levels in pred.design.categorical.items():
         unseen = table.filter(~pl.col(c).is_in(levels))[c].unique().to_list()
         if unseen:
@@ -195,7 +210,7 @@ def read_population(
                 f"({', '.join(map(repr, sorted(unseen)[:5]))}): the model has no fixed effect "
                 "for them; drop those cells or model the column as a grouping (1 | col)"
             )
-    return table.with_columns(weight.alias(config.weight)), keys, numeric
+    return table
 
 
 def _design_values(table: pl.DataFrame, columns: tuple[Column, ...], design: Design) -> Array:

@@ -123,6 +123,37 @@ class FitResult:
 
         return summary_text(self)
 
+    def predict(
+        self, cells: Any, draws: int = 1000, seed: int = 0, interval: float | None = None
+    ) -> pl.DataFrame:
+        """The model's prediction for each row of ``cells`` (docs/outputs.md, predictions).
+
+        ``cells`` (a path, DuckDB relation, or polars / pandas / Arrow table)
+        holds the model's grouping and predictor columns.  Returns, in its row
+        order, those columns, ``estimate`` (``m(x'β̂ + Σ z'b̂)``: a mean, a
+        probability, or a rate per unit of exposure), ``std_error``,
+        ``lower``, ``upper`` (exact for Gaussian fits; from ``draws`` seeded
+        posterior draws for binomial and Poisson ones) and ``unseen`` (the
+        groupings whose level the sample never saw, predicted at their prior
+        mean 0 with their prior variance; null when none).
+        """
+        import os
+
+        from pooljob.errors import ConfigError
+        from pooljob.model.options import PredictConfig
+        from pooljob.outputs.predict import predict, read_cells
+
+        if self.predictor is None:
+            raise ConfigError(
+                "prediction does not apply to an area-level (Fay–Herriot) fit: it has no "
+                "unit-level predictions"
+            )
+        name = str(cells) if isinstance(cells, str | os.PathLike) else "given"
+        config = PredictConfig(name, int(draws), int(seed))
+        table = read_cells(self.predictor, config, cells)
+        level = self.interval if interval is None else float(interval)
+        return predict(self.predictor, config, level, table)
+
     def summary(self) -> dict[str, Any]:
         """The fit's numbers for the manifest (no tables)."""
         return {
