@@ -210,3 +210,29 @@ def test_predict_config_problems(tmp_path: Path) -> None:
     )
     with pytest.raises(InputError, match=r"table to predict .*cells.parquet.* does not exist"):
         run(load_config(tmp_path / "job.toml"))  # before the scan: the source is missing too
+
+
+def test_cli_predict_publishes_predictions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pooljob.job.cli import main
+    from tests.helpers import write_config, write_rows
+
+    write_rows(tmp_path / "data" / "part-0.parquet")
+    job = write_config(tmp_path)
+    assert main(["predict", str(job)]) == 2  # no [predict] section: a one-line config error
+    err = capsys.readouterr().err.strip()
+    assert "has no [predict] section" in err and "\n" not in err
+    cells = pl.DataFrame({"store": [3, 3, 99], "region": ["west", "east", "north"]})
+    cells.write_parquet(tmp_path / "cells.parquet")
+    with job.open("a") as f:
+        f.write('[predict]\npath = "cells.parquet"\n')
+    assert main(["predict", str(job)]) == 0
+    out = capsys.readouterr().out
+    assert "predictions: 3 cells, 2 with levels the sample never saw" in out
+    table = pl.read_parquet(tmp_path / "out" / "current" / "predictions.parquet")
+    assert table.columns == ["region", "store", *NUMBERS, "unseen"]
+    assert table["store"].to_list() == [3, 3, 99]  # the table's order, the sample's type
+    assert table["unseen"].to_list() == [None, "store:region", "region, store:region"]
+    current = tmp_path / "out" / "current"
+    assert "predictions.parquet" in json.loads((current / "manifest.json").read_text())["outputs"]

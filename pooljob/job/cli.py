@@ -167,8 +167,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(format_summary(outcome.result))
         if outcome.poststratified is not None:
             print(_poststratified_text(outcome.poststratified))
+        if outcome.predictions is not None:
+            print(_predictions_text(outcome.predictions))
         print(f"published: {config.output.path / 'current'} -> runs/{outcome.run_id}")
     return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from pooljob.errors import ConfigError
+    from pooljob.job.config import load_config
+
+    config = load_config(args.config)
+    if config.predict is None:
+        raise ConfigError(
+            f"config {str(config.file)!r} has no [predict] section: add one with "
+            'path = "cells.parquet" (the cells to score)'
+        )
+    return _cmd_run(args)
+
+
+def _predictions_text(table: pl.DataFrame, most: int = 10) -> str:
+    """The first rows of the predictions table, for the terminal."""
+    numbers = ("estimate", "std_error", "lower", "upper", "unseen")
+    keys = [c for c in table.columns if c not in numbers]
+    unseen = table.height - table["unseen"].null_count()
+    lines = [f"predictions: {table.height} cells, {unseen} with levels the sample never saw"]
+    for row in table.head(most).iter_rows(named=True):
+        label = ":".join(str(row[k]) for k in keys) or "all"
+        tail = f"  unseen: {row['unseen']}" if row["unseen"] is not None else ""
+        lines.append(
+            f"  {label:<18} {row['estimate']:.4g}  ({row['lower']:.4g} to {row['upper']:.4g})"
+            + tail
+        )
+    if table.height > most:
+        lines.append(f"  ... {table.height - most} more in predictions.parquet")
+    return "\n".join(lines)
 
 
 def _poststratified_text(table: pl.DataFrame, most: int = 10) -> str:
@@ -311,6 +344,15 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         "a [source] path incrementally, scanning only new and changed files)",
     )
     p_run.set_defaults(func=_cmd_run)
+    p_pred = sub.add_parser(
+        "predict",
+        help="fit the model of CONFIG and publish predictions for its [predict] cells",
+        description="As run, for a CONFIG with a [predict] section (refused without one): "
+        "publishes the run with predictions.parquet and prints its first rows.",
+    )
+    p_pred.add_argument("config", help=_CONFIG)
+    p_pred.add_argument("--full", action="store_true", help="as for run")
+    p_pred.set_defaults(func=_cmd_predict)
     p_val = sub.add_parser("validate", help="check CONFIG and the source schema, without fitting")
     p_val.add_argument("config", help=_CONFIG)
     p_val.set_defaults(func=_cmd_validate)
