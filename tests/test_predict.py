@@ -236,3 +236,29 @@ def test_cli_predict_publishes_predictions(
     assert table["unseen"].to_list() == [None, "store:region", "region, store:region"]
     current = tmp_path / "out" / "current"
     assert "predictions.parquet" in json.loads((current / "manifest.json").read_text())["outputs"]
+
+
+def test_poisson_predicts_a_rate_per_unit_of_exposure() -> None:
+    rng = np.random.default_rng(5)
+    n = 800
+    herd = rng.integers(0, 15, n)
+    exposure = rng.uniform(1.0, 4.0, n)
+    rate = np.exp(-1.0 + rng.normal(0, 0.5, 15))[herd]
+    rows = pl.DataFrame({"herd": herd, "exposure": exposure, "cases": rng.poisson(rate * exposure)})
+    fit = pooljob.fit("cases ~ 1 + (1 | herd) + offset(log(exposure))", rows, family="poisson")
+    cells = pl.DataFrame({"herd": [0, 99]})
+    out = fit.predict(cells, draws=400)
+    assert out.columns == ["herd", *NUMBERS, "unseen"]
+    assert out["unseen"].to_list() == [None, "herd"]
+    u0 = float(fit.effects.filter(pl.col("herd") == 0)["estimate"][0])
+    beta = float(fit.coefficients["estimate"][0])
+    assert out["estimate"].to_list() == pytest.approx([np.exp(beta + u0), np.exp(beta)])
+
+
+def test_a_key_column_named_unseen_is_published_as_unseen_key() -> None:
+    rows = nested_rows().rename({"a": "unseen"})
+    fit = pooljob.fit("y ~ 1 + (1 | unseen)", rows)
+    out = fit.predict(pl.DataFrame({"unseen": ["A0", "A9"]}))
+    assert out.columns == ["unseen_key", *NUMBERS, "unseen"]
+    assert out["unseen"].to_list() == [None, "unseen"]
+    assert "unseen_key" in fit.estimates.columns
