@@ -247,7 +247,7 @@ def test_the_fit_callback_counts_up_and_changes_nothing(
 def test_every_option_of_every_command_has_help() -> None:
     parser = build_parser()
     (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    assert set(sub.choices) == {"run", "validate", "explain", "demo-data", "report"}
+    assert set(sub.choices) == {"run", "validate", "explain", "demo-data", "report", "predict"}
     for name, command in [("pooljob", parser), *sub.choices.items()]:
         for action in command._actions:
             if action is sub or isinstance(action, argparse._HelpAction):

@@ -351,7 +351,9 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         "publishes the run with predictions.parquet and prints its first rows.",
     )
     p_pred.add_argument("config", help=_CONFIG)
-    p_pred.add_argument("--full", action="store_true", help="as for run")
+    p_pred.add_argument(
+        "--full", action="store_true", help="as for run: scan every file, rebuild the store"
+    )
     p_pred.set_defaults(func=_cmd_predict)
     p_val = sub.add_parser("validate", help="check CONFIG and the source schema, without fitting")
     p_val.add_argument("config", help=_CONFIG)
@@ -397,7 +399,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     )
     p_rep.add_argument("--grouping", help="the grouping to draw (default: the finest)")
     p_rep.set_defaults(func=_cmd_report)
-    for p in (p_run, p_val, p_demo, p_rep, p_exp):
+    for p in (p_run, p_pred, p_val, p_demo, p_rep, p_exp):
         _common_options(p, argparse.SUPPRESS)
     for p in (parser, *sub.choices.values()):
         if isinstance(p, _Parser):
