@@ -175,3 +175,23 @@ def test_spark_engine_takes_count_families(tmp_path: object) -> None:
     }
     config = parse_config(raw, tmp_path / "c.toml")  # tests/test_spark.py runs such a job
     assert config.engine.kind == "spark" and config.model.family == "binomial"
+
+
+def test_poststratification_with_a_covariate_that_varies_within_cells() -> None:
+    # the population table carries the covariate's values; with the sample's own
+    # cells as the population, a group's poststratified figure is its estimate
+    from pathlib import Path
+
+    data = pl.read_csv(
+        Path(__file__).parent / "data" / "contraception_age.csv",
+        schema_overrides={"district": pl.String, "livch": pl.String},
+    )
+    fit = pooljob.fit("use ~ age + urban + livch + (1 | district)", data, family="binomial")
+    population = data.group_by("district", "urban", "livch", "age").agg(
+        pl.len().alias("population")
+    )
+    by_district = pooljob.poststratify(fit, population, weight="population", by=["district"])
+    estimates = fit.estimates.filter(pl.col("grouping") == "district").sort("district")
+    np.testing.assert_allclose(
+        by_district.sort("district")["estimate"], estimates["estimate"], rtol=1e-12
+    )
