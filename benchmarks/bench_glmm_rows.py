@@ -17,8 +17,9 @@ then times, alternately,
 * glmer: ``glmer(y ~ sex + x + (1 | g), family = binomial)`` (default
   control, nAGQ = 1) on the same rows (a CSV written once) through
   ``Rscript``, ``system.time`` around the ``glmer`` call only, one fresh
-  Rscript per run, median of ``--r-repeats`` runs; skipped when Rscript or
-  lme4 is missing.
+  Rscript per run, median of ``--r-repeats`` runs (default 1: glmer takes
+  ~3 min on 1M rows; about 9 min in all by default); skipped when Rscript
+  or lme4 is missing.
 
 It prints both medians and their ratio, and checks that pooljob's
 log-likelihood is no worse than glmer's (1e-6 relative slack) and that the
@@ -30,6 +31,7 @@ process and prints its time and peak resident memory (``ru_maxrss``).
 Exit status 1 when a check fails.
 
     python benchmarks/bench_glmm_rows.py                  # 1M rows vs glmer, then 10M alone
+    python benchmarks/bench_glmm_rows.py --r-repeats 3    # as in docs/rates.md (~15 min)
     python benchmarks/bench_glmm_rows.py --rows 200_000 --big 0
 """
 
@@ -128,7 +130,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--big", type=int, default=10_000_000, help="rows for pooljob alone; 0: skip")
     ap.add_argument("--repeats", type=int, default=3, help="pooljob runs (after a warm-up)")
-    ap.add_argument("--r-repeats", type=int, default=3, help="glmer runs (one Rscript each)")
+    ap.add_argument("--r-repeats", type=int, default=1, help="glmer runs (one Rscript each)")
     ap.add_argument("--seed", type=int, default=20261130)
     ap.add_argument("--data", type=Path, default=Path(__file__).parent / "data")
     args = ap.parse_args()
