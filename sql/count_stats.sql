@@ -1,11 +1,12 @@
 -- count_stats: one row per cell of a binomial or Poisson model, that is per
 -- distinct combination of the model's key columns in `source` (its grouping
 -- factors and categorical variables; null keys included, so that the rows
--- they hold can be counted and reported as dropped).  With no key column,
--- one row for the whole source.
+-- they hold can be counted and reported as dropped) and of the values of its
+-- numeric covariates c<k> (and, binomial, its offset o).  With no key column
+-- and no covariate, one row for the whole source.
 --
--- Every row of a cell shares the cell's linear predictor eta (the design is
--- categorical, or constant within cells), so the log-likelihood of the rows
+-- Every row of a cell shares the cell's linear predictor eta (same levels,
+-- same covariate values), so the log-likelihood of the rows
 -- is a function of per-cell sums:
 --   binomial  sum_i [y_i eta - t_i log(1 + e^eta) + log choose(t_i, y_i)]
 --             = y_sum eta - t_sum log(1 + e^eta) + const_sum
@@ -26,8 +27,8 @@
 -- n_nonfinite_response, n_unusable_covariate); n_bad_response (usable rows
 -- whose response is not a valid count: these stop the run); y_sum, t_sum,
 -- const_sum; and for every covariate c<k> and the offset, their min_ and
--- max_ over the used rows (a covariate must be constant within a cell: the
--- caller checks that max = min).
+-- max_ over the used rows (the query groups by the covariates, so for them
+-- min = max, the cell's value; the cells are sorted and merged on it).
 --
 -- Template fields (in braces below), filled by pooljob from quoted
 -- identifiers only (pooljob/scan/cell_counts.py):
@@ -35,7 +36,8 @@
 --                cast(source."resp" as double) as y, <trials> as t,
 --                <offset> as o, cast(source."x" as double) [* ...] as c<k>, ...
 --   key_list     k0, k1, ... followed by a comma, or nothing
---   group_by     group by k0, k1, ..., or nothing
+--   group_by     group by k0, k1, ..., c0, c1, ... [, o for a binomial
+--                offset], or nothing
 --   drop_code    0 for a usable row, else 1 null response, 2 non-finite
 --                response, 3 null or non-finite covariate or offset
 --   bad          true where a used row's response is not a valid count

@@ -1,8 +1,8 @@
 -- file_count_stats: one row per source file and cell of a binomial or
 -- Poisson model, that is per distinct combination of the file a row was
--- read from and the model's key columns (null keys included, so that the
--- rows they hold can be counted per file and reported as dropped).  With no
--- key column, one row per file.
+-- read from, the model's key columns and its covariates' values (null keys
+-- included, so that the rows they hold can be counted per file and reported
+-- as dropped).  With no key column, one row per file.
 --
 -- This is count_stats.sql with the file as one more key: the counts an
 -- incremental refresh keeps per file (pooljob/job/refresh.py), so that a
@@ -10,7 +10,7 @@
 -- cells of the whole source follow exactly by merging the files' rows
 -- (pooljob/scan/cell_counts.py, merge_count_parts): the counts and sums
 -- add, the minima and maxima of the covariates and the offset merge by min
--- and max.  `source` here is a view over the files to scan only, with a
+-- and max, the cell being identified by its keys and covariate values.  `source` here is a view over the files to scan only, with a
 -- column naming each row's file (see file_cell_stats.sql), whose name
 -- pooljob chooses so that it is no column of the source.
 --
@@ -24,7 +24,7 @@
 -- Template fields (in braces below), filled by pooljob from quoted
 -- identifiers only (pooljob/scan/cell_counts.py):
 --   file_column  source."<the file column>"
---   group_by     group by file, k0, k1, ...
+--   group_by     group by file, k0, k1, ..., c0, c1, ... [, o]
 --   the others   as in count_stats.sql
 
 with

@@ -326,6 +326,22 @@ def test_statistics_sql_reads_user_columns_only_in_its_first_step() -> None:
 
     spec = check_schema(_Schema(columns), counts, "binomial")
     _check_names(spark_sql(count_sql(counts, "binomial", spec)), dialect="spark")
+    # covariates that may vary within cells, and a binomial offset, are part of the
+    # cell: grouped by as c<k> and o, whatever the user's columns are called (here
+    # "c0" and "o" themselves), in one scan, per file, as the bounded scan runs it
+    # (with its limit) and on Spark
+    rows_formula = parse_formula("y ~ `my col` + c0 + offset(o) + (1 | `select`)")
+    rows_columns = {**columns, "c0": "DOUBLE"}
+    spec = check_schema(_Schema(rows_columns), rows_formula, "binomial")
+    covariates = [spec.variables[k] for k in covariate_indices(spec)]
+    one = count_stats_sql(rows_formula, "binomial", spec.keys, covariates)
+    assert "group by k0, c0, c1, o" in one
+    _check_names(one)
+    _check_names(f"{one}\nlimit 20000001")
+    per_file = count_stats_sql(rows_formula, "binomial", spec.keys, covariates, by=by)
+    assert "group by file, k0, c0, c1, o" in per_file
+    _check_names(per_file)
+    _check_names(spark_sql(f"{one}\nlimit 20000001"), dialect="spark")
 
 
 @dataclass

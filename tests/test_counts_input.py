@@ -33,7 +33,6 @@ def frame(**extra: list[object]) -> pl.DataFrame:
         ("k ~ 1 + (1 | g)", "poisson", {"k": [-1] + [0] * 199}, "whole number >= 0"),
         ("k ~ 1 + (1 | g)", "poisson", {"k": [0.5] + [0] * 199}, "whole number >= 0"),
         ("cbind(y, k) ~ 1 + (1 | g)", "binomial", {"y": [-1] + [0] * 199}, "0 <= successes"),
-        ("y ~ w + (1 | g)", "binomial", {}, "covariate 'w' varies within cells"),
         ("y ~ 1", "binomial", {}, "no random-effect term"),
     ],
 )
@@ -47,6 +46,55 @@ def test_input_errors(
 def test_constant_covariate_is_fine() -> None:
     result = pooljob.fit("y ~ x + (1 | g)", frame(), family="binomial")
     assert result.coefficients["term"].to_list() == ["(Intercept)", "x"]
+
+
+def test_covariate_that_varies_within_cells_is_fitted() -> None:
+    # w varies within g: each row is a cell of its own (distinct keys and values)
+    for family, formula in [("binomial", "y ~ w + (1 | g)"), ("poisson", "k ~ w + (1 | g)")]:
+        result = pooljob.fit(formula, frame(), family=family)  # type: ignore[arg-type]
+        assert result.coefficients["term"].to_list() == ["(Intercept)", "w"]
+        assert result.nobs == 200 and result.converged
+
+
+def test_rows_with_equal_covariate_values_pool_into_one_cell() -> None:
+    # 0/1 rows with a covariate taking 5 values per group, and the same data as
+    # cbind counts per (group, value): the same cells, the same fit; only the
+    # log-likelihood's constant (the binomial coefficients) differs
+    rng = np.random.default_rng(7)
+    n = 3000
+    g = [f"g{i}" for i in rng.integers(0, 12, n)]
+    x = rng.choice([-1.0, -0.25, 0.0, 0.5, 1.5], n)
+    eta = -0.3 + 0.8 * x + np.array([int(v[1:]) for v in g]) * 0.05
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-eta))).astype(int)
+    rows = pl.DataFrame({"g": g, "x": x, "y": y})
+    cells = (
+        rows.group_by("g", "x")
+        .agg(pl.col("y").sum().alias("s"), (1 - pl.col("y")).sum().alias("f"))
+        .sort("g", "x")
+    )
+    by_rows = pooljob.fit("y ~ x + (1 | g)", rows, family="binomial")
+    by_cells = pooljob.fit("cbind(s, f) ~ x + (1 | g)", cells, family="binomial")
+    for name in ("coefficients", "components", "effects", "estimates"):
+        a, b = getattr(by_rows, name), getattr(by_cells, name)
+        for c in ("estimate", "std_error", "variance"):
+            if c in a.columns:
+                np.testing.assert_allclose(a[c], b[c], rtol=1e-7, err_msg=name)
+    assert by_rows.nobs == n and by_cells.nobs == cells.height <= 60
+
+
+def test_too_many_cells_is_one_line_naming_the_count_and_the_bound(monkeypatch) -> None:
+    import pooljob.scan.cell_counts as cell_counts
+
+    monkeypatch.setattr(cell_counts, "MAX_CELLS", 150)
+    with pytest.raises(InputError) as error:
+        pooljob.fit("y ~ w + (1 | g)", frame(), family="binomial")
+    assert str(error.value) == (
+        "200 cells (distinct keys and covariate values) exceed the bound of 150 for a "
+        "binomial model fitted from per-cell counts: round or bin the continuous "
+        "covariates, or filter rows with [source] where"
+    )
+    # a covariate constant within g: 10 cells, well within the bound
+    assert pooljob.fit("y ~ x + (1 | g)", frame(), family="binomial").converged
 
 
 def test_gaussian_with_cbind_or_log_offset() -> None:
@@ -127,3 +175,23 @@ def test_spark_engine_takes_count_families(tmp_path: object) -> None:
     }
     config = parse_config(raw, tmp_path / "c.toml")  # tests/test_spark.py runs such a job
     assert config.engine.kind == "spark" and config.model.family == "binomial"
+
+
+def test_poststratification_with_a_covariate_that_varies_within_cells() -> None:
+    # the population table carries the covariate's values; with the sample's own
+    # cells as the population, a group's poststratified figure is its estimate
+    from pathlib import Path
+
+    data = pl.read_csv(
+        Path(__file__).parent / "data" / "contraception_age.csv",
+        schema_overrides={"district": pl.String, "livch": pl.String},
+    )
+    fit = pooljob.fit("use ~ age + urban + livch + (1 | district)", data, family="binomial")
+    population = data.group_by("district", "urban", "livch", "age").agg(
+        pl.len().alias("population")
+    )
+    by_district = pooljob.poststratify(fit, population, weight="population", by=["district"])
+    estimates = fit.estimates.filter(pl.col("grouping") == "district").sort("district")
+    np.testing.assert_allclose(
+        by_district.sort("district")["estimate"], estimates["estimate"], rtol=1e-12
+    )

@@ -1,19 +1,20 @@
 """Binomial and Poisson fits against lme4's glmer (Laplace, nAGQ = 1).
 
-Fixtures (tests/data, made by make_lme4_glmm.R): cbpp and grouseticks as
-lme4 ships them, a crossed 0/1 poll and a Poisson table with exposure that
-varies within cells; and (make_lme4_contract.R) mlmRev's Contraception with
-the boolean covariate ``urban``.  Each comes twice: with glmer's defaults, and with its
-PIRLS tolerance tightened (``_tight``).  glmer's default tolerance leaves
-its Laplace criterion off by up to ~6e-4 (the log-determinant is taken at
-the weights of the previous PIRLS iterate), so against the default fits
-pooljob must be no worse in log-likelihood and agree to 2e-3 (standard
-errors to 2e-2); against the
-tight fits, where glmer minimises the same criterion as pooljob, everything
-agrees to 1e-4 relative (most to 1e-6) — except standard errors of the
-fixed effects, which glmer takes from a finite-difference Hessian good to
-~3e-4 (pooljob's, by central differences at two step sizes, agree to 1e-6):
-those to 1e-3.
+Fixtures (tests/data, made by make_lme4_glmm.R): cbpp and grouseticks as lme4
+ships them, a crossed 0/1 poll and a Poisson table with exposure that varies
+within cells; and (make_lme4_contract.R) mlmRev's Contraception with the
+boolean covariate ``urban``; and (make_lme4_glmm_rows.R) Contraception with
+``age``, and claims with the exposure as a covariate, numeric covariates that
+vary within the model's cells. Each comes twice: with glmer's defaults, and
+with its PIRLS tolerance tightened (``_tight``). glmer's default tolerance
+leaves its Laplace criterion off by up to ~6e-4 (the log-determinant is taken
+at the weights of the previous PIRLS iterate), so against the default fits
+pooljob must be no worse in log-likelihood and agree to 2e-3 (standard errors
+to 2e-2); against the tight fits, where glmer minimises the same criterion as
+pooljob, everything agrees to 1e-4 relative (most to 1e-6) — except standard
+errors of the fixed effects, which glmer takes from a finite-difference Hessian
+good to ~3e-4 (pooljob's, by central differences at two step sizes, agree to
+1e-6): those to 1e-3.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ CASES = [
     ("claims_offset", "claims.csv", "poisson", ["district", "agecat"]),
     # urban is read as a boolean (true/false): a factor, as a logical is in R
     ("contraception_bool", "contraception.csv", "binomial", ["district", "livch"]),
+    # make_lme4_glmm_rows.R: a numeric covariate that varies within cells (age; the
+    # exposure as a covariate), so the cells are the distinct (keys, covariate values)
+    ("contraception_age", "contraception_age.csv", "binomial", ["district", "livch"]),
+    ("claims_covariate", "claims.csv", "poisson", ["district", "agecat"]),
 ]
 
 

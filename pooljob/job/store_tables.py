@@ -25,6 +25,7 @@ from pooljob.scan.cell_counts import (
     count_columns,
     count_table,
     covariate_indices,
+    keyed_offset,
     merge_count_parts,
 )
 from pooljob.scan.cell_moments import FILE_ALIAS, cell_arrays, key_aliases, key_frame, row_totals
@@ -139,8 +140,9 @@ def merged(store: Store, config: Config, spec: ScanSpec) -> CellTable | CountTab
     """The store's cells merged over its files, with its row accounting summed.
 
     For a count model the merged counts are checked as a scan's are
-    (:func:`pooljob.scan.cell_counts.count_table`): a covariate constant in
-    each file's cells but not across files is the error a scan gives.
+    (:func:`pooljob.scan.cell_counts.count_table`); a cell's covariate values
+    are part of its key, so the cells of different files with the same
+    keys and values merge into one, as a scan of every file makes them.
     """
     rows = row_totals(store.files)
     if config.model.family not in COUNT_FAMILIES:
@@ -150,6 +152,7 @@ def merged(store: Store, config: Config, spec: ScanSpec) -> CellTable | CountTab
     parts = store.cells.rename(
         dict(zip(count_stat_columns(covariates), count_columns(covariates), strict=True))
     )
-    cells = merge_count_parts(parts, spec.keys, covariates)
     family = config.model.family
+    offset = keyed_offset(config.model.formula, family)
+    cells = merge_count_parts(parts, spec.keys, covariates, offset)
     return count_table(cells, config.model.formula, family, spec, rows)

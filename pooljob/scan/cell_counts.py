@@ -1,10 +1,12 @@
 """One DuckDB pass for a binomial or Poisson model: per-cell counts.
 
-For a design that is categorical (or constant within cells) every row of a
-cell shares the linear predictor, so the log-likelihood of the rows depends
-on them only through per-cell sums (``sql/count_stats.sql``): successes and
-trials for a binomial model, events and exposure for a Poisson one, and the
-sum of the per-row constants (``log choose(t, y)``, ``y·o − log y!``) that
+A cell is a distinct combination of the model's key columns (grouping and
+categorical) and of the values of its numeric covariates (and of a binomial
+offset): every row of a cell shares the linear predictor, so the
+log-likelihood of the rows depends on them only through per-cell sums
+(``sql/count_stats.sql``): successes and trials for a binomial model,
+events and exposure for a Poisson one, and the sum of the per-row
+constants (``log choose(t, y)``, ``y·o − log y!``) that
 make the log-likelihood the same whether the rows come one by one or
 already aggregated.  This module fills the query with quoted identifiers,
 checks what it returns, and accounts for every row.  As in
@@ -21,7 +23,7 @@ from numpy.typing import NDArray
 
 from pooljob.errors import InputError
 from pooljob.model.cells import CountTable, NumericVariable
-from pooljob.model.formula import Formula, display_name
+from pooljob.model.formula import Formula
 from pooljob.scan.cell_moments import (
     DROP_REASONS,
     FILE_ALIAS,
@@ -41,9 +43,12 @@ Array = NDArray[np.float64]
 #: Families fitted from counts, and their canonical links.
 COUNT_FAMILIES = {"binomial": "logit", "poisson": "log"}
 
-#: Largest spread (relative to the value) of a covariate within a cell that
-#: still counts as constant: rounding in the data, not variation.
-CONSTANT_TOL = 1e-9
+#: Most cells a count model is fitted from.  With a continuous covariate a
+#: cell is nearly a row; a cell costs ~0.5 KB through the fit (its counts,
+#: design row, weights and the query's Arrow result), so 20M cells stay
+#: within ~10 GiB of these 24 GiB machines.  The query returns at most one
+#: row more than this (``limit``); only when it does are the cells counted.
+MAX_CELLS = 20_000_000
 
 
 def _double(column: str) -> str:
@@ -108,10 +113,16 @@ def count_stats_sql(
         f",\n        max(c{k}) filter (where drop_code = 0) as max_{k}"
         for k in range(len(covariates))
     )
+    # the covariates' values (and a binomial offset) are part of the cell: rows
+    # that share them share the linear predictor, whether or not they vary
+    cell_by = [*aliases, *(f"c{k}" for k in range(len(covariates)))]
+    if family == "binomial" and (formula.offsets or formula.log_offsets):
+        cell_by.append("o")
+    group_sql = ", ".join(cell_by)
     fields = {
         "columns": ",\n        ".join(columns),
         "key_list": key_sql + "," if keys else "",
-        "group_by": f"group by {key_sql}" if keys else "",
+        "group_by": f"group by {group_sql}" if cell_by else "",
         "drop_code": drop_code,
         "bad": bad,
         "exposure": exposure,
@@ -120,14 +131,8 @@ def count_stats_sql(
     }
     if by is None:
         return sql_text("count_stats").format(**fields)
-    fields["group_by"] = f"group by {FILE_ALIAS}" + (f", {key_sql}" if keys else "")
+    fields["group_by"] = f"group by {FILE_ALIAS}" + (f", {group_sql}" if cell_by else "")
     return sql_text("file_count_stats").format(file_column=source_column(by), **fields)
-
-
-def _describe_cell(row: dict[str, object], keys: tuple[str, ...]) -> str:
-    """``k = value, …`` of a query's row (its key columns ``k<i>``)."""
-    values = [row[a] for a in key_aliases(keys)]
-    return ", ".join(f"{k} = {v!r}" for k, v in zip(keys, values, strict=True)) or "the only cell"
 
 
 def _response_problem(formula: Formula, family: str, count: int) -> str:
@@ -184,6 +189,44 @@ def used_cells(table: pl.DataFrame, keys: tuple[str, ...]) -> pl.DataFrame:
     return table.filter(~null_key(keys)).filter(pl.col("n_used") > 0)
 
 
+def cell_columns(keys: tuple[str, ...], covariates: int, offset: bool) -> list[str]:
+    """The columns of the count query's result that identify a cell, in sort order.
+
+    The key columns ``k<i>``, then each covariate's value ``min_<k>`` (its
+    minimum over the cell: the cell's value, the query grouping by it), then
+    ``min_offset`` where the offset is part of the cell (``offset``: a
+    binomial model with one).
+    """
+    return [*key_aliases(keys), *(f"min_{j}" for j in range(covariates))] + (
+        ["min_offset"] if offset else []
+    )
+
+
+def keyed_offset(formula: Formula, family: str) -> bool:
+    """Whether the offset is part of the cell: a binomial model with one."""
+    return family == "binomial" and bool(formula.offsets or formula.log_offsets)
+
+
+def _bounded(source: TableSource, sql: str, family: str) -> pl.DataFrame:
+    """The count query's result, refused beyond :data:`MAX_CELLS` rows (one line, the count)."""
+    table = pl.from_arrow(source.arrow(f"{sql}\nlimit {MAX_CELLS + 1}"))
+    assert isinstance(table, pl.DataFrame)
+    if table.height > MAX_CELLS:
+        total = pl.from_arrow(source.arrow(f"select count(*) as n from (\n{sql}\n) as cells"))
+        assert isinstance(total, pl.DataFrame)
+        raise InputError(cell_bound_message(int(total.item()), family))
+    return table
+
+
+def cell_bound_message(cells: int, family: str) -> str:
+    """The one-line error of a count model with more than :data:`MAX_CELLS` cells."""
+    return (
+        f"{cells:,} cells (distinct keys and covariate values) exceed the bound of "
+        f"{MAX_CELLS:,} for a {family} model fitted from per-cell counts: round or bin "
+        "the continuous covariates, or filter rows with [source] where"
+    )
+
+
 def scan_counts(source: TableSource, formula: Formula, family: str, spec: ScanSpec) -> CountTable:
     """Scan the source once into a CountTable.
 
@@ -200,18 +243,18 @@ def scan_counts(source: TableSource, formula: Formula, family: str, spec: ScanSp
     Raises
     ------
     InputError
-        When a response value is not a valid count, a covariate varies
-        within a cell, a binomial offset varies within a cell, or no row is
-        usable.
+        When a response value is not a valid count, there are more than
+        :data:`MAX_CELLS` cells, or no row is usable.
     """
     covariates = [spec.variables[k] for k in covariate_indices(spec)]
-    table = pl.from_arrow(source.arrow(count_stats_sql(formula, family, spec.keys, covariates)))
-    assert isinstance(table, pl.DataFrame)
+    table = _bounded(source, count_stats_sql(formula, family, spec.keys, covariates), family)
     counts = count_row_counts(table, spec.keys)
     require_rows(counts, source.description)
     used = used_cells(table, spec.keys)
-    if spec.keys:  # sorted by key: the same data give the same cells in the same order
-        used = used.sort(key_aliases(spec.keys))
+    # sorted by cell: the same data give the same cells in the same order
+    order = cell_columns(spec.keys, len(covariates), keyed_offset(formula, family))
+    if order:
+        used = used.sort(order)
     return count_table(used, formula, family, spec, row_totals(counts))
 
 
@@ -228,13 +271,8 @@ def scan_count_parts(
     """
     covariates = [spec.variables[k] for k in covariate_indices(spec)]
     sql = count_stats_sql(formula, family, spec.keys, covariates, by=by)
-    table = pl.from_arrow(source.arrow(sql))
-    assert isinstance(table, pl.DataFrame)
+    table = _bounded(source, sql, family)
     return used_cells(table, spec.keys), count_row_counts(table, spec.keys)
-
-
-def _varies(lo: Array, hi: Array) -> NDArray[np.bool_]:
-    return (hi - lo) > CONSTANT_TOL * np.maximum(1.0, np.maximum(np.abs(lo), np.abs(hi)))
 
 
 def count_table(
@@ -243,34 +281,20 @@ def count_table(
     """The CountTable of a model from its cells' counts, checked (:func:`scan_counts`).
 
     ``used`` has the count query's columns, one row per cell with used rows,
-    sorted by key; from one scan, or merged over files
-    (:func:`merge_count_parts`).  ``rows`` is the row accounting.
+    sorted by cell (:func:`cell_columns`); from one scan, or merged over
+    files (:func:`merge_count_parts`).  ``rows`` is the row accounting.
     """
     keys, variables = spec.keys, spec.variables
     covariate_index = covariate_indices(spec)
     bad = int(used["n_bad_response"].sum())
     if bad:
         raise InputError(_response_problem(formula, family, bad))
-    for j, k in enumerate(covariate_index):
-        varies = _varies(used[f"min_{j}"].to_numpy(), used[f"max_{j}"].to_numpy())
-        if varies.any():
-            name = ":".join(display_name(c) for c in variables[k].columns)
-            where = _describe_cell(used.row(int(np.argmax(varies)), named=True), keys)
-            raise InputError(
-                f"covariate {name!r} varies within cells (e.g. {where}): a {family} model is "
-                "fitted from per-cell counts, so every numeric variable of the design must be "
-                f"constant within a cell; make it categorical with factor({name}) or bin it"
-            )
-    lo, hi = used["min_offset"].to_numpy(), used["max_offset"].to_numpy()
-    if family == "binomial" and np.any(_varies(lo, hi)):
-        raise InputError(
-            "the offset varies within cells: a binomial model is fitted from per-cell counts, "
-            "so its offset must be constant within a cell (a function of the grouping and "
-            "categorical columns); drop it or make it so"
-        )
+    if used.height > MAX_CELLS:
+        raise InputError(cell_bound_message(used.height, family))
     values = np.zeros((used.height, len(variables)))
     for j, k in enumerate(covariate_index):
         values[:, k] = used[f"min_{j}"].to_numpy()
+    lo = used["min_offset"].to_numpy()
     return CountTable(
         keys=key_frame(used, keys),
         n=used["n_used"].to_numpy().astype(np.float64),
@@ -289,28 +313,35 @@ def count_columns(covariates: int) -> list[str]:
     return names + [f"{e}_{j}" for j in range(covariates) for e in ("min", "max")]
 
 
-def merge_count_parts(parts: pl.DataFrame, keys: tuple[str, ...], covariates: int) -> pl.DataFrame:
+def merge_count_parts(
+    parts: pl.DataFrame, keys: tuple[str, ...], covariates: int, offset: bool = False
+) -> pl.DataFrame:
     """The cells of the whole source from per-file counts: sums add, extremes by min and max.
 
     ``parts`` has the key columns ``k<i>`` and :func:`count_columns`, one row
-    per file and used cell, in file order.  Returns the same columns, one
-    row per cell, sorted by key; each cell's parts are summed in the order
-    of ``parts`` (``numpy.bincount``), so equal parts give equal bits.
+    per file and used cell, in file order; a cell is identified by
+    :func:`cell_columns` (``offset``: a binomial model with one).  Returns
+    the same columns, one row per cell, sorted by cell; each cell's parts
+    are summed in the order of ``parts`` (``numpy.bincount``), so equal
+    parts give equal bits.
     """
     aliases = key_aliases(keys)
-    part_keys = parts.select(aliases)
-    if keys:
-        cell_keys = part_keys.unique().sort(aliases)
-        coded = part_keys.join(
-            cell_keys.with_row_index("__cell"), on=aliases, how="left", maintain_order="left"
+    by = cell_columns(keys, covariates, offset)
+    if by:
+        cell_keys = parts.select(by).unique().sort(by)
+        coded = parts.select(by).join(
+            cell_keys.with_row_index("__cell"), on=by, how="left", maintain_order="left"
         )
         codes = coded["__cell"].to_numpy().astype(np.int64)
     else:  # no key column: one cell, the whole source
         cell_keys = pl.DataFrame()
         codes = np.zeros(parts.height, dtype=np.int64)
-    size = cell_keys.height if keys else (1 if parts.height else 0)
+    size = cell_keys.height if by else (1 if parts.height else 0)
     merged: dict[str, Array] = {}
     for name in count_columns(covariates):
+        if name in by:
+            merged[name] = cell_keys[name].to_numpy().astype(np.float64)
+            continue
         values = parts[name].to_numpy().astype(np.float64)
         if name.startswith("min_"):
             out = np.full(size, np.inf)
@@ -322,4 +353,4 @@ def merge_count_parts(parts: pl.DataFrame, keys: tuple[str, ...], covariates: in
             out = np.bincount(codes, weights=values, minlength=size)
         merged[name] = out
     frame = pl.DataFrame(merged)
-    return pl.concat([cell_keys, frame], how="horizontal") if keys else frame
+    return pl.concat([cell_keys.select(aliases), frame], how="horizontal") if aliases else frame
