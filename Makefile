@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine (Python >= 3.11 with venv):
 #   make demo   install pooljob in .venv, write the demo data, run configs/demo.toml
 #   make test   install the test dependencies in .venv, run lint, types and the test suite
+#               (on two worker processes: pytest-xdist, -n 2)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -27,7 +28,7 @@ test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 clean:
 	rm -rf $(VENV) demo build *.egg-info
