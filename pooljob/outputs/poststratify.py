@@ -34,13 +34,13 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 from numpy.typing import NDArray
-from scipy.stats import norm
 
 from pooljob.errors import InputError
 from pooljob.model.design import Column, Design, indicator
 from pooljob.model.families import mean_link
 from pooljob.model.formula import Formula, display_name
 from pooljob.model.options import PoststratifyConfig
+from pooljob.outputs.estimates import interval_bounds
 from pooljob.outputs.frames import published_names
 from pooljob.scan.source import open_data, quote_identifier
 
@@ -362,12 +362,12 @@ def _linear(
             prior += np.asarray(unseen.multiply(cov @ unseen).sum(axis=0)).ravel()
     variance = pred.variance(a_fixed, a_random) + prior
     std_error = np.sqrt(np.maximum(variance, 0.0))
-    z = float(norm.ppf(0.5 + interval / 2.0))
+    lower, upper = interval_bounds("gaussian", estimate, std_error, interval)
     return {
         "estimate": estimate,
         "std_error": std_error,
-        "lower": estimate - z * std_error,
-        "upper": estimate + z * std_error,
+        "lower": lower,
+        "upper": upper,
         "population": total,
     }
 
