@@ -32,23 +32,10 @@ if TYPE_CHECKING:
     import scipy.sparse as sp
 
 from pooljob.model.families import link, mean_link
-from pooljob.outputs.frames import align, published_names
+from pooljob.outputs.frames import ESTIMATE_COLUMNS, align, published_names
 
 Array = NDArray[np.float64]
 Codes = NDArray[np.int64]
-
-#: The per-group columns of ``estimates.parquet`` after ``grouping`` and the key columns.
-ESTIMATE_COLUMNS = (
-    "n",
-    "raw_mean",
-    "estimate",
-    "parent",
-    "std_error",
-    "lower",
-    "upper",
-    "shrinkage",
-    "rmse",
-)
 
 
 @dataclass(frozen=True)

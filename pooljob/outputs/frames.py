@@ -29,26 +29,25 @@ COMPONENT_SCHEMA = {
 }
 
 
+#: The per-group columns of ``estimates.parquet`` after ``grouping`` and the key columns.
+ESTIMATE_COLUMNS = (
+    "n",
+    "raw_mean",
+    "estimate",
+    "parent",
+    "std_error",
+    "lower",
+    "upper",
+    "shrinkage",
+    "rmse",
+)
+
 #: Columns of the published tables that a key column must not shadow (compared
-#: case-insensitively, as DuckDB compares identifiers).
+#: case-insensitively, as DuckDB compares identifiers): those of estimates.parquet,
+#: effects.parquet (``level``, ``term``, ``cond_sd``), poststratified.parquet
+#: (``population``) and predictions.parquet (``unseen``).
 RESERVED = frozenset(
-    {
-        "grouping",
-        "level",
-        "term",
-        "n",
-        "raw_mean",
-        "estimate",
-        "parent",
-        "std_error",
-        "lower",
-        "upper",
-        "shrinkage",
-        "rmse",
-        "cond_sd",
-        "population",
-        "unseen",
-    }
+    {"grouping", *ESTIMATE_COLUMNS, "level", "term", "cond_sd", "population", "unseen"}
 )
 
 
