@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pooljob.model.terms import Grouping
+
 FAMILIES = ("gaussian", "binomial", "poisson")
 METHODS = ("reml", "ml", "laplace")
 #: The estimation methods of each family; the first is the default.
@@ -164,3 +166,137 @@ def check_rollup(value: object, family: object) -> tuple[Rollup | None, list[str
     if problems:
         return None, problems
     return Rollup(*(str(value[k]) for k in ROLLUP_KEYS)), []
+
+
+#: How ``[benchmark]`` adjusts the estimates: scale (ratio) or shift (difference).
+BENCHMARK_METHODS = ("ratio", "difference")
+#: The keys of ``[benchmark]`` (and of :meth:`FitResult.benchmark`'s arguments).
+BENCHMARK_KEYS = ("path", "by", "total", "weights_path", "weight", "method")
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """``[benchmark]``: adjust the estimates so that they agree with known totals.
+
+    Attributes
+    ----------
+    path : str
+        The totals table: one row per group of ``by``.
+    by : tuple of str
+        Grouping columns of the model; every grouping whose columns include
+        them all is benchmarked within each of their groups.
+    total : str
+        The column of the totals table holding the benchmark of each group:
+        the value the weighted mean of its estimates must equal.
+    weights_path, weight : str or None
+        The table of weights (populations) and its column; keyed by the
+        columns of the benchmarked groupings.  Needed when a benchmarked
+        grouping is finer than ``by``.
+    method : {"ratio", "difference"}
+        ``ratio``: every estimate of a group times ``T / m``; ``difference``:
+        plus ``T - m`` (``m`` the weighted mean of the group's estimates).
+    """
+
+    path: str
+    by: tuple[str, ...]
+    total: str
+    weights_path: str | None = None
+    weight: str | None = None
+    method: str = "ratio"
+
+
+def benchmarked_groupings(groupings: tuple[Grouping, ...], by: tuple[str, ...]) -> list[Grouping]:
+    """The groupings benchmarked within ``by``: those whose columns include every ``by`` column.
+
+    Each of their groups lies in exactly one group of ``by`` (its key values
+    include ``by``'s), so no nesting in the data needs checking.
+    """
+    return [g for g in groupings if set(by) <= set(g.columns)]
+
+
+def check_benchmark(
+    value: object, groupings: tuple[Grouping, ...] | None
+) -> tuple[BenchmarkConfig | None, list[str]]:
+    """``[benchmark]`` (or the API's arguments) as a :class:`BenchmarkConfig`, and its problems.
+
+    ``value`` is the section as a dict (paths already resolved); ``groupings``
+    the formula's (None when the formula did not parse: those checks wait).
+    """
+    if value is None:
+        return None, []
+    if not isinstance(value, dict):
+        return None, [f"benchmark = {value!r} must be a table of {', '.join(BENCHMARK_KEYS)}"]
+    problems = [
+        f"benchmark has an unknown key {k!r}; allowed: {', '.join(BENCHMARK_KEYS)}"
+        for k in value
+        if k not in BENCHMARK_KEYS
+    ]
+    for key in ("path", "total", "weights_path", "weight"):
+        v = value.get(key)
+        if key in ("path", "total") and key not in value:
+            problems.append(f"benchmark needs {key} = ...")
+        elif v is not None and (not isinstance(v, str) or not v.strip()):
+            problems.append(f"benchmark {key} = {v!r} must be a non-empty string")
+    by = value.get("by")
+    if by is None:
+        problems.append('benchmark needs by = [...], grouping columns such as ["state"]')
+    elif (
+        not isinstance(by, list | tuple)
+        or not by
+        or not all(isinstance(c, str) and c.strip() for c in by)
+    ):
+        problems.append(f"benchmark by = {by!r} must be a non-empty list of column names")
+    elif len(set(by)) != len(by):
+        problems.append(f"benchmark by = {list(by)!r} names a column twice")
+    method = value.get("method", "ratio")
+    if isinstance(method, str) and method.strip().lower() in BENCHMARK_METHODS:
+        method = method.strip().lower()
+    else:
+        problems.append(
+            f"benchmark method = {method!r} is not supported; use "
+            + " or ".join(repr(m) for m in BENCHMARK_METHODS)
+        )
+    if ("weight" in value) != ("weights_path" in value):
+        problems.append(
+            "benchmark weight and weights_path go together: weights_path names the table of "
+            "weights (populations), weight its column"
+        )
+    if problems:
+        return None, problems
+    by_t = tuple(str(c) for c in by)  # type: ignore[union-attr]
+    if groupings is not None:
+        problems += _grouping_problems(groupings, by_t, "weight" in value)
+    if problems:
+        return None, problems
+    return (
+        BenchmarkConfig(
+            path=str(value["path"]),
+            by=by_t,
+            total=str(value["total"]),
+            weights_path=value.get("weights_path"),
+            weight=value.get("weight"),
+            method=str(method),
+        ),
+        [],
+    )
+
+
+def _grouping_problems(
+    groupings: tuple[Grouping, ...], by: tuple[str, ...], weighted: bool
+) -> list[str]:
+    """``by`` against the formula's groupings: something to benchmark, and weights if needed."""
+    hit = benchmarked_groupings(groupings, by)
+    if not hit:
+        names = ", ".join(f"{g.name} ({', '.join(g.columns)})" for g in groupings) or "none"
+        return [
+            f"benchmark by = {list(by)!r}: no grouping of the model has all of these columns; "
+            f"the groupings (their columns) are: {names}"
+        ]
+    finer = [g.name for g in hit if set(g.columns) != set(by)]
+    if finer and not weighted:
+        return [
+            f"benchmark needs weights_path and weight: {', '.join(finer)} "
+            f"{'is' if len(finer) == 1 else 'are'} benchmarked within {', '.join(by)}, and the "
+            "weighted mean of their estimates needs each group's weight (population)"
+        ]
+    return []

@@ -267,6 +267,7 @@ def estimates_frame(
                 pl.Series("rmse", g.rmse if g.rmse is not None else [None] * g.keys.height).cast(
                     pl.Float64
                 ),
+                pl.lit(None, dtype=pl.Float64).alias("estimate_unbenchmarked"),  # [benchmark]
             )
         )
     if not parts:

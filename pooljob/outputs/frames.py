@@ -40,6 +40,7 @@ ESTIMATE_COLUMNS = (
     "upper",
     "shrinkage",
     "rmse",
+    "estimate_unbenchmarked",
 )
 
 #: Columns of the published tables that a key column must not shadow (compared

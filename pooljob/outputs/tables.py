@@ -61,6 +61,9 @@ class FitResult:
         For binomial and Poisson fits: what poststratification needs.
     sampling_variance : str or None
         Area-level (Fay–Herriot) fits: the column of known sampling variances.
+    benchmarked : dict or None
+        After :meth:`benchmark` (or a job's ``[benchmark]``): what was
+        benchmarked, with each group's total, weighted mean and adjustment.
     """
 
     formula: Formula
@@ -85,6 +88,8 @@ class FitResult:
     nested: bool = True
     predictor: Predictor | None = field(default=None, repr=False)
     sampling_variance: str | None = None
+    #: The manifest's ``benchmark`` record once the estimates are benchmarked (else None).
+    benchmarked: dict[str, Any] | None = None
 
     @property
     def key_columns(self) -> dict[str, str]:
@@ -154,6 +159,79 @@ class FitResult:
         level = self.interval if interval is None else float(interval)
         return predict(self.predictor, config, level, table)
 
+    def benchmark(
+        self,
+        totals: Any,
+        by: list[str] | tuple[str, ...],
+        total: str,
+        weights: Any = None,
+        weight: str | None = None,
+        method: str = "ratio",
+    ) -> FitResult:
+        """The fit with its estimates benchmarked to known totals (docs/outputs.md, benchmark).
+
+        Every grouping whose columns include all of ``by`` is adjusted within
+        each ``by`` group ``s`` so that ``Σ_c w_c θ̃_c / Σ_c w_c = T_s``:
+        ``θ̃_c = θ̂_c T_s / m_s`` (``method="ratio"``; ``std_error``,
+        ``lower``, ``upper``, ``rmse`` scaled alike) or ``θ̂_c + T_s − m_s``
+        (``"difference"``; intervals shifted, ``std_error`` kept), with
+        ``m_s = Σ_c w_c θ̂_c / Σ_c w_c``.  ``estimate`` holds the benchmarked
+        figure, ``estimate_unbenchmarked`` the model's.
+
+        Parameters
+        ----------
+        totals : str, path, DuckDB relation, or polars / pandas / Arrow table
+            One row per ``by`` group: the ``by`` columns and ``total``.
+        by : sequence of str
+            Grouping columns of the model (``["state"]``).
+        total : str
+            The column of totals ``T_s``: the weighted mean the group's
+            estimates must have.
+        weights : table or path, optional
+            The weights ``w_c`` (populations), keyed by the columns of the
+            groupings finer than ``by``; needed when there is one.
+        weight : str, optional
+            The column of weights in ``weights``.
+        method : {"ratio", "difference"}
+
+        Returns
+        -------
+        FitResult
+            A copy with the benchmarked ``estimates`` and ``benchmarked`` set.
+        """
+        import dataclasses
+        import os
+
+        from pooljob.errors import ConfigError
+        from pooljob.model.options import check_benchmark
+        from pooljob.outputs.benchmark import benchmark_estimates, read_benchmark
+
+        if self.benchmarked is not None:
+            raise ConfigError("this fit is already benchmarked; benchmark the original fit")
+
+        def name(data: Any) -> str:
+            return str(data) if isinstance(data, str | os.PathLike) else "given"
+
+        spec: dict[str, Any] = {"path": name(totals), "by": list(by), "total": total}
+        spec["method"] = method
+        if weights is not None or weight is not None:
+            spec |= {"weights_path": name(weights), "weight": weight}
+        config, problems = check_benchmark(spec, self.hierarchy)
+        if problems:
+            raise ConfigError("; ".join(problems))
+        assert config is not None
+        paths = isinstance(totals, str | os.PathLike), isinstance(weights, str | os.PathLike)
+        tables = read_benchmark(
+            config,
+            self.hierarchy,
+            None if paths[0] else totals,
+            None if paths[1] or weights is None else weights,
+        )
+        estimates, record = benchmark_estimates(
+            self.estimates, self.key_columns, self.hierarchy, config, tables
+        )
+        return dataclasses.replace(self, estimates=estimates, benchmarked=record)
+
     def summary(self) -> dict[str, Any]:
         """The fit's numbers for the manifest (no tables)."""
         return {
@@ -172,6 +250,7 @@ class FitResult:
             "rows": self.rows,
             "interval": self.interval,
             "key_columns": self.key_columns,
+            "benchmark": self.benchmarked,
         }
 
 
