@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import polars as pl
 
@@ -119,6 +119,8 @@ def format_summary(result: FitResult, top: int = 6) -> str:
         ),
     ]
     est = result.estimates
+    if result.benchmarked is not None:  # the pull is the model's: before benchmarking
+        est = est.with_columns(pl.coalesce("estimate_unbenchmarked", "estimate").alias("estimate"))
     if result.nested:
         for k in range(len(result.hierarchy) - 1, -1, -1):
             lines.extend(_pulled(est, result.hierarchy, result.key_columns, k, top if k else 3))
@@ -165,12 +167,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     outcome = run(config, progress=_progress(args), full=args.full)
     if not args.quiet:
         print(format_summary(outcome.result))
+        if outcome.result.benchmarked is not None:
+            print(_benchmark_text(outcome.result.benchmarked))
         if outcome.poststratified is not None:
             print(_poststratified_text(outcome.poststratified))
         if outcome.predictions is not None:
             print(_predictions_text(outcome.predictions))
         print(f"published: {config.output.path / 'current'} -> runs/{outcome.run_id}")
     return 0
+
+
+def _benchmark_text(record: dict[str, Any]) -> str:
+    """One line: what was benchmarked, and the range of the adjustments."""
+    word = "factors" if record["method"] == "ratio" else "differences"
+    return (
+        f"benchmarked ({record['method']}): {', '.join(record['groupings'])} within "
+        f"{', '.join(record['by'])} to {record['total']!r}, {len(record['groups'])} groups, "
+        f"{word} {record['adjustment_min']:.6g} to {record['adjustment_max']:.6g}"
+    )
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -246,8 +260,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         found += [c for c in m.rollup.columns if c not in found]
     if variance is not None and variance not in found:
         found.append(variance)
+    tail = ""
+    if config.benchmark is not None:  # the tables read and checked, as a run does first
+        from pooljob.outputs.benchmark import read_benchmark
+
+        tables = read_benchmark(config.benchmark, m.formula.groupings)
+        tail = f"; benchmark totals: {tables.totals.height} groups"
+        if tables.weights is not None:
+            tail += f", weights: {tables.weights.height} groups"
     if not args.quiet:
-        print(f"config {args.config!r} is valid; columns found: " + ", ".join(found))
+        print(f"config {args.config!r} is valid; columns found: " + ", ".join(found) + tail)
     return 0
 
 

@@ -41,6 +41,13 @@ Example:
     path = "cells.parquet"   # the model's columns, one prediction per row
     draws = 1000             # binomial, poisson: posterior draws (gaussian: exact)
     seed = 0
+    [benchmark]              # optional: estimates adjusted to known totals (docs/outputs.md)
+    path = "totals.parquet"  # one row per group of by: its total, a weighted mean
+    by = ["state"]           # grouping columns; finer groupings are benchmarked within them
+    total = "poverty_rate"
+    weights_path = "county_population.parquet"  # weights of the finer groupings' groups
+    weight = "population"
+    method = "ratio"         # or "difference"
 """
 
 from __future__ import annotations
@@ -52,7 +59,12 @@ from pathlib import Path
 from typing import Any
 
 from pooljob.errors import ConfigError, FormulaError
-from pooljob.job.sections import poststratify_section, predict_section, resolve_path
+from pooljob.job.sections import (
+    benchmark_section,
+    poststratify_section,
+    predict_section,
+    resolve_path,
+)
 from pooljob.model.area_options import area_option_problems
 from pooljob.model.formula import Formula, parse_formula
 from pooljob.model.options import (
@@ -62,6 +74,7 @@ from pooljob.model.options import (
     Control,
     PoststratifyConfig,
     PredictConfig,
+    BenchmarkConfig,
     Rollup,
     check_control,
     check_options,
@@ -93,6 +106,14 @@ _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "engine": {"threads": int, "memory_limit": str, "kind": str, "master": str, "conf": dict},
     "poststratify": {"path": str, "weight": str, "by": list, "draws": int, "seed": int},
     "predict": {"path": str, "draws": int, "seed": int},
+    "benchmark": {
+        "path": str,
+        "by": list,
+        "total": str,
+        "weights_path": str,
+        "weight": str,
+        "method": str,
+    },
 }
 _REQUIRED = {"source": (), "model": ("formula",), "output": ("path",)}
 ENGINES = ("duckdb", "spark")
@@ -179,6 +200,7 @@ class Config:
     raw: dict[str, Any]
     poststratify: PoststratifyConfig | None = None
     predict: PredictConfig | None = None
+    benchmark: BenchmarkConfig | None = None
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
@@ -389,6 +411,8 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             problems.append(f"[output] {exc}")
     post = poststratify_section(raw, base, problems)
     predict = predict_section(raw, base, problems)
+    groupings = formula.groupings if formula is not None else None
+    benchmark = benchmark_section(raw, base, groupings, problems)
     variance = model_raw.get("sampling_variance")
     if isinstance(variance, str) and "rollup" in model_raw:
         problems.append(
@@ -438,6 +462,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
         raw=raw,
         poststratify=post,
         predict=predict,
+        benchmark=benchmark,
     )
 
 

@@ -120,7 +120,34 @@ def explain(config: Config) -> str:
         *what,
         stats_sql.strip().rstrip(";") + ";",
     ]
+    if config.benchmark is not None:
+        lines += _benchmark_sql(config)
     return "\n".join(lines) + "\n"
+
+
+def _benchmark_sql(config: Config) -> list[str]:
+    """The queries that read ``[benchmark]``'s tables (each its own view ``source``)."""
+    from pooljob.outputs.benchmark import read_benchmark, weight_columns
+
+    bench = config.benchmark
+    assert bench is not None
+    read_benchmark(bench, config.model.formula.groupings)  # checked as a run checks them
+    reads = [(bench.path, [*bench.by, bench.total])]
+    keys = weight_columns(bench, config.model.formula.groupings)
+    if keys and bench.weights_path is not None and bench.weight is not None:
+        reads.append((bench.weights_path, [*keys, bench.weight]))
+    lines = [
+        "",
+        f"-- [benchmark] ({bench.method}), after the fit: the totals"
+        + (" and weights tables" if len(reads) > 1 else " table")
+        + ", read whole on a connection of",
+        "-- their own, then matched to the estimates in Python (docs/outputs.md, benchmark)",
+    ]
+    for path, columns in reads:
+        with open_config_source(path=path) as table:
+            lines += table.view_sql()
+        lines.append("select " + ", ".join(quote_identifier(c) for c in columns) + " from source;")
+    return lines
 
 
 def _string_literal(text: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -24,6 +25,7 @@ from pooljob.job.lock import output_lock
 from pooljob.job.logs import log_context, log_event
 from pooljob.job.progress import Progress
 from pooljob.job.refresh import Refresh, fit_refreshed
+from pooljob.outputs.benchmark import BenchmarkTables, benchmark_estimates, read_benchmark
 from pooljob.outputs.poststratify import poststratify, read_population, require_population
 from pooljob.outputs.predict import predict, read_cells, require_cells
 from pooljob.outputs.publish import new_run_id, publish
@@ -176,6 +178,36 @@ def _poststratify(config: Config, result: FitResult, watch: Progress) -> pl.Data
     return out
 
 
+def _benchmark(
+    config: Config, result: FitResult, tables: BenchmarkTables | None, watch: Progress
+) -> FitResult:
+    """The fit with its estimates benchmarked as ``[benchmark]`` says (as it is without)."""
+    section = config.benchmark
+    if section is None or tables is None:
+        return result
+    t0 = time.perf_counter()
+    with watch.stage("benchmark"):
+        estimates, record = benchmark_estimates(
+            result.estimates, result.key_columns, result.hierarchy, section, tables
+        )
+    seconds = time.perf_counter() - t0
+    result = dataclasses.replace(result, estimates=estimates, benchmarked=record)
+    result.timings["benchmark"] = seconds
+    log_event(
+        "benchmark",
+        "benchmark: %s within %s, %s, %d groups, adjustment %.6g to %.6g (%.3f s)",
+        ", ".join(record["groupings"]),
+        ", ".join(section.by),
+        section.method,
+        len(record["groups"]),
+        record["adjustment_min"] if record["adjustment_min"] is not None else float("nan"),
+        record["adjustment_max"] if record["adjustment_max"] is not None else float("nan"),
+        seconds,
+        **_stage("benchmark", seconds),
+    )
+    return result
+
+
 def _predict(config: Config, result: FitResult, watch: Progress) -> pl.DataFrame | None:
     """The predictions table of ``[predict]`` (None without the section)."""
     section = config.predict
@@ -229,6 +261,9 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
         require_population(config.poststratify)
     if config.predict is not None:
         require_cells(config.predict)
+    bench = None  # read and checked before the scan: a bad table fails at once
+    if config.benchmark is not None:
+        bench = read_benchmark(config.benchmark, config.model.formula.groupings)
     if config.engine.kind == "spark":
         from pooljob.scan.spark import require_spark
 
@@ -257,6 +292,7 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
             else:
                 result, refresh = fit_refreshed(config, source, before, full, watch)
         check_unchanged(before, snapshot(src))
+        result = _benchmark(config, result, bench, watch)
         poststratified = _poststratify(config, result, watch)
         predictions = _predict(config, result, watch)
         rows = result.rows

@@ -1,4 +1,4 @@
-"""The optional sections of the job config that name a table of cells: [poststratify], [predict].
+"""The optional sections of the job config that name a table: [poststratify], [predict], [benchmark].
 
 Paths are resolved against the config file's directory; problems are
 collected into the caller's list (reported at once, on one line).
@@ -10,7 +10,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pooljob.model.options import PoststratifyConfig, PredictConfig
+from pooljob.model.options import (
+    BenchmarkConfig,
+    PoststratifyConfig,
+    PredictConfig,
+    check_benchmark,
+)
+from pooljob.model.terms import Grouping
 
 
 def resolve_path(base: Path, value: str) -> str:
@@ -78,3 +84,28 @@ def predict_section(raw: dict[str, Any], base: Path, problems: list[str]) -> Pre
     if not path.strip():
         problems.append("[predict] path is empty")
     return PredictConfig(path=resolve_path(base, path), draws=draws, seed=seed)
+
+
+def benchmark_section(
+    raw: dict[str, Any], base: Path, groupings: tuple[Grouping, ...] | None, problems: list[str]
+) -> BenchmarkConfig | None:
+    """``[benchmark]``: the totals table, ``by``, ``total``, the weights and the method.
+
+    ``groupings`` are the formula's (None if it did not parse): ``by`` must be
+    columns of at least one of them.
+    """
+    body = raw.get("benchmark")
+    if not isinstance(body, dict):
+        return None
+    if any(not isinstance(v, list if k == "by" else str) for k, v in body.items()):
+        return None  # a value of the wrong type: reported by the config's type check
+    given = {k: v for k, v in body.items() if k not in ("path", "weights_path")}
+    for key in ("path", "weights_path"):
+        value = body.get(key)
+        if isinstance(value, str) and value.strip():
+            given[key] = resolve_path(base, value)
+        elif key in body:
+            given[key] = value
+    section, found = check_benchmark(given, groupings)
+    problems.extend(f"[{p.replace('benchmark ', 'benchmark] ', 1)}" for p in found)
+    return section
