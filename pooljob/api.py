@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Literal
 
@@ -13,11 +14,13 @@ from pooljob.model.options import (
     FAMILIES,
     METHODS,
     Control,
+    check_benchmark,
     check_control,
     check_options,
     check_rollup,
     default_method,
 )
+from pooljob.outputs.benchmark import benchmark_estimates, read_benchmark
 from pooljob.outputs.tables import FitResult
 from pooljob.pipeline import fit_source
 from pooljob.scan.source import open_data
@@ -33,6 +36,7 @@ def fit(
     on_nonconvergence: Literal["fail", "publish"] = "fail",
     rollup: dict[str, str] | None = None,
     sampling_variance: str | None = None,
+    benchmark: dict[str, Any] | None = None,
 ) -> FitResult:
     """Fit a multilevel model from DuckDB sufficient statistics.
 
@@ -75,6 +79,13 @@ def fit(
         estimate and this column its known sampling variance (> 0); the
         formula is ``y ~ x… + (1 | area)``.  ``estimates`` gains ``rmse``
         (docs/models.md, "Area-level models").
+    benchmark : dict, optional
+        The keys of a job's ``[benchmark]``: ``path`` (the totals table),
+        ``by``, ``total``, ``weights_path`` and ``weight`` (needed when a
+        benchmarked grouping is finer than ``by``), ``method`` (``"ratio"``
+        or ``"difference"``).  The tables are read and checked before the
+        scan; the result is :meth:`FitResult.benchmark` of the fit
+        (docs/outputs.md, "Benchmarking").
 
     Returns
     -------
@@ -103,11 +114,14 @@ def fit(
     problems += rollup_problems
     if sampling_variance is not None:
         problems += area_option_problems(parsed, family, sampling_variance)
+    bench, bench_problems = check_benchmark(benchmark, parsed.groupings)
+    problems += bench_problems
     if problems:
         raise ConfigError("; ".join(problems))
     control = Control(max_evaluations, on_nonconvergence)
+    tables = read_benchmark(bench, parsed.groupings) if bench is not None else None
     with open_data(data) as source:
-        return fit_source(
+        result = fit_source(
             parsed,
             source,
             family,
@@ -117,6 +131,12 @@ def fit(
             rollup=columns,
             sampling_variance=sampling_variance,
         )
+    if bench is None or tables is None:
+        return result
+    estimates, record = benchmark_estimates(
+        result.estimates, result.key_columns, result.hierarchy, bench, tables
+    )
+    return dataclasses.replace(result, estimates=estimates, benchmarked=record)
 
 
 def poststratify(

@@ -234,7 +234,8 @@ def check_benchmark(
     for key in ("path", "total", "weights_path", "weight"):
         v = value.get(key)
         if key in ("path", "total") and key not in value:
-            problems.append(f"benchmark needs {key} = ...")
+            what = "the totals table" if key == "path" else "the column of totals"
+            problems.append(f"benchmark needs {key} ({what})")
         elif v is not None and (not isinstance(v, str) or not v.strip()):
             problems.append(f"benchmark {key} = {v!r} must be a non-empty string")
     by = value.get("by")
