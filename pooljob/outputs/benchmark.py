@@ -229,8 +229,9 @@ def benchmark_estimates(
             first = missing.row(0, named=True)
             raise InputError(
                 f"benchmark totals table {config.path!r} has no row for "
-                f"{_describe(first, [names[c] for c in by])}, where {g.name} has "
-                f"{missing.height} estimates; add its total (or drop its rows from the source)"
+                f"{_describe(first, [names[c] for c in by])}, which {missing.height} "
+                f"{g.name} group(s) with estimates need; add its total (or drop its rows "
+                "from the source)"
             )
         if set(g.columns) == set(config.by) or tables.weights is None:
             weight = np.ones(joined.height)
