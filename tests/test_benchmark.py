@@ -62,7 +62,9 @@ def test_weighted_means_equal_the_totals(pastes: pooljob.FitResult, method: str)
     batch = est.filter(pl.col("grouping") == "batch").join(totals, on="batch")
     assert np.allclose(batch["estimate"], batch["T"], rtol=1e-14, atol=0)  # its own total
     # the model's estimate is kept; raw_mean, parent, shrinkage are the model's
-    assert fit.estimates["estimate_unbenchmarked"].to_list() == pastes.estimates["estimate"].to_list()
+    assert (
+        fit.estimates["estimate_unbenchmarked"].to_list() == pastes.estimates["estimate"].to_list()
+    )
     for c in ("n", "raw_mean", "parent", "shrinkage"):
         assert fit.estimates[c].to_list() == pastes.estimates[c].to_list()
     before, after = pastes.estimates, fit.estimates
@@ -130,7 +132,9 @@ def test_a_file_path_and_extra_totals(pastes: pooljob.FitResult, tmp_path: Path)
     extra = pl.concat([totals, pl.DataFrame({"batch": ["ZZ"], "T": [1.0]})])
     extra.write_parquet(tmp_path / "totals.parquet")
     weights.write_csv(tmp_path / "weights.csv")
-    fit = pastes.benchmark(tmp_path / "totals.parquet", ["batch"], "T", tmp_path / "weights.csv", "pop")
+    fit = pastes.benchmark(
+        tmp_path / "totals.parquet", ["batch"], "T", tmp_path / "weights.csv", "pop"
+    )
     assert fit.estimates.equals(pastes.benchmark(totals, ["batch"], "T", weights, "pop").estimates)
     assert fit.benchmarked is not None and fit.benchmarked["totals_unused"] == 1
 
@@ -190,7 +194,9 @@ def _job(folder: Path, extra: str = "", **bench: Any) -> Path:
         "weights_path": "population.parquet",
         "weight": "population",
     } | bench
-    lines = ["[benchmark]"] + [f"{k} = {json.dumps(v)}" for k, v in section.items() if v is not None]
+    lines = ["[benchmark]"] + [
+        f"{k} = {json.dumps(v)}" for k, v in section.items() if v is not None
+    ]
     cfg.write_text(cfg.read_text() + "\n".join(lines) + "\n" + extra)
     return cfg
 
@@ -202,7 +208,7 @@ def _check_published(out: Path) -> pl.DataFrame:
         est.filter(pl.col("grouping") == "store:region")
         .join(pop, on=["region", "store"])
         .group_by("region")
-        .agg(((pl.col("estimate") * pl.col("population")).sum() / pl.col("population").sum()))
+        .agg((pl.col("estimate") * pl.col("population")).sum() / pl.col("population").sum())
         .sort("region")
     )
     assert np.allclose(means["estimate"], [99.0, 101.0], rtol=1e-12, atol=0)
@@ -242,7 +248,11 @@ def test_cli_run_validate_explain(tmp_path: Path, capsys: pytest.CaptureFixture[
     ],
 )
 def test_bad_config_or_tables_publish_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], bench: dict[str, Any], code: int, message: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    bench: dict[str, Any],
+    code: int,
+    message: str,
 ) -> None:
     cfg = _job(tmp_path, **bench)
     assert main(["run", str(cfg)]) == code

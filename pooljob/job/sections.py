@@ -1,4 +1,4 @@
-"""The optional sections of the job config that name a table: [poststratify], [predict], [benchmark].
+"""The optional sections of the job config that name a table: poststratify, predict, benchmark.
 
 Paths are resolved against the config file's directory; problems are
 collected into the caller's list (reported at once, on one line).

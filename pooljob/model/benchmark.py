@@ -57,7 +57,7 @@ def adjustments(
     """
     size = len(totals)
     members = np.bincount(group, minlength=size).astype(np.int64)
-    wsum = np.bincount(group, weights=weight, minlength=size)
+    wsum = np.bincount(group, weights=weight, minlength=size).astype(np.float64)
     wy = np.bincount(group, weights=weight * estimate, minlength=size)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = wy / wsum
