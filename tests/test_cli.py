@@ -50,6 +50,7 @@ def test_run_publishes_all_outputs(job: Path, capsys) -> None:
         "upper",
         "shrinkage",
         "rmse",
+        "estimate_unbenchmarked",
     ]
     assert est["rmse"].null_count() == est.height  # area-level models only
     assert est.schema["store"] == pl.Int64  # original key types survive
