@@ -94,10 +94,10 @@ def run_page(folder: Path) -> list[tuple[str, str | None]]:
 
 def test_page_has_runnable_blocks() -> None:
     kinds = [(kind, language) for kind, _, language, _ in blocks()]
-    assert kinds.count(("run", "python")) == 3
-    assert kinds.count(("run", "toml")) == 2
-    assert kinds.count(("run", "sh")) == 2
-    assert kinds.count(("output", "text")) == 5
+    assert kinds.count(("run", "python")) == 5
+    assert kinds.count(("run", "toml")) == 3
+    assert kinds.count(("run", "sh")) == 3
+    assert kinds.count(("output", "text")) == 8
 
 
 def test_small_area_examples_print_what_the_page_shows(tmp_path: Path) -> None:
