@@ -296,3 +296,20 @@ def test_incremental_refresh_equals_a_full_run(tmp_path: Path) -> None:
     for c in numbers:
         a, b = refreshed[c].to_numpy(), scanned[c].to_numpy()
         assert np.allclose(a, b, rtol=1e-10, atol=1e-10, equal_nan=True), c
+
+
+def test_by_need_not_be_a_grouping_of_its_own(tmp_path: Path) -> None:
+    """``(1 | region:store)`` benchmarked to regions: the blocked solver's fit, by = a column."""
+    rows = write_rows(tmp_path / "rows.parquet", seed=5)
+    fit = pooljob.fit("sales ~ 1 + (1 | region:store)", rows)
+    stores = fit.estimates.select("region", "store")
+    weights = stores.with_columns(pop=pl.Series(np.linspace(1.0, 3.0, stores.height)))
+    totals = pl.DataFrame({"region": ["east", "west"], "T": [90.0, 110.0]})
+    out = fit.benchmark(totals, ["region"], "T", weights, "pop").estimates
+    means = (
+        out.join(weights, on=["region", "store"])
+        .group_by("region")
+        .agg((pl.col("estimate") * pl.col("pop")).sum() / pl.col("pop").sum())
+        .join(totals, on="region")
+    )
+    assert np.allclose(means["estimate"], means["T"], rtol=1e-12, atol=0)
