@@ -22,7 +22,7 @@ import polars as pl
 import pytest
 
 from pooljob.job.cli import build_parser
-from pooljob.scan.resources import cgroup_memory_limit
+from pooljob.scan.resources import cgroup_cpu_limit, cgroup_memory_limit
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -164,3 +164,27 @@ def test_the_wheel_runs_from_a_clean_virtual_environment(tmp_path: Path) -> None
     )
     assert where.returncode == 0, where.stderr
     assert str(venv) in where.stdout  # the installed wheel, not the source tree
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1", "expected"),
+    [
+        ("max 100000\n", None, None),
+        ("200000 100000\n", None, 2),
+        ("150000 100000\n", None, 2),  # 1.5 CPUs: two threads
+        ("50000 100000\n", None, 1),
+        (None, ("-1", "100000"), None),
+        (None, ("400000", "100000"), 4),
+        (None, None, None),
+    ],
+)
+def test_a_containers_cpu_quota_is_read_from_its_cgroup(
+    tmp_path: Path, v2: str | None, v1: tuple[str, str] | None, expected: int | None
+) -> None:
+    v2_file, v1_files = tmp_path / "cpu.max", (tmp_path / "quota", tmp_path / "period")
+    if v2 is not None:
+        v2_file.write_text(v2)
+    if v1 is not None:
+        v1_files[0].write_text(v1[0])
+        v1_files[1].write_text(v1[1])
+    assert cgroup_cpu_limit(v2_file, v1_files) == expected

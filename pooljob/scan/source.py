@@ -22,7 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from pooljob.errors import ConfigError, InputError, MissingColumnError
-from pooljob.scan.resources import usable_memory
+from pooljob.scan.resources import usable_cpus, usable_memory
 from pooljob.scan.sql_text import (
     double_literal,
     filter_sql,
@@ -284,6 +284,7 @@ def _connect(
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
     }
+    threads = threads or usable_cpus()  # a container's CPU quota, which DuckDB ignores
     if threads:
         config["threads"] = threads
     if search_path:
