@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test install install-test wheelhouse clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +24,20 @@ demo: install
 	$(BIN)/pooljob demo-data --poll demo/poll
 	$(BIN)/pooljob run configs/poll.toml
 
-test: install-test
+# The wheels of pooljob's dependencies and of the Docker image's extras (the ARG
+# EXTRAS line of the Dockerfile), for tests/test_deployment.py, which installs
+# the pooljob wheel into a clean virtual environment from them, with no network.
+EXTRAS := $(shell sed -n 's/^ARG EXTRAS=//p' Dockerfile)
+
+wheelhouse: install-test
+	$(BIN)/python -m pip wheel --quiet --wheel-dir .wheelhouse 'setuptools>=68' '.[$(EXTRAS)]'
+	rm -f .wheelhouse/pooljob-*.whl
+
+test: install-test wheelhouse
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2
 
 clean:
-	rm -rf $(VENV) demo build *.egg-info
+	rm -rf $(VENV) demo build *.egg-info .wheelhouse

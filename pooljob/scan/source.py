@@ -22,6 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from pooljob.errors import ConfigError, InputError, MissingColumnError
+from pooljob.scan.resources import usable_cpus, usable_memory
 from pooljob.scan.sql_text import (
     double_literal,
     filter_sql,
@@ -216,15 +217,13 @@ _DEFAULT_MEMORY_CAP = 3 * 2**30
 def default_memory_limit() -> str:
     """DuckDB's memory limit when ``[engine] memory_limit`` is not set.
 
-    A quarter of physical RAM, at most 3 GiB (DuckDB's own default is 80% of
+    A quarter of the RAM (a container's memory limit if lower:
+    :func:`pooljob.scan.resources.usable_memory`), at most 3 GiB (DuckDB's own default is 80% of
     RAM).  The scan is a streaming aggregation: it needs memory for the
     per-group statistics, not for the rows, and spills to DuckDB's temporary
     directory beyond the limit, so a 1-billion-row scan stays under 4 GB.
     """
-    try:
-        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no sysconf (Windows)
-        ram = 4 * _DEFAULT_MEMORY_CAP
+    ram = usable_memory() or 4 * _DEFAULT_MEMORY_CAP
     limit = max(min(ram // 4, _DEFAULT_MEMORY_CAP), 256 * 2**20)
     return f"{limit // 2**20}MiB"
 
@@ -285,6 +284,7 @@ def _connect(
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
     }
+    threads = threads or usable_cpus()  # a container's CPU quota, which DuckDB ignores
     if threads:
         config["threads"] = threads
     if search_path:
