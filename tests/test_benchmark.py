@@ -143,7 +143,8 @@ def test_api_errors(pastes: pooljob.FitResult) -> None:
     totals, weights = _tables(pastes)
     cases: list[tuple[dict[str, Any], type[Exception], str]] = [
         ({"by": ["cask2"]}, ConfigError, r"no grouping of the model has all of these columns"),
-        ({"weights": None, "weight": None}, ConfigError, r"needs weights_path and weight"),
+        ({"weights": None, "weight": None}, ConfigError, r"needs weight \(the population"),
+        ({"weights": None}, InputError, r"has no column 'cask'; available columns: batch, T"),
         ({"method": "raking"}, ConfigError, r"method = 'raking' is not supported"),
         ({"total": "nope"}, InputError, r"has no column 'nope'; available columns: batch, T"),
         ({"totals": totals.tail(-1)}, InputError, r"has no row for batch = 'A'"),
@@ -215,6 +216,32 @@ def _check_published(out: Path) -> pl.DataFrame:
     return est
 
 
+def test_weights_in_the_totals_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without weights_path: one table, a row per store with its population and region's total."""
+    cfg = _job(tmp_path, weights_path=None)
+    one = pl.read_parquet(tmp_path / "population.parquet").join(
+        pl.read_parquet(tmp_path / "totals.parquet"), on="region"
+    )
+    one.write_parquet(tmp_path / "totals.parquet")
+    assert main(["explain", str(cfg)]) == 0
+    assert 'select "region", "store", "population", "rate" from source;' in capsys.readouterr().out
+    assert main(["--quiet", "run", str(cfg)]) == 0
+    one_table = _check_published(tmp_path / "out")
+    two = tmp_path / "two"
+    two.mkdir()
+    two_cfg = _job(two)
+    assert main(["--quiet", "run", str(two_cfg)]) == 0
+    numbers = [c for c in one_table.columns if one_table[c].dtype == pl.Float64]
+    assert one_table.select(numbers).equals(_check_published(two / "out").select(numbers))
+    # a total that differs within a region is an error naming the region
+    one.with_columns(rate=pl.col("rate") + pl.col("store")).write_parquet(
+        tmp_path / "totals.parquet"
+    )
+    assert main(["--quiet", "run", str(cfg)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert "takes 6 values within region = " in err and len(err.splitlines()) == 1, err
+
+
 def test_cli_run_validate_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = _job(tmp_path)
     assert main(["--quiet", "validate", str(cfg)]) == 0
@@ -242,7 +269,8 @@ def test_cli_run_validate_explain(tmp_path: Path, capsys: pytest.CaptureFixture[
         ({"total": "rates"}, 3, "has no column 'rates'; available columns: region, rate"),
         ({"by": ["store"]}, 3, "has no column 'store'"),  # by store: the totals lack it
         ({"by": ["sales"]}, 2, "no grouping of the model has all of these columns"),
-        ({"weight": None}, 2, "weight and weights_path go together"),
+        ({"weight": None}, 2, "weights_path needs weight"),
+        ({"weights_path": None}, 3, "has no column 'store'; available columns: region, rate"),
         ({"method": "rake"}, 2, "method = 'rake' is not supported"),
         ({"by": "region"}, 2, "by = 'region' must be a list of column names"),
     ],

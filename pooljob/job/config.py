@@ -46,6 +46,7 @@ Example:
     by = ["state"]           # grouping columns; finer groupings are benchmarked within them
     total = "poverty_rate"
     weights_path = "county_population.parquet"  # weights of the finer groupings' groups
+                             # (without it: `weight` is a column of the totals table)
     weight = "population"
     method = "ratio"         # or "difference"
 """

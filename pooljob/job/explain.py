@@ -134,8 +134,11 @@ def _benchmark_sql(config: Config) -> list[str]:
     read_benchmark(bench, config.model.formula.groupings)  # checked as a run checks them
     reads = [(bench.path, [*bench.by, bench.total])]
     keys = weight_columns(bench, config.model.formula.groupings)
-    if keys and bench.weights_path is not None and bench.weight is not None:
-        reads.append((bench.weights_path, [*keys, bench.weight]))
+    if keys and bench.weight is not None:
+        if bench.weights_path is None:  # the weights are in the totals table
+            reads = [(bench.path, [*keys, bench.weight, bench.total])]
+        else:
+            reads.append((bench.weights_path, [*keys, bench.weight]))
     lines = [
         "",
         f"-- [benchmark] ({bench.method}), after the fit: the totals"

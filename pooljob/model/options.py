@@ -190,8 +190,10 @@ class BenchmarkConfig:
         the value the weighted mean of its estimates must equal.
     weights_path, weight : str or None
         The table of weights (populations) and its column; keyed by the
-        columns of the benchmarked groupings.  Needed when a benchmarked
-        grouping is finer than ``by``.
+        columns of the benchmarked groupings.  ``weight`` is needed when a
+        benchmarked grouping is finer than ``by``; without ``weights_path``
+        the weights are in the totals table itself (one row per finest
+        group, its ``total`` repeated within each group of ``by``).
     method : {"ratio", "difference"}
         ``ratio``: every estimate of a group times ``T / m``; ``difference``:
         plus ``T - m`` (``m`` the weighted mean of the group's estimates).
@@ -257,10 +259,10 @@ def check_benchmark(
             f"benchmark method = {method!r} is not supported; use "
             + " or ".join(repr(m) for m in BENCHMARK_METHODS)
         )
-    if ("weight" in value) != ("weights_path" in value):
+    if "weights_path" in value and "weight" not in value:
         problems.append(
-            "benchmark weight and weights_path go together: weights_path names the table of "
-            "weights (populations), weight its column"
+            "benchmark weights_path needs weight: the column of weights (populations) in "
+            "the table weights_path names"
         )
     if problems:
         return None, problems
@@ -296,7 +298,8 @@ def _grouping_problems(
     finer = [g.name for g in hit if set(g.columns) != set(by)]
     if finer and not weighted:
         return [
-            f"benchmark needs weights_path and weight: {', '.join(finer)} "
+            f"benchmark needs weight (the population column, in weights_path or the totals "
+            f"table): {', '.join(finer)} "
             f"{'is' if len(finer) == 1 else 'are'} benchmarked within {', '.join(by)}, and the "
             "weighted mean of their estimates needs each group's weight (population)"
         ]

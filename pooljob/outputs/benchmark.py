@@ -103,6 +103,29 @@ def _unique(table: pl.DataFrame, keys: list[str], what: str, fix: str) -> None:
         )
 
 
+def _one_total_per_group(
+    table: pl.DataFrame, by: list[str], total: str, what: str
+) -> pl.DataFrame:
+    """The totals of a table with one row per finest group: one row per ``by`` group.
+
+    Raises
+    ------
+    InputError
+        The total differs between two rows of one ``by`` group.
+    """
+    values = _fresh("values", [*by, total])
+    counts = table.group_by(by).agg(pl.col(total).n_unique().alias(values))
+    differ = counts.filter(pl.col(values) > 1)
+    if differ.height:
+        first = differ.row(0, named=True)
+        raise InputError(
+            f"{what}: the total column {total!r} takes {first[values]} values within "
+            f"{_describe(first, by)}; with the weights in the same table, every row of a "
+            "group repeats its total (or give the weights in weights_path)"
+        )
+    return table.select([*by, total]).unique(subset=by, keep="first", maintain_order=True)
+
+
 def read_benchmark(
     config: BenchmarkConfig,
     groupings: tuple[Grouping, ...],
@@ -123,7 +146,14 @@ def read_benchmark(
     """
     by = list(config.by)
     what = f"benchmark totals table {config.path!r}"
-    totals = _read(config.path, totals_data, [*by, config.total], what)
+    keys = weight_columns(config, groupings)
+    one_table = bool(keys) and config.weight is not None and config.weights_path is None
+    if one_table:  # one row per finest group: its keys, weight and its by group's total
+        assert config.weight is not None
+        both = _read(config.path, totals_data, [*keys, config.weight, config.total], what)
+        totals = _one_total_per_group(both, by, config.total, what)
+    else:
+        totals = _read(config.path, totals_data, [*by, config.total], what)
     _unique(totals, by, what, f"each group of {', '.join(by)} needs exactly one total")
     value = _number(totals, config.total, what, "the benchmark of each group")
     bad = ~value.is_finite() | value.is_null()
@@ -134,11 +164,14 @@ def read_benchmark(
             f"values (e.g. for {_describe(first, by)}); every group needs a total"
         )
     totals = totals.with_columns(value.alias(config.total))
-    keys = weight_columns(config, groupings)
-    if not keys or config.weights_path is None or config.weight is None:
+    if not keys or config.weight is None:
         return BenchmarkTables(totals, None)
-    what = f"benchmark weights table {config.weights_path!r}"
-    weights = _read(config.weights_path, weights_data, [*keys, config.weight], what)
+    if one_table:
+        weights = both.select([*keys, config.weight])
+    else:
+        assert config.weights_path is not None
+        what = f"benchmark weights table {config.weights_path!r}"
+        weights = _read(config.weights_path, weights_data, [*keys, config.weight], what)
     _unique(weights, keys, what, "each group needs exactly one weight: aggregate them first")
     w = _number(weights, config.weight, what, "the weight (population) of each group")
     bad = w.is_null() | ~w.is_finite() | (w < 0)

@@ -189,9 +189,11 @@ class FitResult:
             estimates must have.
         weights : table or path, optional
             The weights ``w_c`` (populations), keyed by the columns of the
-            groupings finer than ``by``; needed when there is one.
+            groupings finer than ``by``.  Without it, the weights are a
+            column of ``totals``, which then has one row per finest group.
         weight : str, optional
-            The column of weights in ``weights``.
+            The column of weights (in ``weights``, else in ``totals``);
+            needed when a grouping finer than ``by`` is benchmarked.
         method : {"ratio", "difference"}
 
         Returns
@@ -214,8 +216,10 @@ class FitResult:
 
         spec: dict[str, Any] = {"path": name(totals), "by": list(by), "total": total}
         spec["method"] = method
-        if weights is not None or weight is not None:
-            spec |= {"weights_path": name(weights), "weight": weight}
+        if weight is not None:
+            spec["weight"] = weight
+        if weights is not None:
+            spec["weights_path"] = name(weights)
         config, problems = check_benchmark(spec, self.hierarchy)
         if problems:
             raise ConfigError("; ".join(problems))
