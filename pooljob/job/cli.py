@@ -169,7 +169,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(_poststratified_text(outcome.poststratified))
         if outcome.predictions is not None:
             print(_predictions_text(outcome.predictions))
-        print(f"published: {config.output.path / 'current'} -> runs/{outcome.run_id}")
+        if config.output.format == "delta":
+            print(f"published: {config.output.path} (Delta tables, run {outcome.run_id})")
+        else:
+            print(f"published: {config.output.path / 'current'} -> runs/{outcome.run_id}")
     return 0
 
 

@@ -25,6 +25,7 @@ Example:
     keep_runs = 5
     report = true            # optional: report.html (needs pooljob[report])
     incremental = true       # default: a path source is refreshed from <path>/state
+    format = "parquet"       # or "delta": Delta tables (needs pooljob[delta])
     [engine]                 # optional
     threads = 2
     memory_limit = "4GB"
@@ -52,7 +53,12 @@ from pathlib import Path
 from typing import Any
 
 from pooljob.errors import ConfigError, FormulaError
-from pooljob.job.sections import poststratify_section, predict_section, resolve_path
+from pooljob.job.sections import (
+    output_format,
+    poststratify_section,
+    predict_section,
+    resolve_path,
+)
 from pooljob.model.area_options import area_option_problems
 from pooljob.model.formula import Formula, parse_formula
 from pooljob.model.options import (
@@ -89,6 +95,7 @@ _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
         "report": bool,
         "report_grouping": str,
         "incremental": bool,
+        "format": str,
     },
     "engine": {"threads": int, "memory_limit": str, "kind": str, "master": str, "conf": dict},
     "poststratify": {"path": str, "weight": str, "by": list, "draws": int, "seed": int},
@@ -139,6 +146,7 @@ class OutputConfig:
     report: bool = False  # publish report.html with the run
     report_grouping: str | None = None  # the grouping the report draws; default the finest
     incremental: bool = True  # path sources: refresh from the statistics store in <path>/state
+    format: str = "parquet"  # or "delta": Delta tables (pooljob.outputs.delta)
 
 
 @dataclass(frozen=True)
@@ -387,6 +395,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             report_grouping = resolve_grouping(names, report_grouping)
         except ConfigError as exc:
             problems.append(f"[output] {exc}")
+    fmt = output_format(out_raw, problems)
     post = poststratify_section(raw, base, problems)
     predict = predict_section(raw, base, problems)
     variance = model_raw.get("sampling_variance")
@@ -433,6 +442,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             report=out_raw.get("report") is True,
             report_grouping=report_grouping if isinstance(report_grouping, str) else None,
             incremental=out_raw.get("incremental") is not False,
+            format=fmt,
         ),
         engine=engine,
         raw=raw,

@@ -12,6 +12,9 @@ from typing import Any
 
 from pooljob.model.options import PoststratifyConfig, PredictConfig
 
+#: ``[output] format``: Parquet run folders (pooljob.outputs.publish) or Delta tables.
+FORMATS = ("parquet", "delta")
+
 
 def resolve_path(base: Path, value: str) -> str:
     """``value`` relative to ``base`` (a URL as given)."""
@@ -78,3 +81,19 @@ def predict_section(raw: dict[str, Any], base: Path, problems: list[str]) -> Pre
     if not path.strip():
         problems.append("[predict] path is empty")
     return PredictConfig(path=resolve_path(base, path), draws=draws, seed=seed)
+
+
+def output_format(out: dict[str, Any], problems: list[str]) -> str:
+    """``[output] format``: ``"parquet"`` (default) or ``"delta"`` (not with ``report``)."""
+    fmt = out.get("format", "parquet")
+    if not isinstance(fmt, str):
+        return "parquet"  # the wrong type is reported with the others
+    if fmt not in FORMATS:
+        problems.append(f"[output] format = {fmt!r} must be one of: " + ", ".join(FORMATS))
+        return "parquet"
+    if fmt == "delta" and out.get("report") is True:
+        problems.append(
+            '[output] report = true needs format = "parquet": a Delta output publishes tables '
+            "only (pooljob report reads a Parquet run folder)"
+        )
+    return fmt
