@@ -174,7 +174,7 @@ def _write(path: Path, frame: pl.DataFrame, metadata: dict[str, str]) -> int:
 
     write_deltalake(
         str(path),
-        frame.to_arrow(),
+        frame.rechunk().to_arrow(),  # one batch: delta-rs may reorder batches
         mode="overwrite",
         schema_mode="overwrite",  # a new model may publish other key columns
         writer_properties=WriterProperties(compression="ZSTD", compression_level=3),

@@ -1,0 +1,219 @@
+"""``[output] format = "delta"``: Delta tables, the ``runs`` protocol, retention, SIGKILL safety.
+
+The tables hold exactly the numbers of ``format = "parquet"`` plus ``run_id``;
+reading ``runs`` and opening each table at the version it names gives one
+complete run, whatever moment a run was killed at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pooljob.job.cli import main
+from pooljob.job.lock import LOCK
+from pooljob.outputs.delta import RUNS_TABLE, latest_run
+from pooljob.outputs.schema import SCHEMA_VERSION
+from tests.helpers import write_config, write_rows
+from tests.mounts import fill, tmpfs
+
+deltalake = pytest.importorskip("deltalake")
+
+TABLES = ("estimates", "effects", "coefficients", "components")
+GOLDEN = Path(__file__).resolve().parent / "data" / "schemas" / "delta_gaussian.json"
+
+
+def _job(folder: Path, **output: object) -> Path:
+    write_rows(folder / "data" / "part-0.parquet")
+    return write_config(folder, **{"format": "delta", **output})
+
+
+def _read(out: Path, table: str, version: int | None = None) -> pl.DataFrame:
+    return pl.read_delta(str(out / table), version=version)
+
+
+def _consistent(out: Path) -> dict:
+    """The latest complete run by the protocol; every table at its version is that run."""
+    run = latest_run(out)
+    assert set(run["tables"]) == set(TABLES)
+    for table, version in run["tables"].items():
+        ids = _read(out, table, version)["run_id"].unique().to_list()
+        assert ids == [run["run_id"]], (table, version, ids)
+    return run
+
+
+def test_delta_tables_hold_the_parquet_numbers_and_travel_back(tmp_path: Path) -> None:
+    cfg = _job(tmp_path)
+    assert main(["--quiet", "run", str(cfg)]) == 0
+    first = _consistent(tmp_path / "out")
+    assert first["sequence"] == 1 and first["schema_version"] == SCHEMA_VERSION
+    assert first["manifest"]["format"] == "delta" and first["manifest"]["outputs"] == list(TABLES)
+    out = tmp_path / "out"
+    # the same data published as Parquet: the same tables, plus run_id
+    write_rows(tmp_path / "p" / "data" / "part-0.parquet")
+    assert main(["--quiet", "run", str(write_config(tmp_path / "p"))]) == 0
+    for table in TABLES:
+        mine = _read(out, table)
+        assert mine.columns[-1] == "run_id"
+        reference = pl.read_parquet(tmp_path / "p" / "out" / "current" / f"{table}.parquet")
+        assert mine.drop("run_id").equals(reference), table
+    write_rows(tmp_path / "data" / "part-1.parquet", seed=1)  # an incremental refresh
+    assert main(["--quiet", "run", str(cfg)]) == 0
+    second = _consistent(out)
+    assert second["sequence"] == 2 and second["manifest"]["refresh"]["mode"] == "incremental"
+    for table in TABLES:  # pandas, through deltalake
+        frame = deltalake.DeltaTable(str(out / table), version=first["tables"][table]).to_pandas()
+        assert set(frame["run_id"]) == {first["run_id"]}
+    # time travel: the first run is still readable at the versions runs names
+    assert _read(out, "estimates", first["tables"]["estimates"])["n"].sum() == 2 * 600
+    assert _read(out, "estimates")["n"].sum() == 2 * 1200
+    history = deltalake.DeltaTable(str(out / "estimates")).history()
+    commits = [h for h in history if h["operation"] == "WRITE"]
+    assert [h["pooljob.run_id"] for h in commits] == [second["run_id"], first["run_id"]]
+    assert {h["pooljob.schema_version"] for h in commits} == {SCHEMA_VERSION}
+
+
+def test_keep_runs_vacuums_older_versions(tmp_path: Path) -> None:
+    cfg = _job(tmp_path, keep_runs=2)
+    out = tmp_path / "out"
+    for _ in range(3):
+        assert main(["--quiet", "run", "--full", str(cfg)]) == 0
+    rows = _read(out, RUNS_TABLE)
+    assert rows["sequence"].sort().to_list() == [2, 3]
+    oldest = deltalake.DeltaTable(str(out / "estimates")).history()[-1]["version"]
+    with pytest.raises(Exception, match="(?i)not found|no such file"):
+        _read(out, "estimates", oldest)  # its files are gone
+    for row in rows.iter_rows(named=True):
+        for table, version in json.loads(row["tables"]).items():
+            assert _read(out, table, version)["run_id"].unique().to_list() == [row["run_id"]]
+    assert len(list((out / "estimates").glob("*.parquet"))) == 2
+
+
+# The child runs `pooljob run` with a patch; `die()` is SIGKILL.
+_CHILD = """
+import os, signal, sys
+import deltalake
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+orig = deltalake.write_deltalake
+calls = []
+def write(path, *a, **k):
+    calls.append(str(path))
+    {patch}
+
+deltalake.write_deltalake = write
+from pooljob.job.cli import main
+main(["--quiet", "run", "--full", sys.argv[1]])
+"""
+_PATCHES = {
+    # after two tables are committed at the new run
+    "between_tables": "orig(path, *a, **k)\n    if len(calls) == 2:\n        die()",
+    # every table is committed, `runs` is not
+    "before_runs": "if path.endswith('runs'):\n        die()\n    orig(path, *a, **k)",
+    # `runs` is committed, the tables are not vacuumed
+    "before_vacuum": (
+        "orig(path, *a, **k)\n    if path.endswith('runs'):\n"
+        "        deltalake.DeltaTable.vacuum = die"
+    ),
+}
+
+
+@pytest.mark.parametrize("point", list(_PATCHES))
+def test_sigkill_leaves_every_table_readable_and_runs_complete(tmp_path: Path, point: str) -> None:
+    cfg = _job(tmp_path, keep_runs=1)
+    out = tmp_path / "out"
+    assert main(["--quiet", "run", str(cfg)]) == 0
+    before = _consistent(out)
+    code = _CHILD.replace("{patch}", _PATCHES[point])
+    res = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True)
+    assert res.returncode == -signal.SIGKILL, res.stderr.decode()
+    assert (out / LOCK).exists()
+    after = _consistent(out)  # the protocol gives a complete run ...
+    assert (after["run_id"] != before["run_id"]) == (point == "before_vacuum")
+    for table in TABLES:  # ... and every table's latest version is a complete table
+        assert _read(out, table)["run_id"].n_unique() == 1
+    assert main(["--quiet", "run", str(cfg)]) == 0  # the next run takes over and cleans up
+    last = _consistent(out)
+    assert last["sequence"] == after["sequence"] + 1 and not (out / LOCK).exists()
+    for table in TABLES:  # keep_runs = 1: only the files of the last run stay
+        assert len(list((out / table).glob("*.parquet"))) == 1, table
+
+
+def test_no_space_is_one_line_exit_5_and_runs_keeps_the_last_run(tmp_path: Path, capsys) -> None:
+    cfg = _job(tmp_path)
+    with tmpfs(tmp_path / "out", size="400k") as out:
+        assert main(["--quiet", "run", str(cfg)]) == 0
+        before = _consistent(out)
+        filler = fill(out, leave=4096)
+        capsys.readouterr()
+        assert main(["--quiet", "run", "--full", str(cfg)]) == 5
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "no space left" in err, err
+        assert _consistent(out)["run_id"] == before["run_id"]
+        filler.unlink()
+        assert main(["--quiet", "run", str(cfg)]) == 0
+        assert _consistent(out)["sequence"] == 2
+
+
+def test_config_errors_and_mixed_layouts_are_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    cfg = _job(tmp_path, format="csv")
+    assert main(["validate", str(cfg)]) == 2
+    assert "[output] format = 'csv' must be one of: parquet, delta" in capsys.readouterr().err
+    cfg = _job(tmp_path)
+    cfg.write_text(cfg.read_text() + "report = true\n")
+    assert main(["validate", str(cfg)]) == 2
+    assert 'report = true needs format = "parquet"' in capsys.readouterr().err
+    # a Parquet output path is not turned into Delta tables, nor the other way round
+    assert main(["--quiet", "run", str(write_config(tmp_path, path="out"))]) == 0
+    capsys.readouterr()
+    assert main(["--quiet", "run", str(_job(tmp_path))]) == 5
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "holds Parquet runs" in err, err
+    delta = _job(tmp_path / "d")
+    assert main(["--quiet", "run", str(delta)]) == 0
+    write_rows(tmp_path / "p" / "data" / "part-0.parquet")
+    (tmp_path / "p" / "job.toml").write_text(
+        write_config(tmp_path / "p", path="../d/out").read_text()
+    )
+    assert main(["--quiet", "run", str(tmp_path / "p" / "job.toml")]) == 5
+    assert "holds Delta tables" in capsys.readouterr().err
+    # without the extra: how to install it, before any scan
+    monkeypatch.setitem(sys.modules, "deltalake", None)
+    assert main(["--quiet", "run", str(delta)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "pip install 'pooljob[delta]'" in err, err
+    monkeypatch.undo()
+    assert len(_read(tmp_path / "d" / "out", RUNS_TABLE)) == 1
+
+
+def delta_schema(out: Path) -> dict:
+    """Each Delta table's columns (Delta types) and the fields of its commit info."""
+    tables = {}
+    for table in (*TABLES, "poststratified", RUNS_TABLE):
+        if (out / table).is_dir():
+            schema = deltalake.DeltaTable(str(out / table)).schema()
+            tables[table] = [f"{f.name}: {f.type.type}" for f in schema.fields]
+    commit = deltalake.DeltaTable(str(out / "estimates")).history(1)[0]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "tables": tables,
+        "commit_info": sorted(k for k in commit if k.startswith("pooljob.")),
+    }
+
+
+def test_delta_schema_matches_the_golden_file(tmp_path: Path) -> None:
+    cfg = _job(tmp_path)
+    assert main(["--quiet", "run", str(cfg)]) == 0
+    found = delta_schema(tmp_path / "out")
+    if os.environ.get("POOLJOB_UPDATE_SCHEMAS") == "1":
+        GOLDEN.write_text(json.dumps(found, indent=2) + "\n")
+    assert found == json.loads(GOLDEN.read_text()), "the Delta schema changed: bump SCHEMA_VERSION"
