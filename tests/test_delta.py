@@ -23,6 +23,7 @@ from pooljob.outputs.delta import RUNS_TABLE, latest_run
 from pooljob.outputs.schema import SCHEMA_VERSION
 from tests.helpers import write_config, write_rows
 from tests.mounts import fill, tmpfs
+from tests.test_schema import validate_manifest
 
 deltalake = pytest.importorskip("deltalake")
 
@@ -55,6 +56,7 @@ def test_delta_tables_hold_the_parquet_numbers_and_travel_back(tmp_path: Path) -
     first = _consistent(tmp_path / "out")
     assert first["sequence"] == 1 and first["schema_version"] == SCHEMA_VERSION
     assert first["manifest"]["format"] == "delta" and first["manifest"]["outputs"] == list(TABLES)
+    validate_manifest(first["manifest"])
     out = tmp_path / "out"
     # the same data published as Parquet: the same tables, plus run_id
     write_rows(tmp_path / "p" / "data" / "part-0.parquet")
