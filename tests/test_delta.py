@@ -90,7 +90,7 @@ def test_keep_runs_vacuums_older_versions(tmp_path: Path) -> None:
     rows = _read(out, RUNS_TABLE)
     assert rows["sequence"].sort().to_list() == [2, 3]
     oldest = deltalake.DeltaTable(str(out / "estimates")).history()[-1]["version"]
-    with pytest.raises(Exception, match="(?i)not found|no such file"):
+    with pytest.raises(Exception, match=r"(?i)not found|no such file"):
         _read(out, "estimates", oldest)  # its files are gone
     for row in rows.iter_rows(named=True):
         for table, version in json.loads(row["tables"]).items():
@@ -193,8 +193,13 @@ def test_config_errors_and_mixed_layouts_are_one_line(tmp_path: Path, capsys, mo
     assert main(["--quiet", "run", str(delta)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install 'pooljob[delta]'" in err, err
+    assert main(["validate", str(delta)]) == 2
+    assert "pip install 'pooljob[delta]'" in capsys.readouterr().err
     monkeypatch.undo()
     assert len(_read(tmp_path / "d" / "out", RUNS_TABLE)) == 1
+    # the report reads Parquet runs only, and says so
+    assert main(["report", str(tmp_path / "d" / "out"), "--output", str(tmp_path / "r.html")]) == 3
+    assert "Delta tables" in capsys.readouterr().err
 
 
 def delta_schema(out: Path) -> dict:

@@ -229,6 +229,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from pooljob.scan.schema import check_schema
 
     config = load_config(args.config)
+    if config.output.format == "delta":
+        from pooljob.outputs.delta import require_deltalake
+
+        require_deltalake()
     variance = config.model.sampling_variance
     with open_source(config) as source:  # on the config's engine: Spark reads its own schema
         if config.model.rollup is not None:
