@@ -119,6 +119,16 @@ main(["--quiet", "run", "--full", sys.argv[1]])
 _PATCHES = {
     # after two tables are committed at the new run
     "between_tables": "orig(path, *a, **k)\n    if len(calls) == 2:\n        die()",
+    # the third table's data file is written, its commit is not: what a kill inside
+    # delta-rs's write leaves (an uncommitted part file, a temporary commit file)
+    "inside_a_write": (
+        "if len(calls) == 3:\n"
+        "        import pyarrow.parquet as pq\n"
+        "        pq.write_table(a[0], path + '/part-00000-killed-c000.zstd.parquet')\n"
+        "        open(path + '/_delta_log/_commit_killed.json.tmp', 'w').write('{')\n"
+        "        die()\n"
+        "    orig(path, *a, **k)"
+    ),
     # every table is committed, `runs` is not
     "before_runs": "if path.endswith('runs'):\n        die()\n    orig(path, *a, **k)",
     # `runs` is committed, the tables are not vacuumed
@@ -129,23 +139,26 @@ _PATCHES = {
 }
 
 
-@pytest.mark.parametrize("point", list(_PATCHES))
-def test_sigkill_leaves_every_table_readable_and_runs_complete(tmp_path: Path, point: str) -> None:
+def test_sigkill_leaves_every_table_readable_and_runs_complete(tmp_path: Path) -> None:
+    """Killed at each point in turn, on one output; then a run that completes."""
     cfg = _job(tmp_path, keep_runs=1)
     out = tmp_path / "out"
     assert main(["--quiet", "run", str(cfg)]) == 0
     before = _consistent(out)
-    code = _CHILD.replace("{patch}", _PATCHES[point])
-    res = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True)
-    assert res.returncode == -signal.SIGKILL, res.stderr.decode()
-    assert (out / LOCK).exists()
-    after = _consistent(out)  # the protocol gives a complete run ...
-    assert (after["run_id"] != before["run_id"]) == (point == "before_vacuum")
-    for table in TABLES:  # ... and every table's latest version is a complete table
-        assert _read(out, table)["run_id"].n_unique() == 1
+    for point, patch in _PATCHES.items():
+        code = _CHILD.replace("{patch}", patch)
+        res = subprocess.run([sys.executable, "-c", code, str(cfg)], capture_output=True)
+        assert res.returncode == -signal.SIGKILL, (point, res.stderr.decode())
+        assert (out / LOCK).exists()
+        after = _consistent(out)  # the protocol gives a complete run ...
+        assert (after["run_id"] != before["run_id"]) == (point == "before_vacuum"), point
+        for table in TABLES:  # ... and every table's latest version is a complete table
+            assert _read(out, table)["run_id"].n_unique() == 1, (point, table)
+        before = after
+    assert (out / "coefficients" / "part-00000-killed-c000.zstd.parquet").exists()
     assert main(["--quiet", "run", str(cfg)]) == 0  # the next run takes over and cleans up
     last = _consistent(out)
-    assert last["sequence"] == after["sequence"] + 1 and not (out / LOCK).exists()
+    assert last["sequence"] == before["sequence"] + 1 and not (out / LOCK).exists()
     for table in TABLES:  # keep_runs = 1: only the files of the last run stay
         assert len(list((out / table).glob("*.parquet"))) == 1, table
 
