@@ -193,6 +193,10 @@ def test_config_errors_and_mixed_layouts_are_one_line(tmp_path: Path, capsys, mo
     assert main(["--quiet", "run", str(_job(tmp_path))]) == 5
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "holds Parquet runs" in err, err
+    foreign = _job(tmp_path / "f")
+    (tmp_path / "f" / "out" / "runs" / "20261130T000000000000Z-1").mkdir(parents=True)
+    assert main(["--quiet", "run", str(foreign)]) == 5  # Parquet runs, though no `current`
+    assert "holds Parquet runs" in capsys.readouterr().err
     delta = _job(tmp_path / "d")
     assert main(["--quiet", "run", str(delta)]) == 0
     write_rows(tmp_path / "p" / "data" / "part-0.parquet")
@@ -218,7 +222,7 @@ def test_config_errors_and_mixed_layouts_are_one_line(tmp_path: Path, capsys, mo
 def delta_schema(out: Path) -> dict:
     """Each Delta table's columns (Delta types) and the fields of its commit info."""
     tables = {}
-    for table in (*TABLES, "poststratified", RUNS_TABLE):
+    for table in (*TABLES, "poststratified", "predictions", RUNS_TABLE):
         if (out / table).is_dir():
             schema = deltalake.DeltaTable(str(out / table)).schema()
             tables[table] = [f"{f.name}: {f.type.type}" for f in schema.fields]
@@ -231,9 +235,24 @@ def delta_schema(out: Path) -> dict:
 
 
 def test_delta_schema_matches_the_golden_file(tmp_path: Path) -> None:
+    """With [poststratify] and [predict]: every table a run can publish."""
     cfg = _job(tmp_path)
+    cells = pl.DataFrame({"region": ["east", "west", "west"], "store": [0, 1, 99]})
+    cells.with_columns(population=pl.lit(10)).write_parquet(tmp_path / "population.parquet")
+    cells.write_parquet(tmp_path / "cells.parquet")
+    cfg.write_text(
+        cfg.read_text()
+        + '[poststratify]\npath = "population.parquet"\nweight = "population"\nby = ["region"]\n'
+        + '[predict]\npath = "cells.parquet"\n'
+    )
     assert main(["--quiet", "run", str(cfg)]) == 0
     found = delta_schema(tmp_path / "out")
+    run = latest_run(tmp_path / "out")
+    assert set(run["tables"]) == {*TABLES, "poststratified", "predictions"}
+    for table, version in run["tables"].items():
+        assert _read(tmp_path / "out", table, version)["run_id"].unique().to_list() == [
+            run["run_id"]
+        ]
     if os.environ.get("POOLJOB_UPDATE_SCHEMAS") == "1":
         GOLDEN.write_text(json.dumps(found, indent=2) + "\n")
     assert found == json.loads(GOLDEN.read_text()), "the Delta schema changed: bump SCHEMA_VERSION"

@@ -93,7 +93,8 @@ def check_layout(output: Path, fmt: str) -> None:
         runs, or ``format = "parquet"`` and ``runs`` is a Delta table.
     """
     runs = output / RUNS_TABLE
-    if fmt == "delta" and (output / "current").is_symlink():
+    foreign = runs.is_dir() and not _is_delta(runs) and any(runs.iterdir())
+    if fmt == "delta" and ((output / "current").is_symlink() or foreign):
         raise PublishError(
             f'[output] format = "delta", but {str(output)!r} holds Parquet runs '
             "(current -> runs/...); choose another [output] path or remove them"
