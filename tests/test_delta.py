@@ -163,6 +163,19 @@ def test_sigkill_leaves_every_table_readable_and_runs_complete(tmp_path: Path) -
         assert len(list((out / table).glob("*.parquet"))) == 1, table
 
 
+def test_a_first_run_killed_early_leaves_no_run_and_the_next_succeeds(tmp_path: Path) -> None:
+    cfg = _job(tmp_path)
+    out = tmp_path / "out"
+    for table in ("estimates", RUNS_TABLE):  # data files written, no table committed yet
+        (out / table).mkdir(parents=True)
+        pl.DataFrame({"x": [1]}).write_parquet(out / table / "part-00000-killed-c000.parquet")
+    with pytest.raises(Exception, match="holds no pooljob Delta run"):
+        latest_run(out)
+    assert main(["--quiet", "run", str(cfg)]) == 0
+    assert _consistent(out)["sequence"] == 1
+    assert not list(out.glob("*/part-00000-killed-c000.parquet"))
+
+
 def test_no_space_is_one_line_exit_5_and_runs_keeps_the_last_run(tmp_path: Path, capsys) -> None:
     cfg = _job(tmp_path)
     with tmpfs(tmp_path / "out", size="400k") as out:

@@ -93,7 +93,8 @@ def check_layout(output: Path, fmt: str) -> None:
         runs, or ``format = "parquet"`` and ``runs`` is a Delta table.
     """
     runs = output / RUNS_TABLE
-    foreign = runs.is_dir() and not _is_delta(runs) and any(runs.iterdir())
+    # Parquet runs are folders; a first Delta run killed early leaves files only
+    foreign = runs.is_dir() and any(p.is_dir() and p.name != "_delta_log" for p in runs.iterdir())
     if fmt == "delta" and ((output / "current").is_symlink() or foreign):
         raise PublishError(
             f'[output] format = "delta", but {str(output)!r} holds Parquet runs '
