@@ -158,11 +158,9 @@ def latest_run(output: str | Path) -> dict[str, Any]:
     return {**row, "tables": json.loads(row["tables"]), "manifest": json.loads(row["manifest"])}
 
 
-def _sync_table(path: Path, version: int) -> None:
-    """Flush a table's data files and the commit of ``version`` to disk."""
-    from deltalake import DeltaTable
-
-    for uri in DeltaTable(str(path), version=version).file_uris():
+def _sync_table(path: Path, version: int, files: list[str]) -> None:
+    """Flush a table's data files ``files`` and the commit of ``version`` to disk."""
+    for uri in files:
         fsync_path(Path(uri.removeprefix("file://")))
     fsync_path(path)
     log_dir = path / "_delta_log"
@@ -182,8 +180,9 @@ def _write(path: Path, frame: pl.DataFrame, metadata: dict[str, str]) -> int:
         writer_properties=WriterProperties(compression="ZSTD", compression_level=3),
         commit_properties=CommitProperties(custom_metadata=metadata),
     )
-    version = DeltaTable(str(path)).version()
-    _sync_table(path, version)
+    table = DeltaTable(str(path))  # we hold the lock: the latest version is ours
+    version = table.version()
+    _sync_table(path, version, table.file_uris())
     return version
 
 
