@@ -82,6 +82,26 @@ def test_delta_tables_hold_the_parquet_numbers_and_travel_back(tmp_path: Path) -
     assert {h["pooljob.schema_version"] for h in commits} == {SCHEMA_VERSION}
 
 
+def test_the_docs_readers_run_as_written(tmp_path: Path, monkeypatch) -> None:
+    """docs/outputs.md's polars and pandas readers of one consistent run."""
+    import re
+
+    assert main(["--quiet", "run", str(_job(tmp_path, path="out/income"))]) == 0
+    run = latest_run(tmp_path / "out" / "income")
+    text = (Path(__file__).resolve().parent.parent / "docs" / "outputs.md").read_text()
+    section = text[text.index("## Delta Lake tables") :]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    readers = [b for b in blocks if "read_delta" in b or "to_pandas" in b]
+    assert len(readers) == 2
+    monkeypatch.chdir(tmp_path)
+    for block in readers:
+        names: dict[str, object] = {}
+        exec(compile(block, "docs/outputs.md", "exec"), names)
+        estimates = names["estimates"]
+        assert set(estimates["run_id"]) == {run["run_id"]}
+        assert len(estimates) == _read(tmp_path / "out" / "income", "estimates").height
+
+
 def test_keep_runs_vacuums_older_versions(tmp_path: Path) -> None:
     cfg = _job(tmp_path, keep_runs=2)
     out = tmp_path / "out"
