@@ -252,6 +252,20 @@ def test_config_errors_and_mixed_layouts_are_one_line(tmp_path: Path, capsys, mo
     assert "Delta tables" in capsys.readouterr().err
 
 
+def test_a_key_column_named_run_id_is_published_as_run_id_key(tmp_path: Path) -> None:
+    from pooljob.outputs.frames import published_names
+
+    assert published_names(["Run_ID", "store"]) == {"Run_ID": "Run_ID_key", "store": "store"}
+    write_rows(tmp_path / "data" / "part-0.parquet")
+    rows = pl.read_parquet(tmp_path / "data" / "part-0.parquet")
+    rows.rename({"store": "run_id"}).write_parquet(tmp_path / "data" / "part-0.parquet")
+    cfg = write_config(tmp_path, "sales ~ 1 + (1 | run_id)", format="delta")
+    assert main(["--quiet", "run", str(cfg)]) == 0
+    estimates = _read(tmp_path / "out", "estimates")
+    assert "run_id_key" in estimates.columns
+    assert estimates["run_id"].unique().to_list() == [latest_run(tmp_path / "out")["run_id"]]
+
+
 def delta_schema(out: Path) -> dict:
     """Each Delta table's columns (Delta types) and the fields of its commit info."""
     tables = {}

@@ -237,10 +237,11 @@ def publish_delta(
     try:
         output.mkdir(parents=True, exist_ok=True)
         previous = _runs_rows(output)
-        versions = {}
-        for name, frame in tables.items():
-            table = _with_run_id(frame, run_id, name)
-            versions[name] = _write(output / name, table, table_metadata(run_id, name))
+        frames = {name: _with_run_id(frame, run_id, name) for name, frame in tables.items()}
+        versions = {
+            name: _write(output / name, frame, table_metadata(run_id, name))
+            for name, frame in frames.items()
+        }
         sequence = (previous[-1]["sequence"] if previous else 0) + 1
         row = {
             RUN_ID: run_id,
