@@ -1,7 +1,8 @@
 """Command line: ``pooljob run CONFIG``, ``pooljob validate CONFIG``, ``pooljob demo-data DIR``.
 
 ``pooljob report RUN_DIR [--output FILE]`` writes the report of a published
-run (default ``report.html`` in the working directory; never into the run).
+run (default ``report.html`` in the working directory; never into the run);
+for an output path of Delta tables, of its latest complete run.
 ``pooljob explain CONFIG`` prints the SQL a run would send to DuckDB.
 Exit codes: 0 success; 2 bad config or formula; 3 bad input data; 4 output
 locked by another run; 5 outputs could not be written; 6 the fit did not
@@ -290,7 +291,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
             f"--output {args.output!r} is inside the run {str(run_dir)!r}, and a published run "
             "never changes; write the report elsewhere, e.g. --output report.html"
         )
-    path = write_report(args.run_dir, args.grouping, output)
+    if (run_dir / "runs" / "_delta_log").is_dir():  # a Delta output: its latest complete run
+        import tempfile
+
+        from pooljob.outputs.delta import export_run, require_deltalake
+
+        require_deltalake()
+        with tempfile.TemporaryDirectory() as tmp:
+            export_run(run_dir, Path(tmp))
+            path = write_report(tmp, args.grouping, output)
+    else:
+        path = write_report(args.run_dir, args.grouping, output)
     if not args.quiet:
         print(f"report written to {path}")
     return 0
@@ -394,7 +405,9 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         "report", help="write the report.html of a published run (the run is not changed)"
     )
     p_rep.add_argument(
-        "run_dir", metavar="RUN_DIR", help="a run directory, e.g. out/income/current"
+        "run_dir",
+        metavar="RUN_DIR",
+        help="a run directory, e.g. out/income/current, or the [output] path of Delta tables",
     )
     p_rep.add_argument(
         "--output",

@@ -94,6 +94,6 @@ def output_format(out: dict[str, Any], problems: list[str]) -> str:
     if fmt == "delta" and out.get("report") is True:
         problems.append(
             '[output] report = true needs format = "parquet": a Delta output publishes tables '
-            "only (pooljob report reads a Parquet run folder)"
+            "only; write the report with: pooljob report OUTPUT_PATH"
         )
     return fmt

@@ -47,14 +47,15 @@ from typing import Any
 import polars as pl
 
 from pooljob.durable import fsync_path
-from pooljob.errors import ConfigError, PooljobError, PublishError
+from pooljob.errors import ConfigError, InputError, PooljobError, PublishError
 from pooljob.outputs.oserror import errno_of, os_error
-from pooljob.outputs.schema import SCHEMA_VERSION, table_metadata
+from pooljob.outputs.schema import SCHEMA_VERSION, table_metadata, write_table
 
 __all__ = [
     "RUNS_TABLE",
     "DeltaRun",
     "check_layout",
+    "export_run",
     "latest_run",
     "publish_delta",
     "require_deltalake",
@@ -156,6 +157,41 @@ def latest_run(output: str | Path) -> dict[str, Any]:
         raise PublishError(f"{str(output)!r} holds no pooljob Delta run (no runs/_delta_log)")
     row = rows[-1]
     return {**row, "tables": json.loads(row["tables"]), "manifest": json.loads(row["manifest"])}
+
+
+def export_run(output: Path, directory: Path) -> dict[str, Any]:
+    """Write the latest complete run of a Delta output as a Parquet run folder.
+
+    By the protocol: each table at the version ``runs`` names, without
+    ``run_id``, as ``<table>.parquet`` (with the ``pooljob.*`` metadata),
+    and ``manifest.json``, in ``directory`` (which must exist) — what
+    ``pooljob report`` reads.
+
+    Returns
+    -------
+    dict
+        The run's row of ``runs`` (see :func:`latest_run`).
+
+    Raises
+    ------
+    InputError
+        ``output`` holds no complete run.
+    """
+    from deltalake import DeltaTable
+
+    try:
+        run = latest_run(output)
+    except PublishError as exc:
+        raise InputError(str(exc)) from None
+    for table, version in run["tables"].items():
+        arrow = DeltaTable(str(output / table), version=version).to_pyarrow_table()
+        frame = pl.from_arrow(arrow)
+        assert isinstance(frame, pl.DataFrame)
+        write_table(frame.drop(RUN_ID), directory / f"{table}.parquet", run["run_id"], table)
+    (directory / "manifest.json").write_text(
+        json.dumps(run["manifest"], indent=2) + "\n", encoding="utf-8"
+    )
+    return run
 
 
 def _sync_table(path: Path, version: int, files: list[str]) -> None:
