@@ -289,6 +289,7 @@ def publish_delta(
         }
         kept = [*previous, row][-keep_runs:]
         frame = pl.DataFrame(kept, schema=_RUNS_SCHEMA)
+        fsync_path(output)  # the tables' folders, made by a first run, before runs names them
         # the run is published by this one commit
         _write(output / RUNS_TABLE, frame, table_metadata(run_id, RUNS_TABLE))
         fsync_path(output)
