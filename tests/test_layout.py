@@ -31,7 +31,7 @@ ALLOWED = {
 }
 #: Leaves every stage may use: the named errors, durable file writes.
 SHARED = ("errors", "durable", "sql")
-IO_LIBRARIES = {"duckdb", "pyarrow", "pyspark", "sqlglot", "matplotlib"}
+IO_LIBRARIES = {"duckdb", "pyarrow", "pyspark", "sqlglot", "matplotlib", "deltalake"}
 
 
 def modules() -> dict[str, Path]:
@@ -153,10 +153,10 @@ def test_the_readme_layout_names_every_module() -> None:
 
 def test_starting_pooljob_loads_no_solver_library() -> None:
     """A cron run starts a fresh process: the CLI imports no scipy or matplotlib until needed,
-    and a run's own modules never load scipy.stats (about 0.7 s here) or matplotlib."""
+    and a run's own modules never load scipy.stats (about 0.7 s here), matplotlib or deltalake."""
     for module, banned in (
-        ("pooljob.job.cli", ("scipy", "matplotlib")),
-        ("pooljob.job.run", ("scipy.stats", "matplotlib")),
+        ("pooljob.job.cli", ("scipy", "matplotlib", "deltalake")),
+        ("pooljob.job.run", ("scipy.stats", "matplotlib", "deltalake")),
     ):
         code = (
             f"import sys, {module}; "

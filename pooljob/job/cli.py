@@ -1,7 +1,8 @@
 """Command line: ``pooljob run CONFIG``, ``pooljob validate CONFIG``, ``pooljob demo-data DIR``.
 
 ``pooljob report RUN_DIR [--output FILE]`` writes the report of a published
-run (default ``report.html`` in the working directory; never into the run).
+run (default ``report.html`` in the working directory; never into the run);
+for an output path of Delta tables, of its latest complete run.
 ``pooljob explain CONFIG`` prints the SQL a run would send to DuckDB.
 Exit codes: 0 success; 2 bad config or formula; 3 bad input data; 4 output
 locked by another run; 5 outputs could not be written; 6 the fit did not
@@ -173,7 +174,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(_poststratified_text(outcome.poststratified))
         if outcome.predictions is not None:
             print(_predictions_text(outcome.predictions))
-        print(f"published: {config.output.path / 'current'} -> runs/{outcome.run_id}")
+        if config.output.format == "delta":
+            print(f"published: {config.output.path} (Delta tables, run {outcome.run_id})")
+        else:
+            print(f"published: {config.output.path / 'current'} -> runs/{outcome.run_id}")
     return 0
 
 
@@ -240,6 +244,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from pooljob.scan.schema import check_schema
 
     config = load_config(args.config)
+    if config.output.format == "delta":
+        from pooljob.outputs.delta import require_deltalake
+
+        require_deltalake()
     variance = config.model.sampling_variance
     with open_source(config) as source:  # on the config's engine: Spark reads its own schema
         if config.model.rollup is not None:
@@ -305,7 +313,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
             f"--output {args.output!r} is inside the run {str(run_dir)!r}, and a published run "
             "never changes; write the report elsewhere, e.g. --output report.html"
         )
-    path = write_report(args.run_dir, args.grouping, output)
+    if (run_dir / "runs" / "_delta_log").is_dir():  # a Delta output: its latest complete run
+        import tempfile
+
+        from pooljob.outputs.delta import export_run, require_deltalake
+
+        require_deltalake()
+        with tempfile.TemporaryDirectory() as tmp:
+            export_run(run_dir, Path(tmp))
+            path = write_report(tmp, args.grouping, output)
+    else:
+        path = write_report(args.run_dir, args.grouping, output)
     if not args.quiet:
         print(f"report written to {path}")
     return 0
@@ -409,7 +427,9 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         "report", help="write the report.html of a published run (the run is not changed)"
     )
     p_rep.add_argument(
-        "run_dir", metavar="RUN_DIR", help="a run directory, e.g. out/income/current"
+        "run_dir",
+        metavar="RUN_DIR",
+        help="a run directory, e.g. out/income/current, or the [output] path of Delta tables",
     )
     p_rep.add_argument(
         "--output",

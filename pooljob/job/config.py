@@ -25,6 +25,7 @@ Example:
     keep_runs = 5
     report = true            # optional: report.html (needs pooljob[report])
     incremental = true       # default: a path source is refreshed from <path>/state
+    format = "parquet"       # or "delta": Delta tables (needs pooljob[delta])
     [engine]                 # optional
     threads = 2
     memory_limit = "4GB"
@@ -62,6 +63,7 @@ from typing import Any
 from pooljob.errors import ConfigError, FormulaError
 from pooljob.job.sections import (
     benchmark_section,
+    output_format,
     poststratify_section,
     predict_section,
     resolve_path,
@@ -103,6 +105,7 @@ _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
         "report": bool,
         "report_grouping": str,
         "incremental": bool,
+        "format": str,
     },
     "engine": {"threads": int, "memory_limit": str, "kind": str, "master": str, "conf": dict},
     "poststratify": {"path": str, "weight": str, "by": list, "draws": int, "seed": int},
@@ -161,6 +164,7 @@ class OutputConfig:
     report: bool = False  # publish report.html with the run
     report_grouping: str | None = None  # the grouping the report draws; default the finest
     incremental: bool = True  # path sources: refresh from the statistics store in <path>/state
+    format: str = "parquet"  # or "delta": Delta tables (pooljob.outputs.delta)
 
 
 @dataclass(frozen=True)
@@ -410,6 +414,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             report_grouping = resolve_grouping(names, report_grouping)
         except ConfigError as exc:
             problems.append(f"[output] {exc}")
+    fmt = output_format(out_raw, problems)
     post = poststratify_section(raw, base, problems)
     predict = predict_section(raw, base, problems)
     groupings = formula.groupings if formula is not None else None
@@ -458,6 +463,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             report=out_raw.get("report") is True,
             report_grouping=report_grouping if isinstance(report_grouping, str) else None,
             incremental=out_raw.get("incremental") is not False,
+            format=fmt,
         ),
         engine=engine,
         raw=raw,

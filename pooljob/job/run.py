@@ -8,6 +8,7 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from pooljob.job.logs import log_context, log_event
 from pooljob.job.progress import Progress
 from pooljob.job.refresh import Refresh, fit_refreshed
 from pooljob.outputs.benchmark import BenchmarkTables, benchmark_estimates, read_benchmark
+from pooljob.outputs.delta import check_layout, publish_delta, require_deltalake
 from pooljob.outputs.poststratify import poststratify, read_population, require_population
 from pooljob.outputs.predict import predict, read_cells, require_cells
 from pooljob.outputs.publish import new_run_id, publish
@@ -84,6 +86,10 @@ def build_manifest(
     refresh: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The manifest: the fit's numbers, row accounting, input, config, versions, timings."""
+
+    def suffix(table: str) -> str:  # a Parquet file, or a Delta table (a folder)
+        return f"{table}.parquet" if config.output.format == "parquet" else table
+
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
@@ -92,9 +98,10 @@ def build_manifest(
         "refresh": refresh,
         "components": result.components.to_dicts(),
         "coefficients": result.coefficients.to_dicts(),
-        "outputs": [f"{name}.parquet" for name in OUTPUT_TABLES]
-        + ([f"{POSTSTRATIFIED}.parquet"] if config.poststratify is not None else [])
-        + ([f"{PREDICTIONS}.parquet"] if config.predict is not None else [])
+        "format": config.output.format,
+        "outputs": [suffix(name) for name in OUTPUT_TABLES]
+        + ([suffix(POSTSTRATIFIED)] if config.poststratify is not None else [])
+        + ([suffix(PREDICTIONS)] if config.predict is not None else [])
         + ([REPORT] if config.output.report else []),
         "config": config.raw,
         "config_file": str(config.file),
@@ -236,6 +243,37 @@ def _predict(config: Config, result: FitResult, watch: Progress) -> pl.DataFrame
     return out
 
 
+def _publish_delta(
+    config: Config,
+    run_id: str,
+    tables: dict[str, pl.DataFrame],
+    make_manifest: Callable[[float], dict[str, Any]],
+    watch: Progress,
+) -> Path:
+    """Publish the tables as Delta versions and record the run in ``runs``; the output path."""
+    t_w = time.perf_counter()
+    with watch.stage("publish"):
+        done = publish_delta(
+            config.output.path,
+            run_id,
+            tables,
+            lambda: make_manifest(t_w),
+            config.output.keep_runs,
+        )
+    t_pub = time.perf_counter() - t_w
+    log_event(
+        "publish",
+        "publish: Delta tables %s, run %d in runs (%.3f s)",
+        ", ".join(f"{name} v{version}" for name, version in done.tables.items()),
+        done.sequence,
+        t_pub,
+        **_stage("publish", t_pub),
+        delta_versions=done.tables,
+        sequence=done.sequence,
+    )
+    return config.output.path
+
+
 def run(config: Config, progress: Progress | bool = False, full: bool = False) -> RunOutcome:
     """Run the job described by ``config`` and publish its outputs.
 
@@ -268,7 +306,10 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
         from pooljob.scan.spark import require_spark
 
         require_spark()
+    if config.output.format == "delta":
+        require_deltalake()
     with output_lock(config.output.path, run_id), log_context(run_id=run_id), watch.running():
+        check_layout(config.output.path, config.output.format)
         what = src.path or src.table or "query"
         log_event("start", "run %s: reading %s", run_id, what, source=what)
         before = snapshot(src)
@@ -330,35 +371,29 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
         timings = {"open": t_open - t0, **result.timings}
         input_fingerprint = fingerprint(before)
 
+        tables = {name: getattr(result, name) for name in OUTPUT_TABLES}
+        if poststratified is not None:
+            tables[POSTSTRATIFIED] = poststratified
+        if predictions is not None:
+            tables[PREDICTIONS] = predictions
+        manifest: dict[str, Any] = {}
+
+        def make_manifest(t_w: float) -> dict[str, Any]:
+            timings["write"] = time.perf_counter() - t_w
+            timings["total"] = time.perf_counter() - t0
+            manifest.update(
+                build_manifest(
+                    config, result, run_id, started, timings, input_fingerprint, refresh.manifest()
+                )
+            )
+            return manifest
+
         def write(directory: Path) -> None:
             t_w = time.perf_counter()
             with watch.stage("write"):
-                for name in OUTPUT_TABLES:
-                    write_table(getattr(result, name), directory / f"{name}.parquet", run_id, name)
-                if poststratified is not None:
-                    write_table(
-                        poststratified,
-                        directory / f"{POSTSTRATIFIED}.parquet",
-                        run_id,
-                        POSTSTRATIFIED,
-                    )
-                if predictions is not None:
-                    write_table(
-                        predictions, directory / f"{PREDICTIONS}.parquet", run_id, PREDICTIONS
-                    )
-                timings["write"] = time.perf_counter() - t_w
-                timings["total"] = time.perf_counter() - t0
-                manifest.update(
-                    build_manifest(
-                        config,
-                        result,
-                        run_id,
-                        started,
-                        timings,
-                        input_fingerprint,
-                        refresh.manifest(),
-                    )
-                )
+                for name, table in tables.items():
+                    write_table(table, directory / f"{name}.parquet", run_id, name)
+                make_manifest(t_w)
                 (directory / "manifest.json").write_text(
                     json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8"
                 )
@@ -370,7 +405,6 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
                     write_report(directory, config.output.report_grouping)
                 log.info("report: %s (%.3f s)", REPORT, time.perf_counter() - t_r)
 
-        manifest: dict[str, Any] = {}
         written: list[float] = []
 
         def write_all(directory: Path) -> None:
@@ -378,13 +412,19 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
             written.append(time.perf_counter())
             stages.enter_context(watch.stage("publish"))  # ends when publish returns
 
-        with ExitStack() as stages:
-            run_dir = publish(config.output.path, run_id, write_all, config.output.keep_runs)
-        t_end = time.perf_counter()
-        t_pub = t_end - written[0]  # sync, rename, swap of current, pruning
-        log_event(
-            "publish", "publish: current -> %s (%.3f s)", run_dir, t_pub, **_stage("publish", t_pub)
-        )
+        if config.output.format == "delta":
+            run_dir = _publish_delta(config, run_id, tables, make_manifest, watch)
+        else:
+            with ExitStack() as stages:
+                run_dir = publish(config.output.path, run_id, write_all, config.output.keep_runs)
+            t_pub = time.perf_counter() - written[0]  # sync, rename, swap of current, pruning
+            log_event(
+                "publish",
+                "publish: current -> %s (%.3f s)",
+                run_dir,
+                t_pub,
+                **_stage("publish", t_pub),
+            )
         if refresh.pending is not None:
             with watch.stage("state"):
                 refresh.save(config.output.path, run_id)  # only now: the store follows `current`

@@ -18,6 +18,9 @@ from pooljob.model.options import (
 )
 from pooljob.model.terms import Grouping
 
+#: ``[output] format``: Parquet run folders (pooljob.outputs.publish) or Delta tables.
+FORMATS = ("parquet", "delta")
+
 
 def resolve_path(base: Path, value: str) -> str:
     """``value`` relative to ``base`` (a URL as given)."""
@@ -109,3 +112,19 @@ def benchmark_section(
     section, found = check_benchmark(given, groupings)
     problems.extend(f"[{p.replace('benchmark ', 'benchmark] ', 1)}" for p in found)
     return section
+
+
+def output_format(out: dict[str, Any], problems: list[str]) -> str:
+    """``[output] format``: ``"parquet"`` (default) or ``"delta"`` (not with ``report``)."""
+    fmt = out.get("format", "parquet")
+    if not isinstance(fmt, str):
+        return "parquet"  # the wrong type is reported with the others
+    if fmt not in FORMATS:
+        problems.append(f"[output] format = {fmt!r} must be one of: " + ", ".join(FORMATS))
+        return "parquet"
+    if fmt == "delta" and out.get("report") is True:
+        problems.append(
+            '[output] report = true needs format = "parquet": a Delta output publishes tables '
+            "only; write the report with: pooljob report OUTPUT_PATH"
+        )
+    return fmt

@@ -46,9 +46,9 @@ ESTIMATE_COLUMNS = (
 #: Columns of the published tables that a key column must not shadow (compared
 #: case-insensitively, as DuckDB compares identifiers): those of estimates.parquet,
 #: effects.parquet (``level``, ``term``, ``cond_sd``), poststratified.parquet
-#: (``population``) and predictions.parquet (``unseen``).
+#: (``population``), predictions.parquet (``unseen``) and every Delta table (``run_id``).
 RESERVED = frozenset(
-    {"grouping", *ESTIMATE_COLUMNS, "level", "term", "cond_sd", "population", "unseen"}
+    {"grouping", *ESTIMATE_COLUMNS, "level", "term", "cond_sd", "population", "unseen", "run_id"}
 )
 
 

@@ -106,6 +106,8 @@ def load_run(directory: str | Path) -> RunData:
         hint = (
             f"; it looks like an output path, use {str(path / 'current')!r}"
             if (path / "current").exists()
+            else "; it holds Delta tables: give it to pooljob report, which reads them"
+            if (path / "runs" / "_delta_log").is_dir() or (path / "_delta_log").is_dir()
             else ""
         )
         raise InputError(

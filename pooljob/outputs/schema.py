@@ -4,7 +4,8 @@
 and types of every table and the fields of ``manifest.json``.  A run writes
 it into the manifest (``schema_version``) and into the key-value metadata of
 every Parquet file it publishes (``pooljob.schema_version``, with
-``pooljob.run_id`` and ``pooljob.table``).  A change a reader could notice
+``pooljob.run_id`` and ``pooljob.table``), or of every Delta commit it makes
+(``format = "delta"``, pooljob.outputs.delta).  A change a reader could notice
 bumps it and is recorded in CHANGELOG.md: the major number when a reader of
 the old schema could break (a column removed, renamed or retyped), the minor
 one for additions; the golden schemas of ``tests/data/schemas/`` make sure

@@ -1,0 +1,329 @@
+"""Publish a run as Delta Lake tables (``[output] format = "delta"``), with delta-rs.
+
+Layout under ``[output] path``::
+
+    estimates/  effects/  coefficients/  components/    one Delta table per published table
+    poststratified/  predictions/                       (with [poststratify], [predict])
+    runs/                                               a Delta table: the readable runs
+    state/  .lock                                       as with format = "parquet"
+
+Every run is one ``overwrite`` commit of each table, whose rows carry a last
+column ``run_id`` and whose commit info carries ``pooljob.run_id``,
+``pooljob.schema_version`` and ``pooljob.table`` (the key-value metadata of
+the Parquet files of ``format = "parquet"``).  The tables are written one
+after the other, each synced to disk, and then ``runs`` is overwritten in
+one commit with one row per readable run: ``run_id``, ``sequence``,
+``finished_at``, ``schema_version``, ``tables`` (JSON: each table's Delta
+version written by the run) and ``manifest`` (JSON).  A Delta commit is
+atomic, so a run killed at any moment leaves every table at a complete
+version, and ``runs`` naming only runs all of whose tables were committed.
+
+**The protocol for a consistent run**: read ``runs`` (its latest version),
+take the row with the greatest ``sequence``, and open each table at the
+version ``tables`` names (time travel by version).  :func:`latest_run`
+does the first step.  Reading a table's latest version instead gives a
+complete table, but after a run killed between two tables, not
+necessarily the same run as another table's latest version: its
+``run_id`` column tells.
+
+**Retention** (``keep_runs``): ``runs`` keeps the last ``keep_runs`` runs;
+after each run every table is vacuumed (delta-rs, with no retention period)
+keeping the files of the versions those runs name, and removing the files
+of older versions and of killed runs.  The commit log itself is kept as
+Delta keeps it (``delta.logRetentionDuration``, 30 days by default, once a
+checkpoint is written every 100 commits).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pooljob.durable import fsync_path
+from pooljob.errors import ConfigError, InputError, PooljobError, PublishError
+from pooljob.outputs.oserror import errno_of, os_error
+from pooljob.outputs.schema import SCHEMA_VERSION, table_metadata, write_table
+
+__all__ = [
+    "RUNS_TABLE",
+    "DeltaRun",
+    "check_layout",
+    "export_run",
+    "latest_run",
+    "publish_delta",
+    "require_deltalake",
+]
+
+#: The Delta table of the readable runs.
+RUNS_TABLE = "runs"
+#: The column every Delta table gains.
+RUN_ID = "run_id"
+
+log = logging.getLogger("pooljob")
+
+
+def require_deltalake() -> None:
+    """Import deltalake or raise a one-line ConfigError saying how to install it."""
+    try:
+        import deltalake  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            '[output] format = "delta" needs the deltalake package, which is not installed; '
+            "install it with: pip install 'pooljob[delta]'"
+        ) from None
+
+
+def _is_delta(path: Path) -> bool:
+    return (path / "_delta_log").is_dir()
+
+
+def check_layout(output: Path, fmt: str) -> None:
+    """Refuse to publish one format into an output path that holds the other.
+
+    Raises
+    ------
+    PublishError
+        ``format = "delta"`` and the path has a ``current`` link of Parquet
+        runs, or ``format = "parquet"`` and ``runs`` is a Delta table.
+    """
+    runs = output / RUNS_TABLE
+    # Parquet runs are folders; a first Delta run killed early leaves files only
+    foreign = runs.is_dir() and any(p.is_dir() and p.name != "_delta_log" for p in runs.iterdir())
+    if fmt == "delta" and ((output / "current").is_symlink() or foreign):
+        raise PublishError(
+            f'[output] format = "delta", but {str(output)!r} holds Parquet runs '
+            "(current -> runs/...); choose another [output] path or remove them"
+        )
+    if fmt == "parquet" and _is_delta(runs):
+        raise PublishError(
+            f'[output] format = "parquet", but {str(output)!r} holds Delta tables '
+            '(runs/_delta_log); set format = "delta" or choose another [output] path'
+        )
+
+
+@dataclass(frozen=True)
+class DeltaRun:
+    """A run published as Delta tables.
+
+    Attributes
+    ----------
+    run_id : str
+    sequence : int
+        1 for the first run published on the output path, then one more per run.
+    tables : dict
+        Each table's Delta version written by the run.
+    """
+
+    run_id: str
+    sequence: int
+    tables: dict[str, int]
+
+
+def _runs_rows(output: Path) -> list[dict[str, Any]]:
+    """The rows of the ``runs`` table, oldest first (none if it does not exist yet)."""
+    from deltalake import DeltaTable
+
+    runs = output / RUNS_TABLE
+    if not _is_delta(runs):
+        return []
+    rows = pl.from_arrow(DeltaTable(str(runs)).to_pyarrow_table())
+    assert isinstance(rows, pl.DataFrame)
+    return rows.sort("sequence").to_dicts()
+
+
+def latest_run(output: str | Path) -> dict[str, Any]:
+    """The row of ``runs`` with the greatest ``sequence``: the latest complete run.
+
+    Returns
+    -------
+    dict
+        ``run_id``, ``sequence``, ``finished_at``, ``schema_version``,
+        ``tables`` (table -> Delta version) and ``manifest`` (parsed).
+
+    Raises
+    ------
+    PublishError
+        ``output`` holds no ``runs`` Delta table.
+    """
+    rows = _runs_rows(Path(output))
+    if not rows:
+        raise PublishError(f"{str(output)!r} holds no pooljob Delta run (no runs/_delta_log)")
+    row = rows[-1]
+    return {**row, "tables": json.loads(row["tables"]), "manifest": json.loads(row["manifest"])}
+
+
+def export_run(output: Path, directory: Path) -> dict[str, Any]:
+    """Write the latest complete run of a Delta output as a Parquet run folder.
+
+    By the protocol: each table at the version ``runs`` names, without
+    ``run_id``, as ``<table>.parquet`` (with the ``pooljob.*`` metadata),
+    and ``manifest.json``, in ``directory`` (which must exist) — what
+    ``pooljob report`` reads.
+
+    Returns
+    -------
+    dict
+        The run's row of ``runs`` (see :func:`latest_run`).
+
+    Raises
+    ------
+    InputError
+        ``output`` holds no complete run.
+    """
+    from deltalake import DeltaTable
+
+    try:
+        run = latest_run(output)
+    except PublishError as exc:
+        raise InputError(str(exc)) from None
+    for table, version in run["tables"].items():
+        arrow = DeltaTable(str(output / table), version=version).to_pyarrow_table()
+        frame = pl.from_arrow(arrow)
+        assert isinstance(frame, pl.DataFrame)
+        write_table(frame.drop(RUN_ID), directory / f"{table}.parquet", run["run_id"], table)
+    (directory / "manifest.json").write_text(
+        json.dumps(run["manifest"], indent=2) + "\n", encoding="utf-8"
+    )
+    return run
+
+
+def _sync_table(path: Path, version: int, files: list[str]) -> None:
+    """Flush a table's data files ``files`` and the commit of ``version`` to disk."""
+    for uri in files:
+        fsync_path(Path(uri.removeprefix("file://")))
+    fsync_path(path)
+    log_dir = path / "_delta_log"
+    fsync_path(log_dir / f"{version:020d}.json")
+    fsync_path(log_dir)
+
+
+def _write(path: Path, frame: pl.DataFrame, metadata: dict[str, str]) -> int:
+    """Overwrite the Delta table ``path`` with ``frame`` in one commit; its new version."""
+    from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
+
+    write_deltalake(
+        str(path),
+        frame.rechunk().to_arrow(),  # one batch: delta-rs may reorder batches
+        mode="overwrite",
+        schema_mode="overwrite",  # a new model may publish other key columns
+        writer_properties=WriterProperties(compression="ZSTD", compression_level=3),
+        commit_properties=CommitProperties(custom_metadata=metadata),
+    )
+    table = DeltaTable(str(path))  # we hold the lock: the latest version is ours
+    version = table.version()
+    _sync_table(path, version, table.file_uris())
+    return version
+
+
+def _with_run_id(frame: pl.DataFrame, run_id: str, table: str) -> pl.DataFrame:
+    if any(c.lower() == RUN_ID for c in frame.columns):
+        raise PublishError(
+            f"table {table} has a column named {RUN_ID!r}, the column a Delta table adds; "
+            "rename that column of the source"
+        )
+    return frame.with_columns(pl.lit(run_id, dtype=pl.String).alias(RUN_ID))
+
+
+def _vacuum(path: Path, versions: list[int]) -> None:
+    """Remove the files of ``path`` that neither its latest version nor ``versions`` use."""
+    from deltalake import DeltaTable
+
+    DeltaTable(str(path)).vacuum(
+        retention_hours=0,
+        dry_run=False,
+        enforce_retention_duration=False,
+        keep_versions=sorted(set(versions)),
+        full=True,  # also the files of a killed run, never committed
+    )
+
+
+def publish_delta(
+    output: Path,
+    run_id: str,
+    tables: dict[str, pl.DataFrame],
+    manifest: Callable[[], dict[str, Any]],
+    keep_runs: int,
+) -> DeltaRun:
+    """Write every table as a new version of its Delta table, then record the run in ``runs``.
+
+    Parameters
+    ----------
+    output : Path
+        ``[output] path``.
+    run_id : str
+    tables : dict
+        Table name -> frame, in the order they are written.
+    manifest : callable
+        The run's manifest, called once the tables are written.
+    keep_runs : int
+        How many runs stay readable (rows of ``runs``, versions kept by vacuum).
+
+    Returns
+    -------
+    DeltaRun
+    """
+    check_layout(output, "delta")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        previous = _runs_rows(output)
+        frames = {name: _with_run_id(frame, run_id, name) for name, frame in tables.items()}
+        versions = {
+            name: _write(output / name, frame, table_metadata(run_id, name))
+            for name, frame in frames.items()
+        }
+        sequence = (previous[-1]["sequence"] if previous else 0) + 1
+        row = {
+            RUN_ID: run_id,
+            "sequence": sequence,
+            "finished_at": datetime.now(UTC),
+            "schema_version": SCHEMA_VERSION,
+            "tables": json.dumps(versions),
+            "manifest": json.dumps(manifest(), default=str),
+        }
+        kept = [*previous, row][-keep_runs:]
+        frame = pl.DataFrame(kept, schema=_RUNS_SCHEMA)
+        fsync_path(output)  # the tables' folders, made by a first run, before runs names them
+        # the run is published by this one commit
+        _write(output / RUNS_TABLE, frame, table_metadata(run_id, RUNS_TABLE))
+        fsync_path(output)
+    except PooljobError:
+        raise
+    except Exception as exc:
+        if errno_of(exc) is not None:
+            raise os_error("write the Delta tables to", output, exc) from None
+        first = (str(exc).splitlines() or [""])[0]
+        raise PublishError(
+            f"could not write the Delta tables to {str(output)!r}: {type(exc).__name__}: {first}"
+        ) from None
+    _retain(output, kept)
+    return DeltaRun(run_id=run_id, sequence=sequence, tables=versions)
+
+
+_RUNS_SCHEMA: dict[str, pl.DataType] = {
+    RUN_ID: pl.String(),
+    "sequence": pl.Int64(),
+    "finished_at": pl.Datetime("us", "UTC"),
+    "schema_version": pl.String(),
+    "tables": pl.String(),
+    "manifest": pl.String(),
+}
+
+
+def _retain(output: Path, kept: list[dict[str, Any]]) -> None:
+    """Vacuum every table, keeping the versions the kept runs name (a failure only warns)."""
+    wanted: dict[str, list[int]] = {}
+    for row in kept:
+        for name, version in json.loads(row["tables"]).items():
+            wanted.setdefault(name, []).append(int(version))
+    for name in [*wanted, RUNS_TABLE]:
+        try:
+            _vacuum(output / name, wanted.get(name, []))
+        except Exception as exc:  # published: old files merely stay
+            log.warning("published, but vacuuming Delta table %s failed: %s", name, exc)
