@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pooljob.errors import ConfigError
 from pooljob.model.area_options import area_option_problems
 from pooljob.model.formula import parse_formula
+from pooljob.model.interval_options import interval_method_problems
 from pooljob.model.options import (
     DEFAULT_MAX_EVALUATIONS,
     FAMILIES,
@@ -33,6 +34,7 @@ def fit(
     on_nonconvergence: Literal["fail", "publish"] = "fail",
     rollup: dict[str, str] | None = None,
     sampling_variance: str | None = None,
+    interval_method: Literal["plugin", "prasad-rao"] = "plugin",
 ) -> FitResult:
     """Fit a multilevel model from DuckDB sufficient statistics.
 
@@ -75,6 +77,14 @@ def fit(
         estimate and this column its known sampling variance (> 0); the
         formula is ``y ~ x… + (1 | area)``.  ``estimates`` gains ``rmse``
         (docs/models.md, "Area-level models").
+    interval_method : {"plugin", "prasad-rao"}
+        ``lower``/``upper`` of the estimates as ``estimate ∓ z·std_error``,
+        the variance components taken as known (``"plugin"``, lme4's and
+        metafor's), or ``estimate ∓ z·rmse`` with ``rmse`` the second-order
+        MSE that adds their uncertainty (``"prasad-rao"``: Gaussian, random
+        intercepts, REML for unit-level models; docs/outputs.md).  With few
+        groups the plug-in intervals cover less than they say
+        (docs/small-area.md).
 
     Returns
     -------
@@ -103,9 +113,12 @@ def fit(
     problems += rollup_problems
     if sampling_variance is not None:
         problems += area_option_problems(parsed, family, sampling_variance)
+    problems += interval_method_problems(
+        interval_method, parsed, family, method, sampling_variance is not None
+    )
     if problems:
         raise ConfigError("; ".join(problems))
-    control = Control(max_evaluations, on_nonconvergence)
+    control = Control(max_evaluations, on_nonconvergence, interval_method)
     with open_data(data) as source:
         return fit_source(
             parsed,

@@ -55,6 +55,7 @@ from pooljob.errors import ConfigError, FormulaError
 from pooljob.job.sections import poststratify_section, predict_section, resolve_path
 from pooljob.model.area_options import area_option_problems
 from pooljob.model.formula import Formula, parse_formula
+from pooljob.model.interval_options import interval_method_problems
 from pooljob.model.options import (
     DEFAULT_MAX_EVALUATIONS,
     FAMILIES,
@@ -85,6 +86,7 @@ _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "output": {
         "path": str,
         "interval": (float, int),
+        "interval_method": str,
         "keep_runs": int,
         "report": bool,
         "report_grouping": str,
@@ -135,6 +137,7 @@ class OutputConfig:
 
     path: Path
     interval: float = 0.95
+    interval_method: str = "plugin"  # or "prasad-rao": lower/upper from rmse
     keep_runs: int = 5
     report: bool = False  # publish report.html with the run
     report_grouping: str | None = None  # the grouping the report draws; default the finest
@@ -179,6 +182,12 @@ class Config:
     raw: dict[str, Any]
     poststratify: PoststratifyConfig | None = None
     predict: PredictConfig | None = None
+
+    @property
+    def control(self) -> Control:
+        """The fit's options: the optimizer's (``[model]``) and the interval method."""
+        m = self.model
+        return Control(m.max_evaluations, m.on_nonconvergence, self.output.interval_method)
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
@@ -411,6 +420,11 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             problems.append(
                 '[model] sampling_variance (an area-level model) runs on [engine] kind = "duckdb"'
             )
+    interval_method = out_raw.get("interval_method", "plugin")
+    if isinstance(interval_method, str):  # other types are reported by _check_types
+        area = isinstance(variance, str)
+        checks = interval_method_problems(interval_method, formula, family, method, area)
+        problems.extend(f"[output] {p}" for p in checks)
     if problems:
         raise ConfigError(f"config {str(file)!r}: " + "; ".join(problems))
     assert formula is not None and isinstance(out_path, str)
@@ -429,6 +443,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
         output=OutputConfig(
             path=Path(resolve_path(base, out_path)),
             interval=float(interval),
+            interval_method=str(interval_method),
             keep_runs=int(keep_runs),
             report=out_raw.get("report") is True,
             report_grouping=report_grouping if isinstance(report_grouping, str) else None,

@@ -124,7 +124,7 @@ def fit_rollup(
         m.family,
         m.method,
         config.output.interval,
-        control=m.control,
+        control=config.control,
         rollup=m.rollup,
         watch=watch,
     )
