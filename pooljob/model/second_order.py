@@ -163,9 +163,7 @@ def level_g3(h: Henderson) -> Array:
     return np.asarray(g3 / h.sigma2, dtype=np.float64)
 
 
-def nested_henderson(
-    n: Array, parents: tuple[Codes, ...], tau2: Array, sigma2: float
-) -> Henderson:
+def nested_henderson(n: Array, parents: tuple[Codes, ...], tau2: Array, sigma2: float) -> Henderson:
     """The cross-products of a nested tree (leaf counts ``n``, ``parents`` top first).
 
     Levels are numbered top level first, as the tree's; the only fixed
