@@ -28,7 +28,7 @@ import numpy as np
 
 from pooljob.model.nested import NestedStats
 from pooljob.model.nested_fit import fit_nested
-from pooljob.model.second_order import level_g3, nested_henderson
+from pooljob.model.second_order import tree_g3
 
 TAU, SIGMA, MU = 1.0, 2.0, 10.0
 
@@ -45,7 +45,7 @@ def one_replication(
     parents = (np.zeros(groups, dtype=np.int64),)
     fit = fit_nested(NestedStats(n, mean, within, parents), "reml")
     level = fit.levels[0]
-    g3 = level_g3(nested_henderson(n, parents, fit.variances, fit.sigma2))
+    g3 = tree_g3(n, parents, fit.variances, fit.sigma2)
     rmse = np.sqrt(level.std_error**2 + 2.0 * g3)
     truth = MU + u
     out = []

@@ -29,7 +29,13 @@ from pooljob.model.formula import parse_formula
 from pooljob.model.nested import NestedStats
 from pooljob.model.nested_fit import fit_nested
 from pooljob.model.options import Control
-from pooljob.model.second_order import check_size, level_g3, nested_henderson
+from pooljob.model.second_order import (
+    Henderson,
+    check_size,
+    level_g3,
+    one_grouping_g3,
+    tree_g3,
+)
 from pooljob.outputs.tables import FitResult
 from pooljob.pipeline import fit_source
 from pooljob.scan.source import open_data
@@ -68,14 +74,13 @@ def _variances(fit: FitResult) -> tuple[float, dict[str, float]]:
     return sigma2, tau2
 
 
-def _reml_information(x: Any, zs: list[Any], sigma2: float, tau2: list[float]) -> Any:
-    """``½ tr(P V_i P V_j)`` over ``ψ = (σ², τ²_1, …)``, from the rows."""
-    n = x.shape[0]
+def _information(zs: list[Any], sigma2: float, tau2: list[float]) -> Any:
+    """``½ tr(V⁻¹V_i V⁻¹V_j)`` over ``ψ = (σ², τ²_1, …)``, from the rows."""
+    n = zs[0].shape[0]
     derivs = [np.eye(n)] + [z @ z.T for z in zs]
     v = sigma2 * np.eye(n) + sum(t * d for t, d in zip(tau2, derivs[1:], strict=True))
     vi = np.linalg.inv(v)
-    p = vi - vi @ x @ np.linalg.inv(x.T @ vi @ x) @ x.T @ vi
-    return np.array([[0.5 * np.trace(p @ a @ p @ b) for b in derivs] for a in derivs])
+    return np.array([[0.5 * np.trace(vi @ a @ vi @ b) for b in derivs] for a in derivs])
 
 
 def _g3_twice(fit: FitResult) -> Any:
@@ -94,8 +99,7 @@ def test_one_grouping_is_prasad_rao_closed_form() -> None:
         codes = data["g"].to_numpy()
         levels = sorted(set(codes))
         z = (codes[:, None] == np.array(levels)[None, :]).astype(float)
-        x = np.column_stack([np.ones(len(codes)), data["x"].to_numpy()])[:, : 2 if covariate else 1]
-        v = np.linalg.inv(_reml_information(x, [z], sigma2, [t2]))
+        v = np.linalg.inv(_information([z], sigma2, [t2]))
         n = z.sum(axis=0)
         closed = (
             n**-2
@@ -110,6 +114,16 @@ def test_one_grouping_is_prasad_rao_closed_form() -> None:
         )
 
 
+def test_one_grouping_closed_form_is_the_general_formula() -> None:
+    """``one_grouping_g3`` (linear) against :func:`level_g3` (dense) on ``ZᵀZ = diag(n)``."""
+    n = np.array([2.0, 5.0, 1.0, 9.0, 3.0])
+    for tau2 in (0.0, 0.4, 3.0):
+        dense = level_g3(
+            Henderson(np.diag(n), n.sum(), np.zeros(5, np.int64), np.array([tau2]), 2.5)
+        )
+        assert np.allclose(one_grouping_g3(n, tau2, 2.5), dense, rtol=1e-10, atol=0)
+
+
 def _dense_g3(data: pl.DataFrame, groupings: list[list[str]], fit: FitResult) -> dict[str, Any]:
     """Kackar–Harville's ``g3`` from the rows, the BLUP's derivative by differences."""
     sigma2, tau2 = _variances(fit)
@@ -118,7 +132,6 @@ def _dense_g3(data: pl.DataFrame, groupings: list[list[str]], fit: FitResult) ->
         data.select(pl.concat_str(g, separator="/")).to_series().to_numpy() for g in groupings
     ]
     zs = [(lab[:, None] == np.unique(lab)[None, :]).astype(float) for lab in labels]
-    x = np.ones((data.height, 1))
     psi = np.array([sigma2] + [tau2[n] for n in names])
     z = np.hstack(zs)
     widths = [zk.shape[1] for zk in zs]
@@ -137,7 +150,7 @@ def _dense_g3(data: pl.DataFrame, groupings: list[list[str]], fit: FitResult) ->
         step = np.zeros_like(psi)
         step[i] = 1e-5 * max(psi[i], 1e-3)
         derivs.append((coefficients(psi + step)[0] - coefficients(psi - step)[0]) / (2 * step[i]))
-    info_inv = np.linalg.inv(_reml_information(x, zs, sigma2, list(psi[1:])))
+    info_inv = np.linalg.inv(_information(zs, sigma2, list(psi[1:])))
     g3 = sum(
         info_inv[i, j] * np.einsum("ng,nm,mg->g", derivs[i], v0, derivs[j])
         for i in range(len(psi))
@@ -286,7 +299,7 @@ def test_simulation_prasad_rao_covers_where_plugin_does_not() -> None:
         parents = (np.zeros(groups, dtype=np.int64),)
         fit = fit_nested(NestedStats(n, mean, within, parents), "reml")
         se = fit.levels[0].std_error
-        g3 = level_g3(nested_henderson(n, parents, fit.variances, fit.sigma2))
+        g3 = tree_g3(n, parents, fit.variances, fit.sigma2)
         err = np.abs(fit.levels[0].estimate - u)
         covered["plugin"].append(np.mean(err <= Z95 * se))
         covered["prasad-rao"].append(np.mean(err <= Z95 * np.sqrt(se**2 + 2 * g3)))

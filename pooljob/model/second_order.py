@@ -12,11 +12,14 @@ Lahiri 2000, REML)::
     g1 + g2 = std_error²        (Henderson's prediction error variance at ψ̂)
     g3      = tr[ Cov(∂t̃/∂ψ) · I(ψ)⁻¹ ]
 
-where ``t̃ = āᵀβ + aᵀ b̃(ψ)`` is the BLUP with β known (as Prasad & Rao,
-``sae::mseFH`` and :mod:`pooljob.model.area` take it; the β̂ part of the
-derivative is of lower order) and ``I(ψ)`` the expected REML information.
-With ``R = WᵀW`` (``W = [X Z]``), ``Λ = diag(σ²/τ²_k)`` on the random part,
-``M_z = ZᵀZ + Λ``, ``h = M_z⁻¹ a`` and ``r = Λh``::
+where ``t̃ = āᵀβ + aᵀ b̃(ψ)`` is the BLUP with β known and ``I(ψ)`` the
+Fisher information ``½ tr(V⁻¹V_iV⁻¹V_j)``, whose inverse is the asymptotic
+covariance of the REML (and ML) estimates — as Prasad & Rao (1990), Rao &
+Molina (2015, §7.2), ``sae::mseFH`` (``Var(Â) = 2/Σ w_i²``) and
+:mod:`pooljob.model.area` take them; the parts they leave out (β̂'s share of
+the derivative, REML's correction of the information) are of lower order.
+So ``g3`` depends on the fixed effects only through ``ψ̂``.  With
+``Λ = diag(σ²/τ²_k)``, ``M_z = ZᵀZ + Λ``, ``h = M_z⁻¹ a`` and ``r = Λh``::
 
     b̃ = M_z⁻¹ Zᵀ(y − Xβ),         Cov(b̃) = Γ S_z Γ / σ²,  Γ = diag(τ²_k)
     S_z = ZᵀZ − ZᵀZ M_z⁻¹ ZᵀZ      (= σ² ZᵀV⁻¹Z)
@@ -24,22 +27,24 @@ With ``R = WᵀW`` (``W = [X Z]``), ``Λ = diag(σ²/τ²_k)`` on the random par
     y_σ² = h,   y_τ²_k = −r restricted to grouping k
     Cov(∂t̃/∂ψ_i, ∂t̃/∂ψ_j) = y_iᵀ S_z y_j / σ²
 
-and, with ``P = σ⁻²(I − W M⁻¹ Wᵀ)``, ``M = R + diag(0, Λ)``, ``F = M⁻¹R``,
-``T = R − RF`` (``= σ² WᵀPW``), the information ``I_ij = ½ tr(P V_i P V_j)``::
+and, with ``σ²V⁻¹ = I − Z M_z⁻¹ Zᵀ``, ``F = M_z⁻¹ ZᵀZ`` and ``R = ZᵀZ``
+(so ``S_z = R − RF``), the information (``V_σ² = I``, ``V_τ²_k = Z_kZ_kᵀ``)::
 
-    I_σ²σ²   = ½ σ⁻⁴ [N − 2 tr F + tr(F F)]
-    I_σ²τ²_k = ½ σ⁻⁴ Σ_{i∈k} (R − 2RF + FᵀRF)_ii
-    I_τ²_kτ²_l = ½ σ⁻⁴ Σ_{i∈k, j∈l} T_ij²
+    I_σ²σ²     = ½ σ⁻⁴ [N − 2 tr F + tr(F F)]
+    I_σ²τ²_k   = ½ σ⁻⁴ Σ_{i∈k} (R − 2RF + FᵀRF)_ii
+    I_τ²_kτ²_l = ½ σ⁻⁴ Σ_{i∈k, j∈l} (S_z)_ij²
 
 Every system is solved in the form ``(ZᵀZ Θ² + I) r = a`` with
 ``Θ² = diag(τ²_k/σ²)``, ``h = Θ² r``, which stays regular at a boundary
 ``τ²_k = 0``.  For the nested-error (Battese–Harter–Fuller) model with one
 grouping ``g3`` is Prasad & Rao's closed form
-``n⁻²(τ² + σ²/n)⁻³ [σ⁴ V_ττ + τ⁴ V_σσ − 2σ²τ² V_στ]``, ``V = I⁻¹``.
+``n⁻²(τ² + σ²/n)⁻³ [σ⁴ V_ττ + τ⁴ V_σσ − 2σ²τ² V_στ]``, ``V = I⁻¹``, computed
+so (:func:`one_grouping_g3`), linear in the groups.
 
-The computation is dense in the random-effect levels (``O(q³)``, all
-groupings' levels together), so it is refused above :data:`MAX_LEVELS`: with
-that many groups ``g3`` is ``O(1/groups)``, negligible next to ``g1``.
+Several groupings are computed densely in the random-effect levels
+(``O(q³)``, all groupings' levels together), refused above
+:data:`MAX_LEVELS`: with that many groups ``g3`` is ``O(1/groups)``,
+negligible next to ``g1``.
 Pure numerics: no I/O.
 """
 
@@ -61,16 +66,12 @@ MAX_LEVELS = 3000
 
 @dataclass(frozen=True)
 class Henderson:
-    """The cross-products of a random-intercept model and its variance components.
+    """The random effects' cross-products of a random-intercept model, its variances.
 
     Attributes
     ----------
     rzz : ndarray, (q, q)
         ``ZᵀZ``: rows shared by each pair of levels (all groupings' levels).
-    rzx : ndarray, (q, p)
-        ``ZᵀX``.
-    rxx : ndarray, (p, p)
-        ``XᵀX``.
     nobs : float
         ``N``, the rows.
     grouping : ndarray of int, (q,)
@@ -82,8 +83,6 @@ class Henderson:
     """
 
     rzz: Array
-    rzx: Array
-    rxx: Array
     nobs: float
     grouping: Codes
     tau2: Array
@@ -106,45 +105,35 @@ def _ratio(h: Henderson) -> Array:
 
 
 def information(h: Henderson) -> Array:
-    """The expected REML information of ``ψ = (σ², τ²_1, …, τ²_K)`` (module docstring)."""
-    q, p = h.rzx.shape
+    """The Fisher information of ``ψ = (σ², τ²_1, …, τ²_K)`` (module docstring), dense."""
+    q = h.rzz.shape[0]
     s = _ratio(h)
-    r = np.zeros((p + q, p + q))
-    r[:p, :p] = h.rxx
-    r[:p, p:] = h.rzx.T
-    r[p:, :p] = h.rzx
-    r[p:, p:] = h.rzz
-    # (R + diag(0, Λ)) F = R, solved as [[Rxx, Rxz Θ²], [Rzx, Rzz Θ² + I]] [Fx; G] = R
-    system = r.copy()
-    system[:, p:] *= s[None, :]
-    system[p:, p:] += np.eye(q)
-    f = np.linalg.solve(system, r)
-    f[p:] *= s[:, None]
-    rf = r @ f
-    t = r - rf
+    system = h.rzz * s[None, :] + np.eye(q)
+    f = s[:, None] * np.linalg.solve(system, h.rzz)  # K ZᵀZ
+    rf = h.rzz @ f
+    t = h.rzz - rf  # S_z
     k = len(h.tau2)
     info = np.zeros((k + 1, k + 1))
     info[0, 0] = h.nobs - 2.0 * np.trace(f) + float(np.sum(f * f.T))
-    diag = np.diag(r) - 2.0 * np.diag(rf) + np.einsum("ji,ji->i", f, rf)
-    tz = t[p:, p:]
+    diag = np.diag(t) - np.diag(rf) + np.einsum("ji,ji->i", f, rf)
     for a in range(k):
         in_a = h.grouping == a
-        info[0, a + 1] = info[a + 1, 0] = float(diag[p:][in_a].sum())
+        info[0, a + 1] = info[a + 1, 0] = float(diag[in_a].sum())
         for b in range(a, k):
             in_b = h.grouping == b
-            info[a + 1, b + 1] = info[b + 1, a + 1] = float(np.sum(tz[np.ix_(in_a, in_b)] ** 2))
+            info[a + 1, b + 1] = info[b + 1, a + 1] = float(np.sum(t[np.ix_(in_a, in_b)] ** 2))
     return np.asarray(0.5 * info / h.sigma2**2, dtype=np.float64)
 
 
 def level_g3(h: Henderson) -> Array:
     """``g3`` of the estimate of every level (the mean of its rows' fitted values), shape (q,).
 
-    ``a`` of level ``u`` is ``ZᵀZ[:, u] / n_u`` (module docstring).
+    ``a`` of level ``u`` is ``ZᵀZ[:, u] / n_u`` (module docstring).  Dense:
+    at most :data:`MAX_LEVELS` levels (:func:`tree_g3` and :func:`cells_g3`
+    take :func:`one_grouping_g3` for one grouping instead).
     """
     q = h.rzz.shape[0]
     check_size(q)
-    if q == 0:
-        return np.zeros(0)
     s = _ratio(h)
     n = np.diag(h.rzz)
     system = h.rzz * s[None, :] + np.eye(q)
@@ -163,68 +152,79 @@ def level_g3(h: Henderson) -> Array:
     return np.asarray(g3 / h.sigma2, dtype=np.float64)
 
 
-def nested_henderson(n: Array, parents: tuple[Codes, ...], tau2: Array, sigma2: float) -> Henderson:
-    """The cross-products of a nested tree (leaf counts ``n``, ``parents`` top first).
+def one_grouping_g3(n: Array, tau2: float, sigma2: float) -> Array:
+    """``g3`` of each group of the one-grouping (nested-error) model, linear in the groups.
 
-    Levels are numbered top level first, as the tree's; the only fixed
-    effect is the intercept (``X = 1``).
+    With ``s = τ²/σ²``, ``S_j = n_j/(1 + n_j s)`` and ``α_j = σ² + n_j τ²``
+    the information is ``I_ττ = ½ Σ n_j²/α_j²``, ``I_στ = ½ Σ n_j/α_j²``,
+    ``I_σσ = ½ Σ [(n_j − 1)/σ⁴ + 1/α_j²]``, and with ``V = I⁻¹``::
+
+        g3_j = n_j⁻² (τ² + σ²/n_j)⁻³ [σ⁴ V_ττ + τ⁴ V_σσ − 2σ²τ² V_στ]
+
+    (Prasad & Rao 1990; Rao & Molina 2015, §7.2), the general formula of
+    the module docstring with ``ZᵀZ = diag(n_j)``.
     """
+    alpha = sigma2 + n * tau2
+    info = 0.5 * np.array(
+        [
+            [float(np.sum((n - 1.0) / sigma2**2 + 1.0 / alpha**2)), float(np.sum(n / alpha**2))],
+            [float(np.sum(n / alpha**2)), float(np.sum(n**2 / alpha**2))],
+        ]
+    )
+    v = np.linalg.inv(info)
+    bracket = sigma2**2 * v[1, 1] + tau2**2 * v[0, 0] - 2.0 * sigma2 * tau2 * v[0, 1]
+    return np.asarray(bracket / (n**2 * (tau2 + sigma2 / n) ** 3), dtype=np.float64)
+
+
+def tree_g3(n: Array, parents: tuple[Codes, ...], tau2: Array, sigma2: float) -> Array:
+    """``g3`` of every group of a nested tree (leaf counts ``n``, ``parents`` top first).
+
+    Top level first, as the tree's levels.  One level: :func:`one_grouping_g3`;
+    several: :func:`level_g3` on ``ZᵀZ`` (a level's rows shared with each
+    ancestor and descendant).
+    """
+    if len(parents) == 1:
+        return one_grouping_g3(n, float(tau2[0]), sigma2)
     sizes = [len(pa) for pa in parents]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    q = int(offsets[-1])
-    check_size(q)
+    check_size(int(offsets[-1]))
     depth = len(parents)
-    # each leaf's node at every level, bottom up
-    anc = [np.arange(sizes[-1], dtype=np.int64)]
+    anc = [np.arange(sizes[-1], dtype=np.int64)]  # each leaf's node at every level
     for lev in range(depth - 1, 0, -1):
         anc.append(parents[lev][anc[-1]])
     anc = anc[::-1]
-    rzz = np.zeros((q, q))
-    for a in range(depth):
-        for b in range(depth):
-            np.add.at(rzz, (offsets[a] + anc[a], offsets[b] + anc[b]), n)
-    grouping = np.repeat(np.arange(depth, dtype=np.int64), sizes)
-    return Henderson(
-        rzz=rzz,
-        rzx=np.diag(rzz).reshape(q, 1).copy(),
-        rxx=np.array([[float(n.sum())]]),
-        nobs=float(n.sum()),
-        grouping=grouping,
-        tau2=np.asarray(tau2, dtype=np.float64),
-        sigma2=float(sigma2),
+    return level_g3(_henderson(n, [offsets[k] + anc[k] for k in range(depth)], sizes, tau2, sigma2))
+
+
+def cells_g3(rows: Array, codes: list[Codes], tau2: Array, sigma2: float) -> Array:
+    """``g3`` of every level of every grouping, from the cells (``codes[k]``: each cell's level).
+
+    Groupings in the order of ``codes``, levels in code order.
+    """
+    sizes = [int(c.max()) + 1 if len(c) else 0 for c in codes]
+    if len(codes) == 1:
+        n = np.asarray(np.bincount(codes[0], rows, sizes[0]), dtype=np.float64)
+        return one_grouping_g3(n, float(tau2[0]), sigma2)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    check_size(int(offsets[-1]))
+    return level_g3(
+        _henderson(rows, [offsets[k] + c for k, c in enumerate(codes)], sizes, tau2, sigma2)
     )
 
 
-def cell_henderson(
-    rows: Array,
-    codes: list[Codes],
-    fixed_sums: Array,
-    xtx: Array,
-    tau2: Array,
-    sigma2: float,
+def _henderson(
+    rows: Array, columns: list[Codes], sizes: list[int], tau2: Array, sigma2: float
 ) -> Henderson:
-    """The cross-products of a random-intercept model from its cells.
-
-    ``rows`` per cell, ``codes[k]`` each cell's level of grouping ``k``,
-    ``fixed_sums`` (C, p) each cell's ``Σ x`` over its rows, ``xtx`` ``XᵀX``
-    (in the same parametrisation).
-    """
-    sizes = [int(c.max()) + 1 if len(c) else 0 for c in codes]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    q = int(offsets[-1])
-    check_size(q)
+    """``ZᵀZ`` from units of ``rows`` rows each, ``columns[k]`` each unit's column of grouping k."""
+    q = int(sum(sizes))
     rzz = np.zeros((q, q))
-    rzx = np.zeros((q, fixed_sums.shape[1]))
-    for a, ca in enumerate(codes):
-        np.add.at(rzx, offsets[a] + ca, fixed_sums)
-        for b, cb in enumerate(codes):
-            np.add.at(rzz, (offsets[a] + ca, offsets[b] + cb), rows)
+    for ca in columns:
+        for cb in columns:
+            np.add.at(rzz, (ca, cb), rows)
     return Henderson(
         rzz=rzz,
-        rzx=rzx,
-        rxx=np.asarray(xtx, dtype=np.float64),
         nobs=float(rows.sum()),
-        grouping=np.repeat(np.arange(len(codes), dtype=np.int64), sizes),
+        grouping=np.repeat(np.arange(len(sizes), dtype=np.int64), sizes),
         tau2=np.asarray(tau2, dtype=np.float64),
         sigma2=float(sigma2),
     )

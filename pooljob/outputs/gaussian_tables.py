@@ -21,7 +21,7 @@ from pooljob.model.design import RandomBlock
 from pooljob.model.formula import Formula
 from pooljob.model.general import Array, GeneralFit, Prepared, back_transform
 from pooljob.model.lmm import prediction_variance
-from pooljob.model.second_order import cell_henderson, level_g3, split_levels
+from pooljob.model.second_order import cells_g3, split_levels
 from pooljob.outputs.estimates import (
     CellGrouping,
     CellPredictions,
@@ -124,13 +124,11 @@ def _estimates(
         cells, groupings, lambda a, b: prediction_variance(prep.blocks, sol, a, b)
     )
     if interval_method == "prasad-rao":
-        estimates = _with_rmse(fit, fixed_sum, estimates)
+        estimates = _with_rmse(fit, estimates)
     return estimates_frame(estimates, "gaussian", interval, keys, schema, interval_method)
 
 
-def _with_rmse(
-    fit: GeneralFit, fixed_sum: Array, estimates: list[GroupingEstimates]
-) -> list[GroupingEstimates]:
+def _with_rmse(fit: GeneralFit, estimates: list[GroupingEstimates]) -> list[GroupingEstimates]:
     """Every grouping's estimates with ``rmse = √(std_error² + 2 g3)`` (random intercepts).
 
     ``g3`` from the cells' cross-products (:mod:`pooljob.model.second_order`),
@@ -142,17 +140,9 @@ def _with_rmse(
             "interval_method = 'prasad-rao' supports one random intercept (1 | g) per "
             "grouping only: use 'plugin'"
         )
-    p = prep.blocks.xtx.shape[0] - 1
-    henderson = cell_henderson(
-        prep.moments[:, 0, 0],
-        list(prep.codes),
-        fixed_sum,
-        prep.blocks.xtx[:p, :p],
-        np.array([float(c[0, 0]) for c in fit.covariance]),
-        fit.solution.sigma2,
-    )
-    sizes = [g.n.shape[0] for g in estimates]
-    g3 = split_levels(level_g3(henderson), sizes)
+    tau2 = np.array([float(c[0, 0]) for c in fit.covariance])
+    g3_all = cells_g3(prep.moments[:, 0, 0], list(prep.codes), tau2, fit.solution.sigma2)
+    g3 = split_levels(g3_all, [g.n.shape[0] for g in estimates])
     return [
         replace(g, rmse=np.sqrt(np.maximum(g.std_error**2 + 2.0 * extra, 0.0)))
         for g, extra in zip(estimates, g3, strict=True)

@@ -187,11 +187,10 @@ def _key_frame(gs: GroupStatistics, level: int) -> pl.DataFrame:
 
 def _nested_rmse(gs: GroupStatistics, fit: NestedFit) -> list[NDArray[np.float64]]:
     """Per level of the tree: ``√(std_error² + 2 g3)`` (:mod:`pooljob.model.second_order`)."""
-    from pooljob.model.second_order import level_g3, nested_henderson, split_levels
+    from pooljob.model.second_order import split_levels, tree_g3
 
     stats = gs.stats
-    henderson = nested_henderson(stats.n, stats.parents, fit.variances, fit.sigma2)
-    g3 = split_levels(level_g3(henderson), list(stats.sizes))
+    g3 = split_levels(tree_g3(stats.n, stats.parents, fit.variances, fit.sigma2), list(stats.sizes))
     return [
         np.sqrt(np.maximum(lev.std_error**2 + 2.0 * g, 0.0))
         for lev, g in zip(fit.levels, g3, strict=True)
