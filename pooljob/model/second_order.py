@@ -104,12 +104,15 @@ def _ratio(h: Henderson) -> Array:
     return np.asarray(h.tau2[h.grouping] / h.sigma2, dtype=np.float64)
 
 
-def information(h: Henderson) -> Array:
-    """The Fisher information of ``ψ = (σ², τ²_1, …, τ²_K)`` (module docstring), dense."""
+def information(h: Henderson, f: Array | None = None) -> Array:
+    """The Fisher information of ``ψ = (σ², τ²_1, …, τ²_K)`` (module docstring), dense.
+
+    ``f``: ``F = M_z⁻¹ZᵀZ`` if the caller has it.
+    """
     q = h.rzz.shape[0]
-    s = _ratio(h)
-    system = h.rzz * s[None, :] + np.eye(q)
-    f = s[:, None] * np.linalg.solve(system, h.rzz)  # K ZᵀZ
+    if f is None:
+        s = _ratio(h)
+        f = s[:, None] * np.linalg.solve(h.rzz * s[None, :] + np.eye(q), h.rzz)
     rf = h.rzz @ f
     t = h.rzz - rf  # S_z
     k = len(h.tau2)
@@ -128,23 +131,29 @@ def information(h: Henderson) -> Array:
 def level_g3(h: Henderson) -> Array:
     """``g3`` of the estimate of every level (the mean of its rows' fitted values), shape (q,).
 
-    ``a`` of level ``u`` is ``ZᵀZ[:, u] / n_u`` (module docstring).  Dense:
-    at most :data:`MAX_LEVELS` levels (:func:`tree_g3` and :func:`cells_g3`
-    take :func:`one_grouping_g3` for one grouping instead).
+    ``a`` of level ``u`` is ``ZᵀZ[:, u] / n_u`` (module docstring), so one
+    solve ``(ZᵀZ Θ² + I)⁻¹ ZᵀZ`` gives ``r`` (its columns over ``n_u``),
+    ``F`` and ``S_z``.  Dense: at most :data:`MAX_LEVELS` levels
+    (:func:`tree_g3` and :func:`cells_g3` take :func:`one_grouping_g3` for
+    one grouping instead).
     """
     q = h.rzz.shape[0]
     check_size(q)
+    if q == 0:
+        return np.zeros(0)
     s = _ratio(h)
-    n = np.diag(h.rzz)
-    system = h.rzz * s[None, :] + np.eye(q)
-    a = h.rzz / n[None, :]
-    r = np.linalg.solve(system, a)
-    hv = s[:, None] * r
-    s_z = h.rzz - h.rzz @ (s[:, None] * np.linalg.solve(system, h.rzz))
+    solved = np.linalg.solve(h.rzz * s[None, :] + np.eye(q), h.rzz)
+    f = s[:, None] * solved
+    s_z = h.rzz - h.rzz @ f
+    r = solved / np.diag(h.rzz)[None, :]
     k = len(h.tau2)
-    ys = [hv] + [np.where((h.grouping == j)[:, None], -r, 0.0) for j in range(k)]
+    # y_τ²_j = −E_j r, y_σ² = Θ² r = −Σ_j (τ²_j/σ²) y_τ²_j
+    ys = [np.where((h.grouping == j)[:, None], -r, 0.0) for j in range(k)]
     sy = [s_z @ y for y in ys]
-    v = np.linalg.inv(information(h))
+    ratio = h.tau2 / h.sigma2
+    ys.insert(0, -sum((ratio[j] * ys[j] for j in range(k)), np.zeros_like(r)))
+    sy.insert(0, -sum((ratio[j] * sy[j] for j in range(k)), np.zeros_like(r)))
+    v = np.linalg.inv(information(h, f))
     g3 = np.zeros(q)
     for i in range(k + 1):
         for j in range(k + 1):
