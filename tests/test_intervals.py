@@ -307,3 +307,17 @@ def test_simulation_prasad_rao_covers_where_plugin_does_not() -> None:
     assert plugin < 0.925
     assert abs(pr - 0.95) < 0.015
     assert pr - plugin > 0.025
+
+
+def test_poststratified_and_predicted_intervals_stay_plugin() -> None:
+    """``interval_method`` widens ``estimates`` only (docs/outputs.md): MRP is unchanged."""
+    data = _rows(6)
+    cells = pl.DataFrame({"g": ["g0", "g1", "new"], "n": [10.0, 20.0, 5.0]})
+    plugin = pooljob.fit("y ~ 1 + (1 | g)", data)
+    widened = pooljob.fit("y ~ 1 + (1 | g)", data, interval_method="prasad-rao")
+    for fit in (plugin, widened):
+        assert fit.predictor is not None
+    a = pooljob.poststratify(plugin, cells, weight="n", by=["g"])
+    b = pooljob.poststratify(widened, cells, weight="n", by=["g"])
+    assert a.equals(b)
+    assert plugin.predict(cells).equals(widened.predict(cells))
