@@ -321,3 +321,20 @@ def test_poststratified_and_predicted_intervals_stay_plugin() -> None:
     b = pooljob.poststratify(widened, cells, weight="n", by=["g"])
     assert a.equals(b)
     assert plugin.predict(cells).equals(widened.predict(cells))
+
+
+def test_agrees_with_the_r_reference_on_uneven_sleepstudy() -> None:
+    """lme4's REML fit and Prasad–Rao's closed forms in R (``make_prasad_rao_bhf.R``)."""
+    import json
+
+    ref = json.loads((DATA / "prasad_rao_bhf.json").read_text())
+    fit = pooljob.fit(ref["formula"], DATA / "sleep_uneven.csv", interval_method="prasad-rao")
+    sigma2, tau2 = _variances(fit)
+    assert sigma2 == pytest.approx(ref["sigma2"], rel=1e-6)
+    assert tau2["Subject"] == pytest.approx(ref["tau2"], rel=1e-6)
+    est = fit.estimates.with_columns(pl.col("Subject").cast(pl.String)).sort("Subject")
+    assert est["Subject"].to_list() == ref["subject"]
+    assert np.allclose(est["estimate"].to_numpy(), ref["estimate"], rtol=1e-8)
+    g12 = np.array(ref["g1"]) + np.array(ref["g2"])
+    assert np.allclose(est["std_error"].to_numpy() ** 2, g12, rtol=1e-6)
+    assert np.allclose(est["rmse"].to_numpy() ** 2, ref["mse"], rtol=1e-6)
