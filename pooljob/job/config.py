@@ -125,11 +125,6 @@ class ModelConfig:
     #: An area-level (Fay–Herriot) model: the column of known sampling variances.
     sampling_variance: str | None = None
 
-    @property
-    def control(self) -> Control:
-        """The optimizer's options, as the solvers take them."""
-        return Control(self.max_evaluations, self.on_nonconvergence)
-
 
 @dataclass(frozen=True)
 class OutputConfig:
