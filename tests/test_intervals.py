@@ -31,6 +31,7 @@ from pooljob.model.nested_fit import fit_nested
 from pooljob.model.options import Control
 from pooljob.model.second_order import (
     Henderson,
+    cells_g3,
     check_size,
     level_g3,
     one_grouping_g3,
@@ -122,6 +123,26 @@ def test_one_grouping_closed_form_is_the_general_formula() -> None:
             Henderson(np.diag(n), n.sum(), np.zeros(5, np.int64), np.array([tau2]), 2.5)
         )
         assert np.allclose(one_grouping_g3(n, tau2, 2.5), dense, rtol=1e-10, atol=0)
+
+
+def test_components_add_up_to_the_dense_formula() -> None:
+    """``cells_g3`` block by block (a tree's subtrees, crossed blocks) = one dense ``level_g3``."""
+    rng = np.random.default_rng(4)
+    top = np.repeat(np.arange(6), rng.integers(1, 5, 6))  # 6 subtrees of 1-4 leaves
+    crossed = rng.integers(0, 3, len(top)) + 3 * (top >= 3)  # two blocks of crossings
+    rows = rng.integers(1, 7, len(top)).astype(float)
+    for codes in ([top, np.arange(len(top))], [top, crossed]):
+        tau2, sigma2 = np.array([0.7, 1.9]), 2.3
+        sizes = [int(c.max()) + 1 for c in codes]
+        q = sum(sizes)
+        rzz = np.zeros((q, q))
+        cols = [codes[0], sizes[0] + codes[1]]
+        for ca in cols:
+            for cb in cols:
+                np.add.at(rzz, (ca, cb), rows)
+        grouping = np.repeat(np.arange(2), sizes)
+        dense = level_g3(Henderson(rzz, rows.sum(), grouping, tau2, sigma2))
+        assert np.allclose(cells_g3(rows, codes, tau2, sigma2), dense, rtol=1e-10, atol=0)
 
 
 def _dense_g3(data: pl.DataFrame, groupings: list[list[str]], fit: FitResult) -> dict[str, Any]:
@@ -254,7 +275,9 @@ def test_refused_with_one_line(kwargs: dict[str, str], message: str) -> None:
 
 def test_dense_limit_is_a_clear_error() -> None:
     check_size(3000)
-    with pytest.raises(InputError, match=r"at most 3,000 random-effect levels .* has 3,001"):
+    with pytest.raises(
+        InputError, match=r"at most 3,000 connected random-effect levels .* has 3,001"
+    ):
         check_size(3001)
 
 

@@ -41,9 +41,10 @@ grouping ``g3`` is Prasad & Rao's closed form
 ``n⁻²(τ² + σ²/n)⁻³ [σ⁴ V_ττ + τ⁴ V_σσ − 2σ²τ² V_στ]``, ``V = I⁻¹``, computed
 so (:func:`one_grouping_g3`), linear in the groups.
 
-Several groupings are computed densely in the random-effect levels
-(``O(q³)``, all groupings' levels together), refused above
-:data:`MAX_LEVELS`: with that many groups ``g3`` is ``O(1/groups)``,
+Several groupings are computed densely within each connected block of
+``ZᵀZ`` (a top-level group's subtree for nested groupings; all the levels
+of crossed ones), ``O(Σ q_c³)``, refused where a block has more than
+:data:`MAX_LEVELS` levels: with that many groups ``g3`` is ``O(1/groups)``,
 negligible next to ``g1``.
 Pure numerics: no I/O.
 """
@@ -90,12 +91,13 @@ class Henderson:
 
 
 def check_size(levels: int) -> None:
-    """Refuse a model too large for the dense g3 (module docstring), in one line."""
+    """Refuse a block of levels too large for the dense g3 (module docstring), in one line."""
     if levels > MAX_LEVELS:
         raise InputError(
             f'interval_method = "prasad-rao" is computed densely for at most {MAX_LEVELS:,} '
-            f"random-effect levels (all groupings together), and this model has {levels:,}; "
-            'with that many groups its correction is O(1/groups): use interval_method = "plugin"'
+            f"connected random-effect levels (of all groupings), and this model has {levels:,} "
+            "(levels are connected when they share rows: crossed groupings, or one top-level "
+            'group\'s subtree); its correction is O(1/groups) there: use interval_method = "plugin"'
         )
 
 
@@ -131,34 +133,41 @@ def information(h: Henderson, f: Array | None = None) -> Array:
 def level_g3(h: Henderson) -> Array:
     """``g3`` of the estimate of every level (the mean of its rows' fitted values), shape (q,).
 
+    Dense in all the levels of ``h``: at most :data:`MAX_LEVELS`.
+    """
+    check_size(h.rzz.shape[0])
+    info, phi = _terms(h)
+    return np.asarray(np.einsum("ij,ijg->g", np.linalg.inv(info), phi), dtype=np.float64)
+
+
+def _terms(h: Henderson) -> tuple[Array, Array]:
+    """The information and ``Φ_ij = Cov(∂t̃/∂ψ_i, ∂t̃/∂ψ_j)`` of every level, shape (K+1, K+1, q).
+
     ``a`` of level ``u`` is ``ZᵀZ[:, u] / n_u`` (module docstring), so one
     solve ``(ZᵀZ Θ² + I)⁻¹ ZᵀZ`` gives ``r`` (its columns over ``n_u``),
-    ``F`` and ``S_z``.  Dense: at most :data:`MAX_LEVELS` levels
-    (:func:`tree_g3` and :func:`cells_g3` take :func:`one_grouping_g3` for
-    one grouping instead).
+    ``F`` and ``S_z``.  Both are additive over the blocks of a block-diagonal
+    ``ZᵀZ`` (:func:`cells_g3`).
     """
     q = h.rzz.shape[0]
-    check_size(q)
+    k = len(h.tau2)
     if q == 0:
-        return np.zeros(0)
+        return np.zeros((k + 1, k + 1)), np.zeros((k + 1, k + 1, 0))
     s = _ratio(h)
     solved = np.linalg.solve(h.rzz * s[None, :] + np.eye(q), h.rzz)
     f = s[:, None] * solved
     s_z = h.rzz - h.rzz @ f
     r = solved / np.diag(h.rzz)[None, :]
-    k = len(h.tau2)
     # y_τ²_j = −E_j r, y_σ² = Θ² r = −Σ_j (τ²_j/σ²) y_τ²_j
     ys = [np.where((h.grouping == j)[:, None], -r, 0.0) for j in range(k)]
     sy = [s_z @ y for y in ys]
     ratio = h.tau2 / h.sigma2
     ys.insert(0, -sum((ratio[j] * ys[j] for j in range(k)), np.zeros_like(r)))
     sy.insert(0, -sum((ratio[j] * sy[j] for j in range(k)), np.zeros_like(r)))
-    v = np.linalg.inv(information(h, f))
-    g3 = np.zeros(q)
+    phi = np.zeros((k + 1, k + 1, q))
     for i in range(k + 1):
         for j in range(k + 1):
-            g3 += v[i, j] * np.einsum("ig,ig->g", ys[i], sy[j])
-    return np.asarray(g3 / h.sigma2, dtype=np.float64)
+            phi[i, j] = np.einsum("ig,ig->g", ys[i], sy[j]) / h.sigma2
+    return information(h, f), phi
 
 
 def one_grouping_g3(n: Array, tau2: float, sigma2: float) -> Array:
@@ -188,44 +197,76 @@ def one_grouping_g3(n: Array, tau2: float, sigma2: float) -> Array:
 def tree_g3(n: Array, parents: tuple[Codes, ...], tau2: Array, sigma2: float) -> Array:
     """``g3`` of every group of a nested tree (leaf counts ``n``, ``parents`` top first).
 
-    Top level first, as the tree's levels.  One level: :func:`one_grouping_g3`;
-    several: :func:`level_g3` on ``ZᵀZ`` (a level's rows shared with each
-    ancestor and descendant).
+    Top level first, as the tree's levels: :func:`cells_g3` with the leaves
+    as cells (one level: :func:`one_grouping_g3`; several: dense within each
+    top-level group's subtree).
     """
-    if len(parents) == 1:
-        return one_grouping_g3(n, float(tau2[0]), sigma2)
-    sizes = [len(pa) for pa in parents]
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    check_size(int(offsets[-1]))
     depth = len(parents)
-    anc = [np.arange(sizes[-1], dtype=np.int64)]  # each leaf's node at every level
+    anc = [np.arange(len(parents[-1]), dtype=np.int64)]  # each leaf's node at every level
     for lev in range(depth - 1, 0, -1):
         anc.append(parents[lev][anc[-1]])
-    anc = anc[::-1]
-    return level_g3(_henderson(n, [offsets[k] + anc[k] for k in range(depth)], sizes, tau2, sigma2))
+    return cells_g3(n, anc[::-1], tau2, sigma2, [len(pa) for pa in parents])
 
 
-def cells_g3(rows: Array, codes: list[Codes], tau2: Array, sigma2: float) -> Array:
-    """``g3`` of every level of every grouping, from the cells (``codes[k]``: each cell's level).
+def cells_g3(
+    rows: Array,
+    codes: list[Codes],
+    tau2: Array,
+    sigma2: float,
+    sizes: list[int] | None = None,
+) -> Array:
+    """``g3`` of every level of every grouping, from units (cells, or a tree's leaves).
 
-    Groupings in the order of ``codes``, levels in code order.
+    ``rows`` per unit, ``codes[k]`` each unit's level of grouping ``k``
+    (``sizes[k]`` levels, default the largest code + 1); groupings in the
+    order of ``codes``, levels in code order.  One grouping:
+    :func:`one_grouping_g3`.  Several: ``ZᵀZ`` is block-diagonal over the
+    connected components of the levels (two levels are connected when they
+    share a unit: a top-level group's subtree for nested groupings, all
+    levels for well-crossed ones); the information adds up over the
+    components and ``Φ`` is local, so each component is dense on its own
+    (:data:`MAX_LEVELS` applies to the largest): ``O(Σ_c q_c³)``.
     """
-    sizes = [int(c.max()) + 1 if len(c) else 0 for c in codes]
+    if sizes is None:
+        sizes = [int(c.max()) + 1 if len(c) else 0 for c in codes]
     if len(codes) == 1:
         n = np.asarray(np.bincount(codes[0], rows, sizes[0]), dtype=np.float64)
         return one_grouping_g3(n, float(tau2[0]), sigma2)
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    check_size(int(offsets[-1]))
-    return level_g3(
-        _henderson(rows, [offsets[k] + c for k, c in enumerate(codes)], sizes, tau2, sigma2)
-    )
+    q = int(offsets[-1])
+    columns = [offsets[k] + c for k, c in enumerate(codes)]
+    edges_a = np.concatenate([columns[0]] * (len(codes) - 1))
+    edges_b = np.concatenate(columns[1:])
+    graph = coo_matrix((np.ones(len(edges_a)), (edges_a, edges_b)), shape=(q, q))
+    _, label = connected_components(graph, directed=False)
+    unit_label = label[columns[0]]
+    level_order = np.argsort(label, kind="stable")
+    level_bounds = np.searchsorted(label[level_order], np.arange(label.max() + 2))
+    unit_order = np.argsort(unit_label, kind="stable")
+    unit_bounds = np.searchsorted(unit_label[unit_order], np.arange(label.max() + 2))
+    check_size(int(np.diff(level_bounds).max()))
+    grouping = np.repeat(np.arange(len(codes), dtype=np.int64), sizes)
+    k = len(codes)
+    info = np.zeros((k + 1, k + 1))
+    phi = np.zeros((k + 1, k + 1, q))
+    for c in range(len(level_bounds) - 1):
+        levels = level_order[level_bounds[c] : level_bounds[c + 1]]  # sorted global ids
+        units = unit_order[unit_bounds[c] : unit_bounds[c + 1]]
+        local = [np.searchsorted(levels, col[units]) for col in columns]
+        h = _henderson(rows[units], local, len(levels), grouping[levels], tau2, sigma2)
+        part_info, part_phi = _terms(h)
+        info += part_info
+        phi[:, :, levels] = part_phi
+    return np.asarray(np.einsum("ij,ijg->g", np.linalg.inv(info), phi), dtype=np.float64)
 
 
 def _henderson(
-    rows: Array, columns: list[Codes], sizes: list[int], tau2: Array, sigma2: float
+    rows: Array, columns: list[Codes], q: int, grouping: Codes, tau2: Array, sigma2: float
 ) -> Henderson:
     """``ZᵀZ`` from units of ``rows`` rows each, ``columns[k]`` each unit's column of grouping k."""
-    q = int(sum(sizes))
     rzz = np.zeros((q, q))
     for ca in columns:
         for cb in columns:
@@ -233,7 +274,7 @@ def _henderson(
     return Henderson(
         rzz=rzz,
         nobs=float(rows.sum()),
-        grouping=np.repeat(np.arange(len(sizes), dtype=np.int64), sizes),
+        grouping=grouping,
         tau2=np.asarray(tau2, dtype=np.float64),
         sigma2=float(sigma2),
     )
