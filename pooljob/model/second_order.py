@@ -106,28 +106,9 @@ def _ratio(h: Henderson) -> Array:
     return np.asarray(h.tau2[h.grouping] / h.sigma2, dtype=np.float64)
 
 
-def information(h: Henderson, f: Array | None = None) -> Array:
-    """The Fisher information of ``ψ = (σ², τ²_1, …, τ²_K)`` (module docstring), dense.
-
-    ``f``: ``F = M_z⁻¹ZᵀZ`` if the caller has it.
-    """
-    q = h.rzz.shape[0]
-    if f is None:
-        s = _ratio(h)
-        f = s[:, None] * np.linalg.solve(h.rzz * s[None, :] + np.eye(q), h.rzz)
-    rf = h.rzz @ f
-    t = h.rzz - rf  # S_z
-    k = len(h.tau2)
-    info = np.zeros((k + 1, k + 1))
-    info[0, 0] = h.nobs - 2.0 * np.trace(f) + float(np.sum(f * f.T))
-    diag = np.diag(t) - np.diag(rf) + np.einsum("ji,ji->i", f, rf)
-    for a in range(k):
-        in_a = h.grouping == a
-        info[0, a + 1] = info[a + 1, 0] = float(diag[in_a].sum())
-        for b in range(a, k):
-            in_b = h.grouping == b
-            info[a + 1, b + 1] = info[b + 1, a + 1] = float(np.sum(t[np.ix_(in_a, in_b)] ** 2))
-    return np.asarray(0.5 * info / h.sigma2**2, dtype=np.float64)
+def information(h: Henderson) -> Array:
+    """The Fisher information of ``ψ = (σ², τ²_1, …, τ²_K)`` (module docstring), dense."""
+    return _terms(h.rzz[None], np.array([h.nobs]), h.grouping[None], h.tau2, h.sigma2)[0]
 
 
 def level_g3(h: Henderson) -> Array:
@@ -136,38 +117,52 @@ def level_g3(h: Henderson) -> Array:
     Dense in all the levels of ``h``: at most :data:`MAX_LEVELS`.
     """
     check_size(h.rzz.shape[0])
-    info, phi = _terms(h)
-    return np.asarray(np.einsum("ij,ijg->g", np.linalg.inv(info), phi), dtype=np.float64)
+    info, phi = _terms(h.rzz[None], np.array([h.nobs]), h.grouping[None], h.tau2, h.sigma2)
+    return np.asarray(np.einsum("ij,ijg->g", np.linalg.inv(info), phi[0]), dtype=np.float64)
 
 
-def _terms(h: Henderson) -> tuple[Array, Array]:
-    """The information and ``Φ_ij = Cov(∂t̃/∂ψ_i, ∂t̃/∂ψ_j)`` of every level, shape (K+1, K+1, q).
+def _terms(
+    rzz: Array, nobs: Array, grouping: Codes, tau2: Array, sigma2: float
+) -> tuple[Array, Array]:
+    """The information and ``Φ_ij = Cov(∂t̃/∂ψ_i, ∂t̃/∂ψ_j)`` of a stack of blocks of ``ZᵀZ``.
 
-    ``a`` of level ``u`` is ``ZᵀZ[:, u] / n_u`` (module docstring), so one
-    solve ``(ZᵀZ Θ² + I)⁻¹ ZᵀZ`` gives ``r`` (its columns over ``n_u``),
-    ``F`` and ``S_z``.  Both are additive over the blocks of a block-diagonal
-    ``ZᵀZ`` (:func:`cells_g3`).
+    ``rzz`` (B, q, q) holds B blocks of ``q`` levels each, ``nobs`` (B,)
+    their rows, ``grouping`` (B, q) their levels' groupings.  Returns the
+    information summed over the blocks, (K+1, K+1), and ``Φ`` of every
+    level, (B, K+1, K+1, q).  ``a`` of level ``u`` is ``ZᵀZ[:, u] / n_u``
+    (module docstring), so one solve ``(ZᵀZ Θ² + I)⁻¹ ZᵀZ`` gives ``r`` (its
+    columns over ``n_u``), ``F`` and ``S_z``.
     """
-    q = h.rzz.shape[0]
-    k = len(h.tau2)
-    if q == 0:
-        return np.zeros((k + 1, k + 1)), np.zeros((k + 1, k + 1, 0))
-    s = _ratio(h)
-    solved = np.linalg.solve(h.rzz * s[None, :] + np.eye(q), h.rzz)
-    f = s[:, None] * solved
-    s_z = h.rzz - h.rzz @ f
-    r = solved / np.diag(h.rzz)[None, :]
+    b, q, _ = rzz.shape
+    k = len(tau2)
+    s = tau2[grouping] / sigma2  # Θ², (B, q)
+    solved = np.linalg.solve(rzz * s[:, None, :] + np.eye(q), rzz)
+    f = s[:, :, None] * solved
+    rf = rzz @ f
+    s_z = rzz - rf
+    r = solved / np.einsum("bii->bi", rzz)[:, None, :]
     # y_τ²_j = −E_j r, y_σ² = Θ² r = −Σ_j (τ²_j/σ²) y_τ²_j
-    ys = [np.where((h.grouping == j)[:, None], -r, 0.0) for j in range(k)]
+    masks = [(grouping == j).astype(np.float64) for j in range(k)]
+    ys = [-m[:, :, None] * r for m in masks]
     sy = [s_z @ y for y in ys]
-    ratio = h.tau2 / h.sigma2
+    ratio = tau2 / sigma2
     ys.insert(0, -sum((ratio[j] * ys[j] for j in range(k)), np.zeros_like(r)))
     sy.insert(0, -sum((ratio[j] * sy[j] for j in range(k)), np.zeros_like(r)))
-    phi = np.zeros((k + 1, k + 1, q))
+    phi = np.zeros((b, k + 1, k + 1, q))
     for i in range(k + 1):
-        for j in range(k + 1):
-            phi[i, j] = np.einsum("ig,ig->g", ys[i], sy[j]) / h.sigma2
-    return information(h, f), phi
+        for j in range(i, k + 1):
+            phi[:, i, j] = phi[:, j, i] = np.einsum("big,big->bg", ys[i], sy[j]) / sigma2
+    info = np.zeros((k + 1, k + 1))
+    trace_f = np.einsum("bii->", f)
+    info[0, 0] = float(nobs.sum()) - 2.0 * trace_f + float(np.einsum("bij,bji->", f, f))
+    diag = np.einsum("bii->bi", s_z) - np.einsum("bii->bi", rf) + np.einsum("bji,bji->bi", f, rf)
+    squares = s_z**2
+    for a in range(k):
+        info[0, a + 1] = info[a + 1, 0] = float(np.sum(diag * masks[a]))
+        for c in range(a, k):
+            total = float(np.einsum("bi,bij,bj->", masks[a], squares, masks[c]))
+            info[a + 1, c + 1] = info[c + 1, a + 1] = total
+    return np.asarray(0.5 * info / sigma2**2, dtype=np.float64), phi
 
 
 def one_grouping_g3(n: Array, tau2: float, sigma2: float) -> Array:
@@ -239,45 +234,41 @@ def cells_g3(
     q = int(offsets[-1])
     columns = [offsets[k] + c for k, c in enumerate(codes)]
     edges_a = np.concatenate([columns[0]] * (len(codes) - 1))
-    edges_b = np.concatenate(columns[1:])
-    graph = coo_matrix((np.ones(len(edges_a)), (edges_a, edges_b)), shape=(q, q))
-    _, label = connected_components(graph, directed=False)
-    unit_label = label[columns[0]]
-    level_order = np.argsort(label, kind="stable")
-    level_bounds = np.searchsorted(label[level_order], np.arange(label.max() + 2))
-    unit_order = np.argsort(unit_label, kind="stable")
-    unit_bounds = np.searchsorted(unit_label[unit_order], np.arange(label.max() + 2))
-    check_size(int(np.diff(level_bounds).max()))
+    graph = coo_matrix(
+        (np.ones(len(edges_a)), (edges_a, np.concatenate(columns[1:]))), shape=(q, q)
+    )
+    n_blocks, label = connected_components(graph, directed=False)
+    order = np.argsort(label, kind="stable")  # the levels block by block
+    start = np.searchsorted(label[order], np.arange(n_blocks))
+    size = np.diff(np.append(start, q))
+    check_size(int(size.max()))
+    rank = np.empty(q, dtype=np.int64)
+    rank[order] = np.arange(q) - np.repeat(start, size)  # a level's place in its block
+    unit_block = label[columns[0]]
     grouping = np.repeat(np.arange(len(codes), dtype=np.int64), sizes)
     k = len(codes)
     info = np.zeros((k + 1, k + 1))
     phi = np.zeros((k + 1, k + 1, q))
-    for c in range(len(level_bounds) - 1):
-        levels = level_order[level_bounds[c] : level_bounds[c + 1]]  # sorted global ids
-        units = unit_order[unit_bounds[c] : unit_bounds[c + 1]]
-        local = [np.searchsorted(levels, col[units]) for col in columns]
-        h = _henderson(rows[units], local, len(levels), grouping[levels], tau2, sigma2)
-        part_info, part_phi = _terms(h)
-        info += part_info
-        phi[:, :, levels] = part_phi
+    # blocks of the same size are stacked, at most ~4M entries of ZᵀZ at a time
+    for width in np.unique(size):
+        blocks = np.flatnonzero(size == width)
+        step = max(1, 4_000_000 // int(width) ** 2)
+        for first in range(0, len(blocks), step):
+            part = blocks[first : first + step]
+            slot = np.full(n_blocks, -1, dtype=np.int64)
+            slot[part] = np.arange(len(part))
+            units = np.flatnonzero(slot[unit_block] >= 0)
+            where = slot[unit_block[units]]
+            rzz = np.zeros((len(part), int(width), int(width)))
+            for ca in columns:
+                for cb in columns:
+                    np.add.at(rzz, (where, rank[ca[units]], rank[cb[units]]), rows[units])
+            levels = order[start[part][:, None] + np.arange(width)]  # (B, width) global ids
+            nobs = np.asarray(np.bincount(where, rows[units], len(part)), dtype=np.float64)
+            part_info, part_phi = _terms(rzz, nobs, grouping[levels], tau2, sigma2)
+            info += part_info
+            phi[:, :, levels.ravel()] = part_phi.transpose(1, 2, 0, 3).reshape(k + 1, k + 1, -1)
     return np.asarray(np.einsum("ij,ijg->g", np.linalg.inv(info), phi), dtype=np.float64)
-
-
-def _henderson(
-    rows: Array, columns: list[Codes], q: int, grouping: Codes, tau2: Array, sigma2: float
-) -> Henderson:
-    """``ZᵀZ`` from units of ``rows`` rows each, ``columns[k]`` each unit's column of grouping k."""
-    rzz = np.zeros((q, q))
-    for ca in columns:
-        for cb in columns:
-            np.add.at(rzz, (ca, cb), rows)
-    return Henderson(
-        rzz=rzz,
-        nobs=float(rows.sum()),
-        grouping=grouping,
-        tau2=np.asarray(tau2, dtype=np.float64),
-        sigma2=float(sigma2),
-    )
 
 
 def split_levels(values: Array, sizes: list[int]) -> list[Array]:
