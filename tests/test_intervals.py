@@ -301,6 +301,9 @@ def test_config_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert est["rmse"].null_count() == 0
     manifest = (tmp_path / "out" / "current" / "manifest.json").read_text()
     assert '"interval_method": "prasad-rao"' in manifest
+    html = tmp_path / "report.html"
+    assert main(["report", str(tmp_path / "out" / "current"), "--output", str(html)]) == 0
+    assert "Prasad–Rao: from rmse" in html.read_text() and "interval method" in html.read_text()
     capsys.readouterr()
     bad = _job(tmp_path, "prasad-rao", 'method = "ml"')
     assert main(["validate", str(bad)]) == 2
