@@ -364,3 +364,12 @@ def test_agrees_with_the_r_reference_on_uneven_sleepstudy() -> None:
     g12 = np.array(ref["g1"]) + np.array(ref["g2"])
     assert np.allclose(est["std_error"].to_numpy() ** 2, g12, rtol=1e-6)
     assert np.allclose(est["rmse"].to_numpy() ** 2, ref["mse"], rtol=1e-6)
+
+
+def test_unidentified_components_are_a_clear_error() -> None:
+    """Each ``a`` holds one ``b:a``: τ²_a and τ²_b are not told apart, I(ψ) is singular."""
+    rng = np.random.default_rng(0)
+    rows = [{"a": f"a{i}", "b": "x", "y": float(rng.normal())} for i in range(8) for _ in range(3)]
+    with pytest.raises(InputError, match="information matrix is singular") as info:
+        pooljob.fit("y ~ 1 + (1 | a/b)", pl.DataFrame(rows), interval_method="prasad-rao")
+    assert "\n" not in str(info.value)

@@ -61,7 +61,7 @@ from pooljob.errors import InputError
 Array = NDArray[np.float64]
 Codes = NDArray[np.int64]
 
-#: The most random-effect levels (all groupings together) the dense g3 handles.
+#: The most random-effect levels in one connected block the dense g3 handles.
 MAX_LEVELS = 3000
 
 
@@ -101,9 +101,16 @@ def check_size(levels: int) -> None:
         )
 
 
-def _ratio(h: Henderson) -> Array:
-    """``Θ²``: ``τ²_k/σ²`` for each level."""
-    return np.asarray(h.tau2[h.grouping] / h.sigma2, dtype=np.float64)
+def _inverse(info: Array) -> Array:
+    """``I⁻¹``; a one-line error where the variance components are not identified apart."""
+    if not np.all(np.isfinite(info)) or np.linalg.cond(info) > 1e12:
+        raise InputError(
+            'interval_method = "prasad-rao" needs variance components the data tell apart, '
+            "and their information matrix is singular here (a grouping whose levels each hold "
+            "one level of the next, or one row per group): simplify the model or use "
+            'interval_method = "plugin"'
+        )
+    return np.asarray(np.linalg.inv(info), dtype=np.float64)
 
 
 def information(h: Henderson) -> Array:
@@ -118,7 +125,7 @@ def level_g3(h: Henderson) -> Array:
     """
     check_size(h.rzz.shape[0])
     info, phi = _terms(h.rzz[None], np.array([h.nobs]), h.grouping[None], h.tau2, h.sigma2)
-    return np.asarray(np.einsum("ij,ijg->g", np.linalg.inv(info), phi[0]), dtype=np.float64)
+    return np.asarray(np.einsum("ij,ijg->g", _inverse(info), phi[0]), dtype=np.float64)
 
 
 def _terms(
@@ -184,7 +191,7 @@ def one_grouping_g3(n: Array, tau2: float, sigma2: float) -> Array:
             [float(np.sum(n / alpha**2)), float(np.sum(n**2 / alpha**2))],
         ]
     )
-    v = np.linalg.inv(info)
+    v = _inverse(info)
     bracket = sigma2**2 * v[1, 1] + tau2**2 * v[0, 0] - 2.0 * sigma2 * tau2 * v[0, 1]
     return np.asarray(bracket / (n**2 * (tau2 + sigma2 / n) ** 3), dtype=np.float64)
 
@@ -268,7 +275,7 @@ def cells_g3(
             part_info, part_phi = _terms(rzz, nobs, grouping[levels], tau2, sigma2)
             info += part_info
             phi[:, :, levels.ravel()] = part_phi.transpose(1, 2, 0, 3).reshape(k + 1, k + 1, -1)
-    return np.asarray(np.einsum("ij,ijg->g", np.linalg.inv(info), phi), dtype=np.float64)
+    return np.asarray(np.einsum("ij,ijg->g", _inverse(info), phi), dtype=np.float64)
 
 
 def split_levels(values: Array, sizes: list[int]) -> list[Array]:
