@@ -369,7 +369,11 @@ def test_agrees_with_the_r_reference_on_uneven_sleepstudy() -> None:
 def test_unidentified_components_are_a_clear_error() -> None:
     """Each ``a`` holds one ``b:a``: τ²_a and τ²_b are not told apart, I(ψ) is singular."""
     rng = np.random.default_rng(0)
-    rows = [{"a": f"a{i}", "b": "x", "y": float(rng.normal())} for i in range(8) for _ in range(3)]
+    rows = [
+        {"a": f"a{i}", "b": "x", "y": float(rng.normal() + i % 3)}
+        for i in range(8)
+        for _ in range(3)
+    ]
     with pytest.raises(InputError, match="information matrix is singular") as info:
         pooljob.fit("y ~ 1 + (1 | a/b)", pl.DataFrame(rows), interval_method="prasad-rao")
     assert "\n" not in str(info.value)
