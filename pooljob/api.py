@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pooljob.errors import ConfigError
 from pooljob.model.area_options import area_option_problems
 from pooljob.model.formula import parse_formula
+from pooljob.model.interval_options import interval_method_problems
 from pooljob.model.options import (
     DEFAULT_MAX_EVALUATIONS,
     FAMILIES,
@@ -37,6 +38,7 @@ def fit(
     rollup: dict[str, str] | None = None,
     sampling_variance: str | None = None,
     benchmark: dict[str, Any] | None = None,
+    interval_method: Literal["plugin", "prasad-rao"] = "plugin",
 ) -> FitResult:
     """Fit a multilevel model from DuckDB sufficient statistics.
 
@@ -86,6 +88,14 @@ def fit(
         or ``"difference"``).  The tables are read and checked before the
         scan; the result is :meth:`FitResult.benchmark` of the fit
         (docs/outputs.md, "Benchmarking").
+    interval_method : {"plugin", "prasad-rao"}
+        ``lower``/``upper`` of the estimates as ``estimate ∓ z·std_error``,
+        the variance components taken as known (``"plugin"``, lme4's and
+        metafor's), or ``estimate ∓ z·rmse`` with ``rmse`` the second-order
+        MSE that adds their uncertainty (``"prasad-rao"``: Gaussian, random
+        intercepts, REML for unit-level models; docs/outputs.md).  With few
+        groups the plug-in intervals cover less than they say
+        (docs/small-area.md).
 
     Returns
     -------
@@ -116,9 +126,12 @@ def fit(
         problems += area_option_problems(parsed, family, sampling_variance)
     bench, bench_problems = check_benchmark(benchmark, parsed.groupings)
     problems += bench_problems
+    problems += interval_method_problems(
+        interval_method, parsed, family, method, sampling_variance is not None
+    )
     if problems:
         raise ConfigError("; ".join(problems))
-    control = Control(max_evaluations, on_nonconvergence)
+    control = Control(max_evaluations, on_nonconvergence, interval_method)
     tables = read_benchmark(bench, parsed.groupings) if bench is not None else None
     with open_data(data) as source:
         result = fit_source(

@@ -187,9 +187,11 @@ def fit_cells(
     t2 = time.perf_counter()
     with watch.stage("tables"):
         if gs is not None:
-            result = build(formula, gs, fitted, interval, family)
+            result = build(formula, gs, fitted, interval, family, control.interval_method)
         else:
-            result = build_general(formula, general, interval, family, method)
+            result = build_general(
+                formula, general, interval, family, method, control.interval_method
+            )
     t3 = time.perf_counter()
     result.timings.update({"scan": scan_seconds, "fit": t2 - t1, "tables": t3 - t2})
     return result
@@ -223,7 +225,9 @@ def fit_area_source(
         check_convergence(fit.optimizer, method.upper(), control)
     t2 = time.perf_counter()
     with watch.stage("tables"):
-        result = area_result(formula, areas, fit, interval, method, sampling_variance)
+        result = area_result(
+            formula, areas, fit, interval, method, sampling_variance, control.interval_method
+        )
     result.timings.update({"scan": t1 - t0, "fit": t2 - t1, "tables": time.perf_counter() - t2})
     return result
 

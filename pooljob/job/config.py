@@ -70,6 +70,7 @@ from pooljob.job.sections import (
 )
 from pooljob.model.area_options import area_option_problems
 from pooljob.model.formula import Formula, parse_formula
+from pooljob.model.interval_options import interval_method_problems
 from pooljob.model.options import (
     DEFAULT_MAX_EVALUATIONS,
     FAMILIES,
@@ -101,6 +102,7 @@ _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
     "output": {
         "path": str,
         "interval": (float, int),
+        "interval_method": str,
         "keep_runs": int,
         "report": bool,
         "report_grouping": str,
@@ -148,11 +150,6 @@ class ModelConfig:
     #: An area-level (Fay–Herriot) model: the column of known sampling variances.
     sampling_variance: str | None = None
 
-    @property
-    def control(self) -> Control:
-        """The optimizer's options, as the solvers take them."""
-        return Control(self.max_evaluations, self.on_nonconvergence)
-
 
 @dataclass(frozen=True)
 class OutputConfig:
@@ -160,6 +157,7 @@ class OutputConfig:
 
     path: Path
     interval: float = 0.95
+    interval_method: str = "plugin"  # or "prasad-rao": lower/upper from rmse
     keep_runs: int = 5
     report: bool = False  # publish report.html with the run
     report_grouping: str | None = None  # the grouping the report draws; default the finest
@@ -206,6 +204,12 @@ class Config:
     poststratify: PoststratifyConfig | None = None
     predict: PredictConfig | None = None
     benchmark: BenchmarkConfig | None = None
+
+    @property
+    def control(self) -> Control:
+        """The fit's options: the optimizer's (``[model]``) and the interval method."""
+        m = self.model
+        return Control(m.max_evaluations, m.on_nonconvergence, self.output.interval_method)
 
 
 def _type_name(t: type | tuple[type, ...]) -> str:
@@ -441,6 +445,11 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             problems.append(
                 '[model] sampling_variance (an area-level model) runs on [engine] kind = "duckdb"'
             )
+    interval_method = out_raw.get("interval_method", "plugin")
+    if isinstance(interval_method, str):  # other types are reported by _check_types
+        area = isinstance(variance, str)
+        checks = interval_method_problems(interval_method, formula, family, method, area)
+        problems.extend(f"[output] {p}" for p in checks)
     if problems:
         raise ConfigError(f"config {str(file)!r}: " + "; ".join(problems))
     assert formula is not None and isinstance(out_path, str)
@@ -459,6 +468,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
         output=OutputConfig(
             path=Path(resolve_path(base, out_path)),
             interval=float(interval),
+            interval_method=str(interval_method),
             keep_runs=int(keep_runs),
             report=out_raw.get("report") is True,
             report_grouping=report_grouping if isinstance(report_grouping, str) else None,

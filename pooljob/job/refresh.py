@@ -179,7 +179,7 @@ def fit_refreshed(
         log_event("refresh", "refresh: full scan: %s", reason, mode="full")
         m = config.model
         result = fit_area_source(
-            formula, source, variance, m.method, config.output.interval, m.control, watch
+            formula, source, variance, m.method, config.output.interval, config.control, watch
         )
         return result, Refresh("full", reason, scanned=len(snap.files))
     spec = check_schema(source, formula, family)
@@ -192,7 +192,7 @@ def fit_refreshed(
             spec,
             family,
             config.output.interval,
-            config.model.control,
+            config.control,
             scan_seconds=time.perf_counter() - t0,
             watch=watch,
         )
@@ -206,7 +206,7 @@ def fit_refreshed(
         config.output.interval,
         source.description,
         scan_seconds=time.perf_counter() - t0,
-        control=config.model.control,
+        control=config.control,
         watch=watch,
     )
     return result, refresh

@@ -133,7 +133,7 @@ def fit_rollup(
         m.family,
         m.method,
         config.output.interval,
-        control=m.control,
+        control=config.control,
         rollup=m.rollup,
         watch=watch,
     )
@@ -157,6 +157,20 @@ def _stage(name: str, seconds: float) -> dict[str, Any]:
     return {"stage": name, "seconds": round(seconds, 6)}
 
 
+def _how(result: FitResult, draws: int) -> str:
+    """How a poststratified or predicted table's intervals are made, for its log line.
+
+    They are plug-in (θ at its estimate) whatever ``interval_method``, which
+    widens the estimates only: said when it is ``"prasad-rao"``.
+    """
+    how = "exact normal posterior" if result.family == "gaussian" else f"{draws} draws"
+    if result.interval_method != "plugin":
+        how += (
+            f" (plug-in intervals: interval_method = {result.interval_method!r} is for estimates)"
+        )
+    return how
+
+
 def _poststratify(config: Config, result: FitResult, watch: Progress) -> pl.DataFrame | None:
     """The poststratified table of ``[poststratify]`` (None without the section)."""
     post = config.poststratify
@@ -178,7 +192,7 @@ def _poststratify(config: Config, result: FitResult, watch: Progress) -> pl.Data
         "poststratify: %d population cells, %d groups, %s (%.3f s)",
         table.height,
         out.height,
-        "exact normal posterior" if result.family == "gaussian" else f"{post.draws} draws",
+        _how(result, post.draws),
         seconds,
         **_stage("poststratify", seconds),
     )
@@ -236,7 +250,7 @@ def _predict(config: Config, result: FitResult, watch: Progress) -> pl.DataFrame
         "predict: %d cells, %d with unseen levels, %s (%.3f s)",
         out.height,
         out.height - out["unseen"].null_count(),
-        "exact normal posterior" if result.family == "gaussian" else f"{section.draws} draws",
+        _how(result, section.draws),
         seconds,
         **_stage("predict", seconds),
     )

@@ -50,9 +50,13 @@ DEFAULT_MAX_EVALUATIONS = 10_000
 ON_NONCONVERGENCE = ("fail", "publish")
 
 
+#: How ``lower``/``upper`` of the estimates are made: the first is the default.
+INTERVAL_METHODS = ("plugin", "prasad-rao")
+
+
 @dataclass(frozen=True)
 class Control:
-    """The optimizer's options (lme4's ``control``).
+    """The optimizer's options (lme4's ``control``), and how the intervals are made.
 
     Attributes
     ----------
@@ -62,10 +66,15 @@ class Control:
         ``"fail"``: a fit that fails the convergence check raises
         :class:`pooljob.errors.NonConvergenceError` and nothing is published;
         ``"publish"``: it is published with ``converged = false`` and a warning.
+    interval_method : {"plugin", "prasad-rao"}
+        ``lower``/``upper`` of the estimates from ``std_error`` (the variance
+        components taken as known), or from ``rmse``, the second-order MSE
+        that adds their uncertainty (:mod:`pooljob.model.second_order`).
     """
 
     max_evaluations: int = DEFAULT_MAX_EVALUATIONS
     on_nonconvergence: str = "fail"
+    interval_method: str = "plugin"
 
 
 #: The defaults: 10,000 evaluations, and a fit that fails the check fails.

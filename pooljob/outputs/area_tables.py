@@ -35,8 +35,12 @@ def area_result(
     interval: float,
     method: str,
     sampling_variance: str,
+    interval_method: str = "plugin",
 ) -> FitResult:
-    """The FitResult of an area-level fit: its four tables and the fit's numbers."""
+    """The FitResult of an area-level fit: its four tables and the fit's numbers.
+
+    ``lower``/``upper`` from ``std_error`` (``"plugin"``) or ``rmse`` (``"prasad-rao"``).
+    """
     grouping = formula.random[0].grouping
     keys = areas.keys
     m = keys.height
@@ -59,6 +63,7 @@ def area_result(
         interval,
         key_list,
         schema,
+        interval_method,
     )
     effects = effects_table(
         [
@@ -108,4 +113,5 @@ def area_result(
         hierarchy=(grouping,),
         nested=False,
         sampling_variance=sampling_variance,
+        interval_method=interval_method,
     )

@@ -103,9 +103,7 @@ def _unique(table: pl.DataFrame, keys: list[str], what: str, fix: str) -> None:
         )
 
 
-def _one_total_per_group(
-    table: pl.DataFrame, by: list[str], total: str, what: str
-) -> pl.DataFrame:
+def _one_total_per_group(table: pl.DataFrame, by: list[str], total: str, what: str) -> pl.DataFrame:
     """The totals of a table with one row per finest group: one row per ``by`` group.
 
     Raises

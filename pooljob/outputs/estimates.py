@@ -54,9 +54,11 @@ class GroupingEstimates:
         ``Var(b | y) / Var(b)`` of the group's random intercept; None when
         the grouping has no intercept (published as null).
     rmse : ndarray or None
-        Area-level (Fay–Herriot) models only: the square root of the
-        second-order MSE of the EBLUP (:mod:`pooljob.model.area`); None
-        (null) for unit-level models.
+        The square root of the second-order MSE of the EBLUP,
+        ``√(std_error² + 2 g3)``: area-level (Fay–Herriot) models
+        (:mod:`pooljob.model.area`), and unit-level Gaussian models with
+        ``interval_method = "prasad-rao"`` (:mod:`pooljob.model.second_order`);
+        None (null) otherwise.
     """
 
     name: str
@@ -242,12 +244,22 @@ def estimates_frame(
     interval: float,
     keys: list[str],
     schema: Any,
+    interval_method: str = "plugin",
 ) -> pl.DataFrame:
-    """The table: ``grouping``, every key column (null where not the grouping's), the numbers."""
+    """The table: ``grouping``, every key column (null where not the grouping's), the numbers.
+
+    ``lower``/``upper`` are ``estimate ∓ z·std_error`` (``"plugin"``) or
+    ``estimate ∓ z·rmse`` (``"prasad-rao"``, which needs ``rmse``).
+    """
     parts = []
     names = published_names(keys)
     for g in groups:
-        lower, upper = interval_bounds(family, g.estimate, g.std_error, interval)
+        spread = g.std_error
+        if interval_method == "prasad-rao":
+            if g.rmse is None:
+                raise ValueError(f"interval_method = 'prasad-rao' without rmse for {g.name!r}")
+            spread = g.rmse
+        lower, upper = interval_bounds(family, g.estimate, spread, interval)
         shrinkage = (
             pl.Series("shrinkage", g.shrinkage, dtype=pl.Float64)
             if g.shrinkage is not None

@@ -8,6 +8,7 @@ the fitted values and its prediction error from Henderson's equations;
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -15,13 +16,16 @@ import polars as pl
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from pooljob.errors import InputError
 from pooljob.model.design import RandomBlock
 from pooljob.model.formula import Formula
 from pooljob.model.general import Array, GeneralFit, Prepared, back_transform
 from pooljob.model.lmm import prediction_variance
+from pooljob.model.second_order import cells_g3, split_levels
 from pooljob.outputs.estimates import (
     CellGrouping,
     CellPredictions,
+    GroupingEstimates,
     cell_estimates,
     estimates_frame,
     nested_blocks,
@@ -44,7 +48,9 @@ def _group_frames(prep: Prepared) -> list[tuple[RandomBlock, NDArray[np.int64], 
     ]
 
 
-def tables(fit: GeneralFit, interval: float) -> dict[str, pl.DataFrame]:
+def tables(
+    fit: GeneralFit, interval: float, interval_method: str = "plugin"
+) -> dict[str, pl.DataFrame]:
     """Return estimates, effects, coefficients and components as polars frames."""
     prep = fit.prepared
     design = prep.design
@@ -55,7 +61,7 @@ def tables(fit: GeneralFit, interval: float) -> dict[str, pl.DataFrame]:
     coefficients = coefficients_frame([c.name for c in design.fixed], fit.beta, fit.vcov)
     groups = _group_frames(prep)
     effects = effects_frame(design, [g[2] for g in groups], fit.b, fit.cond_var, all_keys, schema)
-    estimates = _estimates(fit, groups, interval, all_keys, schema)
+    estimates = _estimates(fit, groups, interval, all_keys, schema, interval_method)
     return {
         "estimates": estimates,
         "effects": effects,
@@ -75,6 +81,7 @@ def _estimates(
     interval: float,
     keys: list[str],
     schema: Any,
+    interval_method: str = "plugin",
 ) -> pl.DataFrame:
     """Per group of each grouping: mean of the fitted values over its rows (module docs)."""
     prep = fit.prepared
@@ -116,7 +123,30 @@ def _estimates(
     estimates = cell_estimates(
         cells, groupings, lambda a, b: prediction_variance(prep.blocks, sol, a, b)
     )
-    return estimates_frame(estimates, "gaussian", interval, keys, schema)
+    if interval_method == "prasad-rao":
+        estimates = _with_rmse(fit, estimates)
+    return estimates_frame(estimates, "gaussian", interval, keys, schema, interval_method)
+
+
+def _with_rmse(fit: GeneralFit, estimates: list[GroupingEstimates]) -> list[GroupingEstimates]:
+    """Every grouping's estimates with ``rmse = √(std_error² + 2 g3)`` (random intercepts).
+
+    ``g3`` from the cells' cross-products (:mod:`pooljob.model.second_order`),
+    in the design's order of the groupings, as ``estimates``.
+    """
+    prep = fit.prepared
+    if any(len(block.columns) != 1 for block in prep.design.blocks):
+        raise InputError(
+            "interval_method = 'prasad-rao' supports one random intercept (1 | g) per "
+            "grouping only: use 'plugin'"
+        )
+    tau2 = np.array([float(c[0, 0]) for c in fit.covariance])
+    g3_all = cells_g3(prep.moments[:, 0, 0], list(prep.codes), tau2, fit.solution.sigma2)
+    g3 = split_levels(g3_all, [g.n.shape[0] for g in estimates])
+    return [
+        replace(g, rmse=np.sqrt(np.maximum(g.std_error**2 + 2.0 * extra, 0.0)))
+        for g, extra in zip(estimates, g3, strict=True)
+    ]
 
 
 def predictor(fit: GeneralFit, formula: Formula) -> Predictor:

@@ -133,9 +133,17 @@ def _overview(run: RunData) -> str:
         ("log-likelihood", _precise(m.get("loglik"))),
         ("residual SD", m.get("sigma") if m.get("family", "gaussian") == "gaussian" else None),
         ("interval coverage", m.get("interval")),
+        ("interval method", m.get("interval_method")),
     ]
     warn = "".join(f'<p class="flag-bad">{esc(f)}</p>' for f in flags)
     return warn + pairs_table(pairs)
+
+
+def _method_note(run: RunData) -> str:
+    """``lower``/``upper``'s method, when it is not the plug-in one."""
+    if run.manifest.get("interval_method") == "prasad-rao":
+        return "; Prasad–Rao: from rmse, the variance components' uncertainty included"
+    return ""
 
 
 def _precise(x: Any) -> Any:
@@ -166,7 +174,8 @@ def _pooling(run: RunData, chosen: str, response: str) -> str:
         figure(
             svg_text(caterpillar_figure(cat, response, _float(interval)), "f2"),
             f"Estimates of {chosen} with their {_float(interval) or 0.95:.0%} intervals "
-            f"(lower, upper), sorted; crosses are the raw means. Showing {cat_note}.",
+            f"(lower, upper{_method_note(run)}), sorted; crosses are the raw means. "
+            f"Showing {cat_note}.",
         ),
         figure(
             svg_text(shrinkage_figure(frame, curve), "f3"),

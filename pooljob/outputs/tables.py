@@ -64,6 +64,8 @@ class FitResult:
     benchmarked : dict or None
         After :meth:`benchmark` (or a job's ``[benchmark]``): what was
         benchmarked, with each group's total, weighted mean and adjustment.
+    interval_method : {"plugin", "prasad-rao"}
+        How ``lower``/``upper`` of the estimates were made (docs/outputs.md).
     """
 
     formula: Formula
@@ -90,6 +92,7 @@ class FitResult:
     sampling_variance: str | None = None
     #: The manifest's ``benchmark`` record once the estimates are benchmarked (else None).
     benchmarked: dict[str, Any] | None = None
+    interval_method: str = "plugin"
 
     @property
     def key_columns(self) -> dict[str, str]:
@@ -253,6 +256,7 @@ class FitResult:
             "optimizer": self.optimizer,
             "rows": self.rows,
             "interval": self.interval,
+            "interval_method": self.interval_method,
             "key_columns": self.key_columns,
             "benchmark": self.benchmarked,
         }
@@ -264,11 +268,33 @@ def _key_frame(gs: GroupStatistics, level: int) -> pl.DataFrame:
     return gs.keys[lev.first].select(list(lev.grouping.columns))
 
 
+def _nested_rmse(gs: GroupStatistics, fit: NestedFit) -> list[NDArray[np.float64]]:
+    """Per level of the tree: ``√(std_error² + 2 g3)`` (:mod:`pooljob.model.second_order`)."""
+    from pooljob.model.second_order import split_levels, tree_g3
+
+    stats = gs.stats
+    g3 = split_levels(tree_g3(stats.n, stats.parents, fit.variances, fit.sigma2), list(stats.sizes))
+    return [
+        np.sqrt(np.maximum(lev.std_error**2 + 2.0 * g, 0.0))
+        for lev, g in zip(fit.levels, g3, strict=True)
+    ]
+
+
 def build(
-    formula: Formula, gs: GroupStatistics, fit: NestedFit, interval: float, family: str
+    formula: Formula,
+    gs: GroupStatistics,
+    fit: NestedFit,
+    interval: float,
+    family: str,
+    interval_method: str = "plugin",
 ) -> FitResult:
-    """Assemble the output tables from the statistics and the fit."""
+    """Assemble the output tables from the statistics and the fit.
+
+    With ``interval_method = "prasad-rao"`` the estimates get ``rmse`` and
+    their interval from it.
+    """
     groups, effects = [], []
+    rmse = _nested_rmse(gs, fit) if interval_method == "prasad-rao" else None
     for k, lev in enumerate(gs.levels):
         res = fit.levels[k]
         keys = _key_frame(gs, k)
@@ -283,6 +309,7 @@ def build(
                 parent=res.parent + gs.shift,
                 std_error=res.std_error,
                 shrinkage=res.shrinkage,
+                rmse=rmse[k] if rmse is not None else None,
             )
         )
         effects.append(
@@ -319,7 +346,7 @@ def build(
             "sd": float(np.sqrt(fit.sigma2)),
         }
     )
-    estimates = estimates_frame(groups, "gaussian", interval, key_list, schema)
+    estimates = estimates_frame(groups, "gaussian", interval, key_list, schema, interval_method)
     effects_out = effects_table(list(reversed(effects)), key_list, schema)
     components = pl.DataFrame(rows, schema=COMPONENT_SCHEMA, orient="row")
     return FitResult(
@@ -342,6 +369,7 @@ def build(
         optimizer=fit.optimizer.to_dict(),
         hierarchy=tuple(lev.grouping for lev in gs.levels),
         predictor=_nested_predictor(formula, gs, fit) if family == "gaussian" else None,
+        interval_method=interval_method,
     )
 
 
@@ -384,12 +412,17 @@ def _nested_predictor(formula: Formula, gs: GroupStatistics, fit: NestedFit) -> 
 
 
 def build_general(
-    formula: Formula, fit: GeneralFit, interval: float, family: str, method: str
+    formula: Formula,
+    fit: GeneralFit,
+    interval: float,
+    family: str,
+    method: str,
+    interval_method: str = "plugin",
 ) -> FitResult:
     """Assemble the output tables of a general (blocked-Cholesky) fit."""
     from pooljob.outputs.gaussian_tables import predictor, tables
 
-    frames = tables(fit, interval)
+    frames = tables(fit, interval, interval_method)
     prep = fit.prepared
     sigma2 = fit.solution.sigma2
     singular = is_singular(prep.blocks.free, fit.theta)
@@ -417,4 +450,5 @@ def build_general(
         hierarchy=tuple(b.grouping for b in prep.design.blocks),
         nested=False,
         predictor=predictor(fit, formula) if family == "gaussian" else None,
+        interval_method=interval_method,
     )
