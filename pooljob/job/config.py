@@ -56,13 +56,17 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pooljob.errors import ConfigError, FormulaError
 from pooljob.job.sections import (
+    ENGINES,
+    EngineConfig,
     benchmark_section,
+    engine_section,
+    option,
     output_format,
     poststratify_section,
     predict_section,
@@ -122,7 +126,6 @@ _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
     },
 }
 _REQUIRED = {"source": (), "model": ("formula",), "output": ("path",)}
-ENGINES = ("duckdb", "spark")
 
 
 @dataclass(frozen=True)
@@ -166,24 +169,6 @@ class OutputConfig:
 
 
 @dataclass(frozen=True)
-class EngineConfig:
-    """The engine of the scan, and its settings.
-
-    ``kind = "duckdb"`` (default) takes ``threads`` (default: all cores) and
-    ``memory_limit`` (default: a quarter of RAM, at most 3 GiB);
-    ``kind = "spark"`` takes ``master`` (default: what ``spark-submit`` or an
-    active session says) and ``conf``, Spark settings as strings (nested TOML
-    tables are joined with dots).
-    """
-
-    threads: int | None = None
-    memory_limit: str | None = None
-    kind: str = "duckdb"
-    master: str | None = None
-    conf: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class Config:
     """A validated job configuration.
 
@@ -224,16 +209,6 @@ def _type_name(t: type | tuple[type, ...]) -> str:
     if isinstance(t, tuple):
         return names[t[0]]
     return names[t]
-
-
-def _option(value: Any, choices: tuple[str, ...]) -> Any:
-    """An option chosen from ``choices`` (family, method, engine kind), in any case.
-
-    A value that is none of them is kept as given, for the error message.
-    """
-    if isinstance(value, str) and value.strip().lower() in choices:
-        return value.strip().lower()
-    return value
 
 
 def _check_types(raw: dict[str, Any], problems: list[str]) -> None:
@@ -299,66 +274,6 @@ def _sql_problems(source: SourceConfig) -> list[str | None]:
     ]
 
 
-def _flat_conf(table: dict[str, Any], prefix: str, problems: list[str]) -> dict[str, str]:
-    """Spark settings as strings; ``[engine.conf] spark.x.y = 1`` nests in TOML, joined here."""
-    out: dict[str, str] = {}
-    for key, value in table.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flat_conf(value, f"{name}.", problems))
-        elif isinstance(value, bool):
-            out[name] = str(value).lower()
-        elif isinstance(value, str | int | float):
-            out[name] = str(value)
-        else:
-            problems.append(f"[engine] conf {name} = {value!r} must be a string, number or boolean")
-    return out
-
-
-def _engine(eng_raw: dict[str, Any], source: SourceConfig, problems: list[str]) -> EngineConfig:
-    """The [engine] section; Spark reads only a [source] path and takes Spark settings."""
-    kind = _option(eng_raw.get("kind", "duckdb"), ENGINES)
-    threads = eng_raw.get("threads")
-    if isinstance(threads, int) and threads < 1:
-        problems.append(f"[engine] threads = {threads} must be at least 1")
-    conf = eng_raw.get("conf")
-    flat = _flat_conf(conf, "", problems) if isinstance(conf, dict) else {}
-    if not isinstance(kind, str) or kind not in ENGINES:
-        if isinstance(kind, str):
-            problems.append(
-                f"[engine] kind = {kind!r} is not supported; use one of {', '.join(ENGINES)}"
-            )
-        kind = "duckdb"
-    elif kind == "spark":
-        if source.database is not None or source.query is not None:
-            given = "database" if source.database is not None else "query"
-            problems.append(
-                f'[source] {given} cannot be read by [engine] kind = "spark"; give a [source] '
-                'path (Parquet or CSV files), or use kind = "duckdb"'
-            )
-        duck = [k for k in ("threads", "memory_limit") if k in eng_raw]
-        if duck:
-            problems.append(
-                f'[engine] {" and ".join(duck)} set DuckDB; with kind = "spark" give Spark '
-                'settings in [engine] conf instead (e.g. "spark.executor.memory" = "8g")'
-            )
-    else:
-        spark_only = [k for k in ("master", "conf") if k in eng_raw]
-        if spark_only:
-            problems.append(
-                f"[engine] {' and '.join(spark_only)}: Spark settings; add "
-                'kind = "spark" to run the scan on Spark'
-            )
-    master = eng_raw.get("master")
-    return EngineConfig(
-        threads=threads if isinstance(threads, int) else None,
-        memory_limit=eng_raw.get("memory_limit"),
-        kind=kind,
-        master=master if isinstance(master, str) else None,
-        conf=flat,
-    )
-
-
 def parse_config(raw: dict[str, Any], file: Path) -> Config:
     """Validate a parsed TOML document; raise one ConfigError listing every problem."""
     problems: list[str] = []
@@ -374,8 +289,8 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             formula = parse_formula(model_raw["formula"])
         except FormulaError as exc:
             problems.append(f"[model] formula: {exc}")
-    family = _option(model_raw.get("family", "gaussian"), FAMILIES)
-    method = _option(
+    family = option(model_raw.get("family", "gaussian"), FAMILIES)
+    method = option(
         model_raw.get("method", default_method(family) if isinstance(family, str) else "reml"),
         METHODS,
     )
@@ -400,7 +315,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
     keep_runs = out_raw.get("keep_runs", 5)
     if isinstance(keep_runs, int) and not isinstance(keep_runs, bool) and keep_runs < 1:
         problems.append(f"[output] keep_runs = {keep_runs} must be at least 1")
-    engine = _engine(eng_raw, source, problems)
+    engine = engine_section(eng_raw, source.database, source.query, problems)
     if engine.kind == "duckdb":  # trusted SQL, still one expression or one SELECT
         problems.extend(p for p in _sql_problems(source) if p is not None)
     if engine.kind == "spark" and "rollup" in model_raw:

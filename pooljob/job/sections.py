@@ -1,4 +1,4 @@
-"""The optional sections of the job config that name a table: poststratify, predict, benchmark.
+"""Sections of the job config parsed on their own: poststratify, predict, benchmark, engine.
 
 Paths are resolved against the config file's directory; problems are
 collected into the caller's list (reported at once, on one line).
@@ -7,6 +7,7 @@ collected into the caller's list (reported at once, on one line).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ from pooljob.model.options import (
     check_benchmark,
 )
 from pooljob.model.terms import Grouping
+
+#: ``[engine] kind``: where the scan runs.
+ENGINES = ("duckdb", "spark")
 
 #: ``[output] format``: Parquet run folders (pooljob.outputs.publish) or Delta tables.
 FORMATS = ("parquet", "delta")
@@ -128,3 +132,96 @@ def output_format(out: dict[str, Any], problems: list[str]) -> str:
             "only; write the report with: pooljob report OUTPUT_PATH"
         )
     return fmt
+
+
+def option(value: Any, choices: tuple[str, ...]) -> Any:
+    """An option chosen from ``choices`` (family, method, engine kind), in any case.
+
+    A value that is none of them is kept as given, for the error message.
+    """
+    if isinstance(value, str) and value.strip().lower() in choices:
+        return value.strip().lower()
+    return value
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """The engine of the scan, and its settings.
+
+    ``kind = "duckdb"`` (default) takes ``threads`` (default: all cores) and
+    ``memory_limit`` (default: a quarter of RAM, at most 3 GiB);
+    ``kind = "spark"`` takes ``master`` (default: what ``spark-submit`` or an
+    active session says) and ``conf``, Spark settings as strings (nested TOML
+    tables are joined with dots).
+    """
+
+    threads: int | None = None
+    memory_limit: str | None = None
+    kind: str = "duckdb"
+    master: str | None = None
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+def _flat_conf(table: dict[str, Any], prefix: str, problems: list[str]) -> dict[str, str]:
+    """Spark settings as strings; ``[engine.conf] spark.x.y = 1`` nests in TOML, joined here."""
+    out: dict[str, str] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_conf(value, f"{name}.", problems))
+        elif isinstance(value, bool):
+            out[name] = str(value).lower()
+        elif isinstance(value, str | int | float):
+            out[name] = str(value)
+        else:
+            problems.append(f"[engine] conf {name} = {value!r} must be a string, number or boolean")
+    return out
+
+
+def engine_section(
+    eng_raw: dict[str, Any], database: str | None, query: str | None, problems: list[str]
+) -> EngineConfig:
+    """The [engine] section; Spark reads only a [source] path and takes Spark settings.
+
+    ``database`` and ``query`` are the ``[source]``'s (Spark cannot read them).
+    """
+    kind = option(eng_raw.get("kind", "duckdb"), ENGINES)
+    threads = eng_raw.get("threads")
+    if isinstance(threads, int) and threads < 1:
+        problems.append(f"[engine] threads = {threads} must be at least 1")
+    conf = eng_raw.get("conf")
+    flat = _flat_conf(conf, "", problems) if isinstance(conf, dict) else {}
+    if not isinstance(kind, str) or kind not in ENGINES:
+        if isinstance(kind, str):
+            problems.append(
+                f"[engine] kind = {kind!r} is not supported; use one of {', '.join(ENGINES)}"
+            )
+        kind = "duckdb"
+    elif kind == "spark":
+        if database is not None or query is not None:
+            given = "database" if database is not None else "query"
+            problems.append(
+                f'[source] {given} cannot be read by [engine] kind = "spark"; give a [source] '
+                'path (Parquet or CSV files), or use kind = "duckdb"'
+            )
+        duck = [k for k in ("threads", "memory_limit") if k in eng_raw]
+        if duck:
+            problems.append(
+                f'[engine] {" and ".join(duck)} set DuckDB; with kind = "spark" give Spark '
+                'settings in [engine] conf instead (e.g. "spark.executor.memory" = "8g")'
+            )
+    else:
+        spark_only = [k for k in ("master", "conf") if k in eng_raw]
+        if spark_only:
+            problems.append(
+                f"[engine] {' and '.join(spark_only)}: Spark settings; add "
+                'kind = "spark" to run the scan on Spark'
+            )
+    master = eng_raw.get("master")
+    return EngineConfig(
+        threads=threads if isinstance(threads, int) else None,
+        memory_limit=eng_raw.get("memory_limit"),
+        kind=kind,
+        master=master if isinstance(master, str) else None,
+        conf=flat,
+    )
