@@ -169,7 +169,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(_poststratified_text(outcome.poststratified))
         if outcome.predictions is not None:
             print(_predictions_text(outcome.predictions))
-        print(f"published: {config.output.path / 'current'} -> runs/{outcome.run_id}")
+        out = config.output
+        where = f"{out.url}/current.json" if out.url else str(out.path / "current")
+        print(f"published: {where} -> runs/{outcome.run_id}")
     return 0
 
 
@@ -274,6 +276,11 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from pooljob.outputs.report import REPORT, write_report
 
+    if "://" in args.run_dir:
+        raise ConfigError(
+            f"pooljob report reads a run folder on this machine, not {args.run_dir!r}; copy the "
+            "run there first (e.g. aws s3 cp --recursive), or set [output] report = true"
+        )
     output = Path(args.output)
     if output.is_dir():
         output = output / REPORT

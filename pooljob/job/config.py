@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from pooljob.errors import ConfigError, FormulaError
-from pooljob.job.sections import poststratify_section, predict_section, resolve_path
+from pooljob.job.sections import poststratify_section, predict_section, resolve_path, s3_work_dir
 from pooljob.model.area_options import area_option_problems
 from pooljob.model.formula import Formula, parse_formula
 from pooljob.model.options import (
@@ -69,6 +69,7 @@ from pooljob.model.options import (
     default_method,
 )
 from pooljob.outputs.report_data import resolve_grouping
+from pooljob.scan.s3 import is_s3
 from pooljob.scan.sql_text import query_problem, where_problem
 
 _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -139,6 +140,7 @@ class OutputConfig:
     report: bool = False  # publish report.html with the run
     report_grouping: str | None = None  # the grouping the report draws; default the finest
     incremental: bool = True  # path sources: refresh from the statistics store in <path>/state
+    url: str | None = None  # an s3:// output (path is then its local work folder, for the lock)
 
 
 @dataclass(frozen=True)
@@ -380,6 +382,9 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
     out_path = out_raw.get("path")
     if isinstance(out_path, str) and not out_path.strip():
         problems.append("[output] path is empty")
+    url = out_path.rstrip("/") if isinstance(out_path, str) and is_s3(out_path) else None
+    if url is not None and not url[len("s3://") :]:
+        problems.append(f"[output] path = {out_path!r} names no bucket; give s3://bucket/prefix")
     report_grouping = out_raw.get("report_grouping")
     if formula is not None and isinstance(report_grouping, str):
         try:
@@ -427,7 +432,8 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             sampling_variance=variance if isinstance(variance, str) else None,
         ),
         output=OutputConfig(
-            path=Path(resolve_path(base, out_path)),
+            path=s3_work_dir(url) if url else Path(resolve_path(base, out_path)),
+            url=url,
             interval=float(interval),
             keep_runs=int(keep_runs),
             report=out_raw.get("report") is True,

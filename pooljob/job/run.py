@@ -29,6 +29,7 @@ from pooljob.outputs.predict import predict, read_cells, require_cells
 from pooljob.outputs.publish import new_run_id, publish
 from pooljob.outputs.report import REPORT, write_report
 from pooljob.outputs.report_figures import require_matplotlib
+from pooljob.outputs.s3_publish import publish_s3
 from pooljob.outputs.schema import SCHEMA_VERSION, write_table
 from pooljob.outputs.tables import FitResult
 from pooljob.pipeline import UNWATCHED, Watch
@@ -49,7 +50,7 @@ class RunOutcome:
     """What a successful run produced."""
 
     run_id: str
-    run_dir: Path
+    run_dir: Path | str  # the URL of the run for an S3 output
     result: FitResult
     manifest: dict[str, Any]
     poststratified: pl.DataFrame | None = None
@@ -343,7 +344,12 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
             stages.enter_context(watch.stage("publish"))  # ends when publish returns
 
         with ExitStack() as stages:
-            run_dir = publish(config.output.path, run_id, write_all, config.output.keep_runs)
+            out, keep = config.output, config.output.keep_runs
+            run_dir: Path | str = (
+                publish_s3(out.url, out.path, run_id, write_all, keep)
+                if out.url
+                else publish(out.path, run_id, write_all, keep)
+            )
         t_end = time.perf_counter()
         t_pub = t_end - written[0]  # sync, rename, swap of current, pruning
         log_event(
@@ -351,7 +357,9 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
         )
         if refresh.pending is not None:
             with watch.stage("state"):
-                refresh.save(config.output.path, run_id)  # only now: the store follows `current`
+                refresh.save(
+                    config.output.path, run_id, config.output.url
+                )  # only now: the store follows `current`
         t_end = time.perf_counter()
         log_event(
             "done",
