@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from pooljob.errors import ConfigError
+from pooljob.errors import ConfigError, PublishError
 from pooljob.job.config import Config
 from pooljob.job.engine import open_source
 from pooljob.job.fingerprint import InputSnapshot, check_unchanged, fingerprint, snapshot
@@ -33,6 +33,7 @@ from pooljob.outputs.s3_publish import publish_s3
 from pooljob.outputs.schema import SCHEMA_VERSION, write_table
 from pooljob.outputs.tables import FitResult
 from pooljob.pipeline import UNWATCHED, Watch
+from pooljob.scan.s3 import require_bucket
 from pooljob.scan.source import TableSource
 
 log = logging.getLogger("pooljob")
@@ -226,6 +227,8 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
     src = config.source
     if config.output.report:
         require_matplotlib()  # fail before the scan, not after the fit
+    if config.output.url:
+        require_bucket(config.output.url, PublishError)
     if config.poststratify is not None:
         require_population(config.poststratify)
     if config.predict is not None:

@@ -23,6 +23,7 @@ become one-line :class:`~pooljob.errors.PublishError` messages (exit code 5).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -54,7 +55,7 @@ def work_dir(url: str, root: Path) -> Path:
 def publish_s3(
     url: str, work: Path, run_id: str, write: Callable[[Path], None], keep_runs: int
 ) -> str:
-    """Write a run with ``write(directory)``, upload it under ``url`` and point ``current.json`` at it.
+    """Write a run with ``write(directory)``, upload it under ``url``, point ``current.json`` at it.
 
     Parameters
     ----------
@@ -78,15 +79,15 @@ def publish_s3(
     shutil.rmtree(staging, ignore_errors=True)
     local = staging / run_id
     run_url = f"{url}/{RUNS}/{run_id}"
-    uploaded = False
+    uploaded: list[str] = []
     try:
         local.mkdir(parents=True)
         write(local)
         names = sorted(p.name for p in local.iterdir() if p.is_file())
         names = [n for n in names if n != MANIFEST] + [n for n in names if n == MANIFEST]
-        uploaded = True
         for name in names:
-            s3.put_file(local / name, f"{run_url}/{name}", fs)
+            uploaded.append(f"{run_url}/{name}")
+            s3.put_file(local / name, uploaded[-1], fs)
         pointer = {
             "run_id": run_id,
             "path": f"{RUNS}/{run_id}",
@@ -95,8 +96,9 @@ def publish_s3(
         }
         s3.put_bytes(f"{url}/{POINTER}", (json.dumps(pointer, indent=2) + "\n").encode(), fs)
     except BaseException as exc:
-        if uploaded:
-            s3.delete_tree(run_url, fs, log.warning)
+        for url_ in uploaded:
+            with contextlib.suppress(OSError):
+                s3.delete_object(url_, fs)
         if isinstance(exc, OSError):
             raise s3.s3_error(exc, f"publishing run {run_id} to {url!r}", PublishError) from None
         raise

@@ -21,6 +21,7 @@ names (an input or a publish error).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -47,6 +48,7 @@ __all__ = [
     "list_objects",
     "put_bytes",
     "put_file",
+    "require_bucket",
     "s3_error",
     "stamps",
 ]
@@ -219,6 +221,20 @@ def list_objects(url: str, suffixes: tuple[str, ...] = (".parquet",)) -> list[tu
     return found
 
 
+def require_bucket(url: str, error: type[PooljobError] = InputError) -> None:
+    """Raise ``error`` (one line) unless the bucket of ``url`` exists and can be reached."""
+    fs = filesystem(error)
+    bucket = _key(url).split("/", 1)[0]
+    try:
+        info = fs.get_file_info(bucket)
+    except OSError as exc:
+        raise s3_error(exc, f"reaching the bucket of {url!r}", error) from None
+    if info.type == pfs.FileType.NotFound:
+        raise error(
+            f"{url!r}: bucket {bucket!r} does not exist (or these credentials cannot see it)"
+        )
+
+
 def _version(fs: pfs.S3FileSystem, url: str) -> int | None:
     """A 63-bit number from the object's ETag (None if it does not exist)."""
     try:
@@ -304,7 +320,5 @@ def delete_tree(url: str, fs: pfs.S3FileSystem, warn: Callable[[str], None]) -> 
 
 def delete_object(url: str, fs: pfs.S3FileSystem) -> None:
     """Delete one object, quietly if it is already gone."""
-    try:
+    with contextlib.suppress(FileNotFoundError):
         fs.delete_file(_key(url))
-    except FileNotFoundError:
-        pass

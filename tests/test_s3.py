@@ -1,0 +1,279 @@
+"""Object storage: sources and outputs on ``s3://`` against a real S3 endpoint on 127.0.0.1.
+
+moto's threaded server (tests/s3.py) runs once per module; each test gets a
+fresh bucket.  A run from S3 equals the same run from local files; an S3
+output moves ``current.json`` last and prunes to ``keep_runs``; a failed
+publish leaves the pointer and the previous run as they were; incremental
+refresh reads only new or changed objects; ETags fingerprint objects; bad
+credentials, endpoints and buckets are one-line errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pooljob.errors import InputError, PublishError
+from pooljob.job import refresh as refresh_module
+from pooljob.job.cli import main
+from pooljob.job.config import load_config
+from pooljob.job.fingerprint import fingerprint, snapshot
+from pooljob.job.run import OUTPUT_TABLES, RunOutcome, run
+from pooljob.scan import s3 as s3_module
+from pooljob.scan.s3 import glob_regex
+from pooljob.scan.source import open_config_source
+from tests.s3 import S3, s3, s3_server  # noqa: F401
+from tests.test_incremental import assert_same_fit
+
+pytest.importorskip("moto")
+
+FORMULA = "sales ~ 1 + (1 | region/store)"
+_EFFECTS = np.random.default_rng(7).normal(0, 5, 12)
+
+
+def _rows(path: Path, seed: int, n: int = 150) -> None:
+    rng = np.random.default_rng(seed)
+    store = rng.integers(0, 12, n)
+    region = np.array(["east", "west", "north"])[store % 3]
+    sales = 100 + _EFFECTS[store] + rng.normal(0, 10, n)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame({"region": region, "store": store, "sales": sales}).write_parquet(path)
+
+
+def _config(folder: Path, name: str, source: str, out: str, **extra: Any) -> Path:
+    output = {"path": out, "keep_runs": 2, **extra.pop("output", {})}
+    lines = ["[source]", f"path = {json.dumps(source)}"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
+    lines += ["[model]", f'formula = "{FORMULA}"', "[output]"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in output.items()]
+    cfg = folder / f"{name}.toml"
+    cfg.write_text("\n".join(lines) + "\n")
+    return cfg
+
+
+def _upload(s3: S3, local: Path, prefix: str) -> None:
+    for file in sorted(local.rglob("*.parquet")):
+        s3.put(f"{prefix}/{file.relative_to(local).as_posix()}", file)
+
+
+def _tables(outcome: RunOutcome, s3: S3 | None = None) -> dict[str, pl.DataFrame]:
+    """The published tables of a run, local or on S3, without the run id."""
+    frames = {}
+    for name in OUTPUT_TABLES:
+        if isinstance(outcome.run_dir, Path):
+            frame = pl.read_parquet(outcome.run_dir / f"{name}.parquet")
+        else:
+            assert s3 is not None
+            key = outcome.run_dir.removeprefix(f"s3://{s3.bucket}/") + f"/{name}.parquet"
+            frame = pl.read_parquet(s3.get(key))
+        frames[name] = frame.drop([c for c in frame.columns if c == "run_id"])
+    return frames
+
+
+def _same_tables(a: dict[str, pl.DataFrame], b: dict[str, pl.DataFrame]) -> None:
+    for name in OUTPUT_TABLES:
+        assert a[name].equals(b[name]), name
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    logger = logging.getLogger("pooljob")
+    handlers, level = logger.handlers[:], logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    for day in (1, 2, 3):
+        _rows(tmp_path / "data" / f"day={day}" / "part.parquet", seed=day)
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize("hive", [False, True], ids=["plain", "hive"])
+def test_run_from_s3_equals_the_run_from_local_files(
+    s3: S3, data: Path, tmp_path: Path, hive: bool
+) -> None:
+    _upload(s3, data, "in")
+    if hive:
+        local, remote = str(data / "**" / "*.parquet"), s3.url("in/**/*.parquet")
+        extra = {"where": "day >= 2"}  # a partition column, pushed into the dataset
+    else:
+        local, remote = str(data / "day=1" / "*.parquet"), s3.url("in/day=1/*.parquet")
+        extra = {}
+    a = run(load_config(_config(tmp_path, "local", local, "out_local", **extra)))
+    b = run(load_config(_config(tmp_path, "remote", remote, "out_remote", **extra)))
+    _same_tables(_tables(a), _tables(b))
+    assert a.manifest["rows"] == b.manifest["rows"]
+    assert b.manifest["input_fingerprint"]["kind"] == "files"
+    assert b.manifest["input_fingerprint"]["files"] == (3 if hive else 1)
+
+
+def test_hive_columns_and_pushdown_match_duckdb(s3: S3, data: Path) -> None:
+    _upload(s3, data, "in")
+    with open_config_source(path=str(data / "**" / "*.parquet")) as local:
+        want = local.columns
+    with open_config_source(path=s3.url("in"), where="day = 2") as remote:
+        assert remote.columns == want  # a prefix means its Parquet objects; day is BIGINT
+        plan = remote.relation("explain select sales from source").fetchall()[0][1]
+        rows = remote.arrow("select count(*) as n from source").column("n")[0].as_py()
+    assert "Filters" in plan and "day" in plan and "Projections" in plan
+    assert rows == 150
+
+
+def test_glob_matches_like_duckdb() -> None:
+    regex = glob_regex("b/in/*/x?.parquet")
+    assert regex.match("b/in/day=1/x1.parquet")
+    assert not regex.match("b/in/day=1/deeper/x1.parquet")
+    assert glob_regex("b/in/**/*.parquet").match("b/in/a/b/c.parquet")
+    assert glob_regex("b/in/**/*.parquet").match("b/in/c.parquet")
+    assert glob_regex("b/[!x]*.parquet").match("b/a.parquet")
+    assert not glob_regex("b/[!x]*.parquet").match("b/x.parquet")
+
+
+def test_s3_output_moves_current_json_and_prunes(s3: S3, data: Path, tmp_path: Path) -> None:
+    cfg = _config(tmp_path, "job", str(data / "**" / "*.parquet"), s3.url("out"))
+    ids = []
+    for _ in range(3):
+        outcome = run(load_config(cfg))
+        ids.append(outcome.run_id)
+        pointer = json.loads(s3.get("out/current.json"))
+        assert pointer["run_id"] == outcome.run_id
+        assert pointer["path"] == f"runs/{outcome.run_id}"
+        names = sorted(pointer["files"])
+        assert names == sorted([*(f"{t}.parquet" for t in OUTPUT_TABLES), "manifest.json"])
+        manifest = json.loads(s3.get(f"out/runs/{outcome.run_id}/manifest.json"))
+        assert manifest["run_id"] == outcome.run_id
+    runs = {k.split("/")[2] for k in s3.keys("out/runs")}
+    assert runs == set(ids[1:])  # keep_runs = 2
+    local = run(load_config(_config(tmp_path, "local", str(data / "**" / "*.parquet"), "o")))
+    _same_tables(_tables(local), _tables(outcome, s3))
+
+
+def test_failed_publish_leaves_current_json_and_the_previous_run(
+    s3: S3, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    cfg = _config(tmp_path, "job", str(data / "**" / "*.parquet"), s3.url("out"))
+    first = run(load_config(cfg))
+    before = {k: s3.get(k) for k in s3.keys("out")}
+    put = s3_module.put_file
+    calls: list[str] = []
+
+    def fail_third(local: Path, url: str, fs: Any) -> None:
+        calls.append(url)
+        if len(calls) == 3:
+            raise OSError("When uploading: AWS Error NETWORK_CONNECTION (injected)\nmore")
+        put(local, url, fs)
+
+    monkeypatch.setattr(s3_module, "put_file", fail_third)
+    with pytest.raises(PublishError, match="injected"):
+        run(load_config(cfg))
+    assert {k: s3.get(k) for k in s3.keys("out")} == before
+    assert json.loads(s3.get("out/current.json"))["run_id"] == first.run_id
+    calls.clear()
+    assert main(["--quiet", "run", str(cfg)]) == 5
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "injected" in err
+
+
+def test_incremental_refresh_reads_only_the_new_object(
+    s3: S3, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _upload(s3, data, "in")
+    cfg = _config(tmp_path, "job", s3.url("in/**/*.parquet"), s3.url("out"))
+    scanned: list[list[str]] = []
+    original = refresh_module.open_file_list
+
+    def spy(files: list[str], **kwargs: Any) -> Any:
+        scanned.append(list(files))
+        return original(files, **kwargs)
+
+    monkeypatch.setattr(refresh_module, "open_file_list", spy)
+    first = run(load_config(cfg))
+    assert first.manifest["refresh"]["mode"] == "full"
+    assert any(k.startswith("out/state/") for k in s3.keys("out"))
+    _rows(tmp_path / "new.parquet", seed=4)
+    s3.put("in/day=4/part.parquet", tmp_path / "new.parquet")
+    scanned.clear()
+    second = run(load_config(cfg))
+    assert scanned == [[s3.url("in/day=4/part.parquet")]]
+    assert second.manifest["refresh"] == {
+        "mode": "incremental",
+        "files_scanned": 1,
+        "files_reused": 3,
+        "files_removed": 0,
+    }
+    _rows(tmp_path / "new.parquet", seed=4)  # the same bytes: the same ETag, nothing to scan
+    scanned.clear()
+    assert run(load_config(cfg)).manifest["refresh"]["files_scanned"] == 0
+    assert scanned == []
+    full = _config(
+        tmp_path, "full", s3.url("in/**/*.parquet"), "full", output={"incremental": False}
+    )
+    assert_same_fit(second, run(load_config(full)))
+
+
+def test_fingerprint_changes_when_an_object_is_overwritten_with_the_same_size(
+    s3: S3, tmp_path: Path
+) -> None:
+    s3.put("in/a.parquet", b"x" * 64)
+    cfg = load_config(_config(tmp_path, "job", s3.url("in/*.parquet"), "out"))
+    first = snapshot(cfg.source)
+    s3.put("in/a.parquet", b"y" * 64)
+    second = snapshot(cfg.source)
+    assert first.files[0][:2] == second.files[0][:2] == (s3.url("in/a.parquet"), 64)
+    assert fingerprint(first)["sha256"] != fingerprint(second)["sha256"]
+    assert fingerprint(first)["bytes"] == 64
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("no secret", "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not"),
+        ("plain http", "set AWS_ALLOW_HTTP=true"),
+        ("unreachable", "failed"),
+        ("no bucket", "bucket 'no-such-bucket' does not exist"),
+        ("no object", "matches no object"),
+    ],
+)
+def test_bad_s3_settings_are_one_line_exit_3(
+    s3: S3,
+    s3_server: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+    case: str,
+    message: str,
+) -> None:
+    source = s3.url("in/*.parquet")
+    if case == "no secret":
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    elif case == "plain http":
+        monkeypatch.delenv("AWS_ALLOW_HTTP")
+    elif case == "unreachable":
+        from tests.s3 import _free_port
+
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    elif case == "no bucket":
+        source = "s3://no-such-bucket/in/*.parquet"
+    cfg = _config(tmp_path, "job", source, "out")
+    assert main(["--quiet", "run", str(cfg)]) == InputError.exit_code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_output_to_a_missing_bucket_is_exit_5(
+    s3: S3, data: Path, tmp_path: Path, capsys: Any
+) -> None:
+    cfg = _config(tmp_path, "job", str(data / "day=1" / "*.parquet"), "s3://no-such-bucket/out")
+    assert main(["--quiet", "run", str(cfg)]) == PublishError.exit_code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no-such-bucket" in err[0], err
