@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.s3 are parameters here)
 """Object storage: sources and outputs on ``s3://`` against a real S3 endpoint on 127.0.0.1.
 
 moto's threaded server (tests/s3.py) runs once per module; each test gets a
