@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -104,7 +105,7 @@ def s3_server() -> Iterator[S3Server]:
 @pytest.fixture
 def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3:
     """A new empty bucket, and ``AWS_*`` set for the server (undone after the test)."""
-    bucket = f"bucket-{next(_BUCKETS)}"
+    bucket = f"bucket-{os.getpid()}-{next(_BUCKETS)}"
     s3_server.fs.create_dir(bucket)
     for name in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)

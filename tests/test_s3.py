@@ -87,6 +87,7 @@ def _same_tables(a: dict[str, pl.DataFrame], b: dict[str, pl.DataFrame]) -> None
 def _restore_logging() -> Iterator[None]:
     logger = logging.getLogger("pooljob")
     handlers, level = logger.handlers[:], logger.level
+    logger.handlers[:] = []  # not a handler another module's test left on a closed stream
     yield
     logger.handlers[:] = handlers
     logger.setLevel(level)

@@ -24,8 +24,10 @@ become one-line :class:`~pooljob.errors.PublishError` messages (exit code 5).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -46,10 +48,14 @@ log = logging.getLogger("pooljob")
 
 
 def work_dir(url: str, root: Path) -> Path:
-    """The local folder of an S3 output under ``root``: its lock and staging area."""
-    import hashlib
+    """The local folder of an S3 output under ``root``: its lock and staging area.
 
-    return root / hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    Named by a hash of the endpoint (``AWS_ENDPOINT_URL_S3`` or
+    ``AWS_ENDPOINT_URL``, empty for AWS) and the URL: one folder per output.
+    """
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
+    name = f"{endpoint.strip().rstrip('/')} {url}"
+    return root / hashlib.sha256(name.encode("utf-8")).hexdigest()[:16]
 
 
 def publish_s3(
