@@ -284,3 +284,24 @@ def test_output_to_a_missing_bucket_is_exit_5(
     assert main(["--quiet", "run", str(cfg)]) == PublishError.exit_code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no-such-bucket" in err[0], err
+
+
+def test_cli_validate_explain_and_a_predict_table_on_s3(
+    s3: S3, data: Path, tmp_path: Path, capsys: Any
+) -> None:
+    _upload(s3, data, "in")
+    cells = pl.DataFrame({"region": ["east", "west"], "store": [0, 1]})
+    cells.write_parquet(tmp_path / "cells.parquet")
+    s3.put("cells/cells.parquet", tmp_path / "cells.parquet")
+    cfg = _config(tmp_path, "job", s3.url("in"), s3.url("out"))
+    with cfg.open("a") as f:
+        f.write(f'[predict]\npath = "{s3.url("cells/cells.parquet")}"\n')
+    assert main(["--quiet", "validate", str(cfg)]) == 0
+    assert main(["explain", str(cfg)]) == 0
+    assert "-- __pooljob_s3_objects: the objects" in capsys.readouterr().out
+    assert main(["--quiet", "run", str(cfg)]) == 0
+    run_path = json.loads(s3.get("out/current.json"))["path"]
+    predictions = pl.read_parquet(s3.get(f"out/{run_path}/predictions.parquet"))
+    assert predictions.height == 2 and predictions["estimate"].is_not_null().all()
+    assert main(["report", f"{s3.url('out')}/{run_path}"]) == 2
+    assert "copy the run there first" in capsys.readouterr().err
