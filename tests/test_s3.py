@@ -143,6 +143,8 @@ def test_glob_matches_like_duckdb() -> None:
 
 def test_s3_output_moves_current_json_and_prunes(s3: S3, data: Path, tmp_path: Path) -> None:
     cfg = _config(tmp_path, "job", str(data / "**" / "*.parquet"), s3.url("out"))
+    killed = "out/runs/20000101T000000000000Z-1/estimates.parquet"  # no manifest: never published
+    s3.put(killed, b"partial")
     ids = []
     for _ in range(3):
         outcome = run(load_config(cfg))
@@ -249,6 +251,7 @@ def test_fingerprint_changes_when_an_object_is_overwritten_with_the_same_size(
         ("unreachable", "failed"),
         ("no bucket", "bucket 'no-such-bucket' does not exist"),
         ("no object", "matches no object"),
+        ("csv", "on S3 pooljob reads Parquet objects only"),
     ],
 )
 def test_bad_s3_settings_are_one_line_exit_3(
@@ -271,10 +274,18 @@ def test_bad_s3_settings_are_one_line_exit_3(
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
     elif case == "no bucket":
         source = "s3://no-such-bucket/in/*.parquet"
+    elif case == "csv":
+        source = s3.url("in/*.csv")
     cfg = _config(tmp_path, "job", source, "out")
     assert main(["--quiet", "run", str(cfg)]) == InputError.exit_code
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_an_output_url_without_a_bucket_is_a_config_error(tmp_path: Path, capsys: Any) -> None:
+    cfg = _config(tmp_path, "job", "data/*.parquet", "s3://")
+    assert main(["--quiet", "validate", str(cfg)]) == 2
+    assert "[output] path = 's3://' names no bucket" in capsys.readouterr().err
 
 
 def test_output_to_a_missing_bucket_is_exit_5(

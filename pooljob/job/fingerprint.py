@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from pooljob.errors import SourceChangedError
-from pooljob.scan.s3 import is_s3, list_objects
+from pooljob.scan.s3 import is_s3, source_objects
 from pooljob.scan.s3 import stamps as s3_stamps
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def source_files(path: str) -> list[str]:
     ~20 ms and is paid twice a run; remote ones by DuckDB's ``glob``.
     """
     if is_s3(path):
-        return [url for url, _ in list_objects(path)]
+        return [url for url, _ in source_objects(path)]
     pattern = _pattern(path)
     if "://" not in pattern:
         if not glob.has_magic(pattern):

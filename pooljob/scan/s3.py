@@ -50,6 +50,7 @@ __all__ = [
     "put_file",
     "require_bucket",
     "s3_error",
+    "source_objects",
     "stamps",
 ]
 
@@ -233,6 +234,16 @@ def require_bucket(url: str, error: type[PooljobError] = InputError) -> None:
         raise error(
             f"{url!r}: bucket {bucket!r} does not exist (or these credentials cannot see it)"
         )
+
+
+def source_objects(url: str) -> list[tuple[str, int]]:
+    """The Parquet objects of an ``s3://`` ``[source] path`` (:func:`list_objects`); no CSV."""
+    if url.lower().endswith((".csv", ".tsv", ".csv.gz", ".tsv.gz", ".txt")):
+        raise InputError(
+            f"source path {url!r}: on S3 pooljob reads Parquet objects only "
+            "(name them *.parquet, or give a prefix)"
+        )
+    return list_objects(url)
 
 
 def _version(fs: pfs.S3FileSystem, url: str) -> int | None:

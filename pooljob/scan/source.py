@@ -23,7 +23,7 @@ import duckdb
 import pyarrow as pa
 
 from pooljob.errors import ConfigError, InputError, MissingColumnError
-from pooljob.scan.s3 import is_s3, list_objects
+from pooljob.scan.s3 import is_s3, source_objects
 from pooljob.scan.s3_source import s3_relation
 from pooljob.scan.sql_text import (
     double_literal,
@@ -179,19 +179,9 @@ def file_format(pattern: str) -> str:
 S3_DATASET = "__pooljob_s3_objects"
 
 
-def _s3_objects(pattern: str) -> list[tuple[str, int]]:
-    """The Parquet objects of an ``s3://`` source path (CSV is refused)."""
-    if pattern.lower().endswith(_CSV_SUFFIXES):
-        raise InputError(
-            f"source path {pattern!r}: on S3 pooljob reads Parquet objects only "
-            "(name them *.parquet, or give a prefix)"
-        )
-    return list_objects(pattern)
-
-
 def _file_relation(con: duckdb.DuckDBPyConnection, pattern: str) -> duckdb.DuckDBPyRelation:
     if is_s3(pattern):
-        return s3_relation(con, _s3_objects(pattern), S3_DATASET)
+        return s3_relation(con, source_objects(pattern), S3_DATASET)
     if not _is_remote(pattern):
         matches = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else []
         if not matches and not os.path.exists(pattern):
@@ -438,7 +428,7 @@ def open_file_list(
     con = _connect(threads, memory_limit, progress, search_path=search_path, httpfs=httpfs)
     try:
         if s3:  # the objects as listed, each row's URL in the file column
-            sizes = dict(list_objects(path))
+            sizes = dict(source_objects(path))
             objects = [(f, sizes[f]) for f in files if f in sizes]
             s3_relation(con, objects, S3_DATASET, file_column)
             reader, params = quote_identifier(S3_DATASET), None
