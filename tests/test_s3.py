@@ -29,7 +29,7 @@ from pooljob.job.fingerprint import fingerprint, snapshot
 from pooljob.job.run import OUTPUT_TABLES, RunOutcome, run
 from pooljob.scan import s3 as s3_module
 from pooljob.scan.s3 import glob_regex
-from pooljob.scan.source import open_config_source
+from pooljob.scan.source import Source, open_config_source
 from tests.s3 import S3, s3, s3_server  # noqa: F401
 from tests.test_incremental import assert_same_fit
 
@@ -129,6 +129,10 @@ def test_hive_columns_and_pushdown_match_duckdb(s3: S3, data: Path) -> None:
         rows = remote.arrow("select count(*) as n from source").column("n")[0].as_py()
     assert "Filters" in plan and "day" in plan and "Projections" in plan
     assert rows == 150
+    from pooljob import fit  # the Python API takes an s3:// path as data
+
+    remote_fit, local_fit = fit(FORMULA, s3.url("in")), fit(FORMULA, str(data / "**/*.parquet"))
+    assert remote_fit.estimates.equals(local_fit.estimates)
 
 
 def test_glob_matches_like_duckdb() -> None:
@@ -241,6 +245,29 @@ def test_fingerprint_changes_when_an_object_is_overwritten_with_the_same_size(
     assert first.files[0][:2] == second.files[0][:2] == (s3.url("in/a.parquet"), 64)
     assert fingerprint(first)["sha256"] != fingerprint(second)["sha256"]
     assert fingerprint(first)["bytes"] == 64
+
+
+def test_an_object_overwritten_during_the_scan_is_exit_3(
+    s3: S3, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    _upload(s3, data, "in")
+    cfg = _config(tmp_path, "job", s3.url("in"), s3.url("out"))
+    original = Source.arrow
+    key = "in/day=2/part.parquet"
+
+    def overwrite_then_read(self: Source, *args: object, **kwargs: object) -> object:
+        if not done:  # another writer replaces an object mid-scan
+            _rows(tmp_path / "other.parquet", seed=9)
+            s3.put(key, tmp_path / "other.parquet")
+            done.append(True)
+        return original(self, *args, **kwargs)
+
+    done: list[bool] = []
+    monkeypatch.setattr(Source, "arrow", overwrite_then_read)
+    assert main(["--quiet", "run", str(cfg)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{s3.url(key)!r} was overwritten" in err[0], err
+    assert "nothing was published" in err[0] and s3.keys("out") == []
 
 
 @pytest.mark.parametrize(

@@ -246,8 +246,8 @@ def source_objects(url: str) -> list[tuple[str, int]]:
     return list_objects(url)
 
 
-def _version(fs: pfs.S3FileSystem, url: str) -> int | None:
-    """A 63-bit number from the object's ETag (None if it does not exist)."""
+def _head(fs: pfs.S3FileSystem, url: str) -> tuple[int, int] | None:
+    """The object's size and a 63-bit number from its ETag, from one HEAD (None if missing)."""
     try:
         with fs.open_input_stream(_key(url)) as stream:
             meta = stream.metadata()
@@ -255,7 +255,9 @@ def _version(fs: pfs.S3FileSystem, url: str) -> int | None:
         return None
     etag = meta.get("ETag") or meta.get("etag") or b""
     digest = hashlib.sha256(bytes(etag)).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
+    length = meta.get("Content-Length")
+    size = int(length) if length else int(fs.get_file_info(_key(url)).size or 0)
+    return size, int.from_bytes(digest[:8], "big") >> 1
 
 
 def stamps(urls: list[str]) -> tuple[tuple[str, int, int], ...]:
@@ -266,13 +268,10 @@ def stamps(urls: list[str]) -> tuple[tuple[str, int, int], ...]:
 
     def one(url: str) -> tuple[str, int, int] | None:
         try:
-            info = fs.get_file_info(_key(url))
-            if info.type != pfs.FileType.File:
-                return None
-            version = _version(fs, url)
+            head = _head(fs, url)
         except OSError as exc:
             raise s3_error(exc, f"reading the ETag of {url!r}") from None
-        return None if version is None else (url, int(info.size or 0), version)
+        return None if head is None else (url, *head)
 
     with ThreadPoolExecutor(min(_WORKERS, len(urls))) as pool:
         found = list(pool.map(one, urls))
