@@ -356,3 +356,20 @@ def test_cli_validate_explain_and_a_predict_table_on_s3(
     assert predictions.height == 2 and predictions["estimate"].is_not_null().all()
     assert main(["report", f"{s3.url('out')}/{run_path}"]) == 2
     assert "copy the run there first" in capsys.readouterr().err
+
+
+def test_hive_partition_types_are_duckdb_s(s3: S3, tmp_path: Path) -> None:
+    folders = [
+        "n=-3/d=2024-01-02/t=2024-01-02 10%3A00%3A00/u=2024-01-02 10:00:00/f=1.5/s=a%20b",
+        "n=7/d=2024-02-03/t=2024-01-03 11%3A30%3A00/u=2024-01-03 11:30:00.5/f=2/s=007",
+    ]
+    for i, folder in enumerate(folders):
+        _rows(tmp_path / "h" / folder / "p.parquet", seed=i, n=5)
+        s3.put(f"h/{folder}/p.parquet", tmp_path / "h" / folder / "p.parquet")
+    with open_config_source(path=str(tmp_path / "h" / "**" / "*.parquet")) as local:
+        want = local.arrow("select * from source order by all")
+    with open_config_source(path=s3.url("h")) as remote:
+        got = remote.arrow("select * from source order by all")
+        types = remote.columns
+    assert types == local.columns and types["u"] == "TIMESTAMP" and types["n"] == "BIGINT"
+    assert got.equals(want.select(got.column_names))

@@ -8,9 +8,10 @@ object's unused column chunks are never downloaded.
 
 As DuckDB's ``read_parquet(…, hive_partitioning = true, union_by_name =
 true)``: every ``key=value`` folder in an object's key is a column (typed
-BIGINT when every value is an integer, DATE when every value is a
-``YYYY-MM-DD`` date, VARCHAR otherwise; ordered by name, after the files'
-columns), and the columns are the union of the objects' columns by name
+BIGINT when every value is an integer of at most 18 digits, DATE when every
+value is a ``YYYY-MM-DD`` date, TIMESTAMP when every value is a
+``YYYY-MM-DD HH:MM:SS[.ffffff]`` time, VARCHAR otherwise; ordered by name,
+after the files' columns), and the columns are the union of the objects' columns by name
 (a column an object lacks is null; types are promoted as
 ``pyarrow.unify_schemas`` does).  A partition value, and the object's own URL
 for the column of :func:`s3_relation`'s ``file_column``, is the fragment's
@@ -21,8 +22,9 @@ from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
+from datetime import date, datetime
 from typing import Any
+from urllib.parse import unquote
 
 import duckdb
 import pyarrow as pa
@@ -35,19 +37,16 @@ __all__ = ["s3_dataset", "s3_relation"]
 
 _INT = re.compile(r"[+-]?\d{1,18}")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?")
 _HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 
 
 def _partitions(urls: list[str]) -> list[dict[str, str]]:
-    """The ``key=value`` folders of each object's key (URL-decoded values)."""
-    from urllib.parse import unquote
-
+    """The ``key=value`` folders of each object's key (values as written: %-encoded)."""
     found = []
     for url in urls:
         folders = url[len(SCHEME) :].split("/")[1:-1]  # without the bucket and the name
-        found.append(
-            {k: unquote(v) for k, _, v in (f.partition("=") for f in folders if "=" in f) if k}
-        )
+        found.append({k: v for k, _, v in (f.partition("=") for f in folders if "=" in f) if k})
     return found
 
 
@@ -57,17 +56,22 @@ def _partition_type(values: list[str]) -> pa.DataType:
         return pa.int64()
     if present and all(_DATE.fullmatch(v) for v in present):
         return pa.date32()
+    if present and all(_TIMESTAMP.fullmatch(v) for v in present):
+        return pa.timestamp("us")
     return pa.string()
 
 
 def _value(text: str, kind: pa.DataType) -> Any:
+    """A partition value: typed from the text as written, a VARCHAR %-decoded (as DuckDB)."""
     if text == _HIVE_NULL:
         return None
     if pa.types.is_int64(kind):
         return int(text)
     if pa.types.is_date32(kind):
         return date.fromisoformat(text)
-    return text
+    if pa.types.is_timestamp(kind):
+        return datetime.fromisoformat(text)
+    return unquote(text)
 
 
 def s3_dataset(objects: list[tuple[str, int]], file_column: str | None = None) -> ds.Dataset:
