@@ -43,6 +43,18 @@ class S3Server:
     endpoint: str
     fs: pfs.S3FileSystem
 
+    @property
+    def env(self) -> dict[str, str]:
+        """The ``AWS_*`` variables for this server (also delta-rs's ``storage_options``)."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
 
 @dataclass
 class S3:
@@ -109,10 +121,6 @@ def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3:
     s3_server.fs.create_dir(bucket)
     for name in ("AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint)
-    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
     return S3(s3_server, bucket)
