@@ -248,9 +248,9 @@ def source_objects(url: str) -> list[tuple[str, int]]:
 
 def _head(fs: pfs.S3FileSystem, url: str) -> tuple[int, int] | None:
     """The object's size and a 63-bit number from its ETag, from one HEAD (None if missing)."""
-    try:
-        with fs.open_input_stream(_key(url)) as stream:
-            meta = stream.metadata()
+    try:  # a random-access file is opened with a HEAD request; a stream would GET the body
+        with fs.open_input_file(_key(url)) as handle:
+            meta = handle.metadata()
     except FileNotFoundError:
         return None
     etag = meta.get("ETag") or meta.get("etag") or b""
