@@ -11,6 +11,10 @@ at the server with ``monkeypatch`` (``AWS_ENDPOINT_URL``, ``AWS_ALLOW_HTTP``,
 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``), so pooljob
 (and any pyarrow or delta-rs client built from the environment) talks to it.
 Tests are skipped when moto is not installed (``pip install 'moto[server]'``).
+
+Give every client credentials (any key pair will do): moto stores the body
+of an unsigned upload from pyarrow as sent, in aws-chunked encoding, so an
+anonymous client writes objects that no longer read as Parquet.
 """
 
 from __future__ import annotations
