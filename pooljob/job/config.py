@@ -71,6 +71,7 @@ from pooljob.job.sections import (
     poststratify_section,
     predict_section,
     resolve_path,
+    s3_work_dir,
 )
 from pooljob.model.area_options import area_option_problems
 from pooljob.model.formula import Formula, parse_formula
@@ -90,6 +91,7 @@ from pooljob.model.options import (
     default_method,
 )
 from pooljob.outputs.report_data import resolve_grouping
+from pooljob.scan.s3 import is_s3
 from pooljob.scan.sql_text import query_problem, where_problem
 
 _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -166,6 +168,7 @@ class OutputConfig:
     report_grouping: str | None = None  # the grouping the report draws; default the finest
     incremental: bool = True  # path sources: refresh from the statistics store in <path>/state
     format: str = "parquet"  # or "delta": Delta tables (pooljob.outputs.delta)
+    url: str | None = None  # an s3:// output (path is then its local work folder, for the lock)
 
 
 @dataclass(frozen=True)
@@ -326,6 +329,9 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
     out_path = out_raw.get("path")
     if isinstance(out_path, str) and not out_path.strip():
         problems.append("[output] path is empty")
+    url = out_path.rstrip("/") if isinstance(out_path, str) and is_s3(out_path) else None
+    if url is not None and not url[len("s3://") :]:
+        problems.append(f"[output] path = {out_path!r} names no bucket; give s3://bucket/prefix")
     report_grouping = out_raw.get("report_grouping")
     if formula is not None and isinstance(report_grouping, str):
         try:
@@ -334,6 +340,11 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
         except ConfigError as exc:
             problems.append(f"[output] {exc}")
     fmt = output_format(out_raw, problems)
+    if fmt == "delta" and url is not None:
+        problems.append(
+            f'[output] format = "delta" writes to a local or mounted path, not to {url!r} yet; '
+            'use format = "parquet" for s3:// (runs/ and current.json)'
+        )
     post = poststratify_section(raw, base, problems)
     predict = predict_section(raw, base, problems)
     groupings = formula.groupings if formula is not None else None
@@ -381,7 +392,8 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             sampling_variance=variance if isinstance(variance, str) else None,
         ),
         output=OutputConfig(
-            path=Path(resolve_path(base, out_path)),
+            path=s3_work_dir(url) if url else Path(resolve_path(base, out_path)),
+            url=url,
             interval=float(interval),
             interval_method=str(interval_method),
             keep_runs=int(keep_runs),

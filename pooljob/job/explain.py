@@ -14,8 +14,14 @@ from pooljob.job.config import Config
 from pooljob.scan.area_rows import area_counts_sql, area_rows_sql, check_area_schema
 from pooljob.scan.cell_counts import COUNT_FAMILIES
 from pooljob.scan.rollup import check_rollup_schema, rollup_stats_sql
+from pooljob.scan.s3 import is_s3
 from pooljob.scan.schema import ScanSpec, check_schema, group_stats_sql
-from pooljob.scan.source import inline_parameters, open_config_source, quote_identifier
+from pooljob.scan.source import (
+    S3_DATASET,
+    inline_parameters,
+    open_config_source,
+    quote_identifier,
+)
 
 
 def explain(config: Config) -> str:
@@ -109,6 +115,13 @@ def explain(config: Config) -> str:
     ]
     if (s.query is not None or s.where) and s.folder:  # relative paths in them, as in a run
         lines.append(f"set file_search_path = {_string_literal(s.folder)};")
+    if s.path is not None and is_s3(s.path):
+        lines += [
+            f"-- {S3_DATASET}: the objects {s.path} matches, an Arrow dataset read through",
+            "-- pyarrow's S3 client (docs/object-storage.md); in a DuckDB shell with httpfs,",
+            f"-- read_parquet({_string_literal(s.path)}, hive_partitioning = true, "
+            "union_by_name = true) reads the same rows",
+        ]
     if s.database is not None:
         lines.append(f"attach {_string_literal(s.database)} as warehouse (read_only);")
     if keys:  # the query names user columns only where it reads them

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 
 from pooljob.errors import SourceChangedError
+from pooljob.scan.s3 import is_s3, source_objects
+from pooljob.scan.s3 import stamps as s3_stamps
 
 if TYPE_CHECKING:
     from pooljob.job.config import SourceConfig
@@ -67,6 +69,8 @@ def source_files(path: str) -> list[str]:
     ``*``, ``?`` and ``**``) without opening a DuckDB connection, which costs
     ~20 ms and is paid twice a run; remote ones by DuckDB's ``glob``.
     """
+    if is_s3(path):
+        return [url for url, _ in source_objects(path)]
     pattern = _pattern(path)
     if "://" not in pattern:
         if not glob.has_magic(pattern):
@@ -78,7 +82,9 @@ def source_files(path: str) -> list[str]:
 
 
 def stamp(paths: list[str]) -> tuple[FileStamp, ...]:
-    """``(path, size, mtime_ns)`` of each existing file, sorted by path."""
+    """``(path, size, mtime_ns)`` of each existing file, sorted by path (objects: a version)."""
+    if paths and is_s3(paths[0]):
+        return s3_stamps(paths)
     stamps = []
     for p in paths:
         try:
@@ -92,7 +98,7 @@ def stamp(paths: list[str]) -> tuple[FileStamp, ...]:
 def snapshot(source: SourceConfig) -> InputSnapshot:
     """Stamp the input of a ``[source]`` section now."""
     if source.path is not None:
-        if "://" in source.path:
+        if "://" in source.path and not is_s3(source.path):
             return InputSnapshot("remote", (), source.path)
         return InputSnapshot("files", stamp(source_files(source.path)))
     if source.database is not None:
@@ -137,7 +143,12 @@ def check_unchanged(before: InputSnapshot, after: InputSnapshot) -> None:
             what = "appeared"
         elif old[path] != new[path]:
             (s0, m0), (s1, m1) = old[path], new[path]
-            what = f"was modified (size {s0} -> {s1} bytes, modified {_when(m0)} -> {_when(m1)})"
+            if is_s3(path):
+                what = f"was overwritten (size {s0} -> {s1} bytes, ETag changed)"
+            else:
+                what = (
+                    f"was modified (size {s0} -> {s1} bytes, modified {_when(m0)} -> {_when(m1)})"
+                )
         else:
             continue
         raise SourceChangedError(

@@ -3,7 +3,9 @@
 A run on ``[source] path`` files keeps the cell statistics of every source
 file separately (``sql/file_cell_stats.sql``; the counts of
 ``sql/file_count_stats.sql`` for a binomial or Poisson model), with the file's stamp (path,
-size, modification time), in a store under ``<output.path>/state/``
+size, modification time; for an S3 object its ETag), in a store under
+``<output.path>/state/`` (for an S3 output, under the prefix:
+:mod:`pooljob.scan.s3_store`)
 (:mod:`pooljob.scan.store`).  The next run compares the stamps with the files the
 path matches now: it scans only the files that are new or changed, drops
 the statistics of changed and deleted files, and merges every file's
@@ -19,7 +21,7 @@ damaged, written by another pooljob version, for another formula, source
 path or ``where`` filter, for a source whose columns or types have changed,
 or centred at shifts that no longer centre the data (a merge needs every
 file's statistics at the same shifts).  Sources that are not local files
-(a database, a query, a remote path), the Spark engine and
+(a database, a query, a remote path other than ``s3://``), the Spark engine and
 ``[output] incremental = false`` scan in one pass as before and keep no
 store.
 """
@@ -37,6 +39,7 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
+from pooljob.errors import PooljobError
 from pooljob.job.fingerprint import InputSnapshot
 from pooljob.job.logs import log_event
 from pooljob.job.progress import current
@@ -61,6 +64,7 @@ from pooljob.scan.cell_moments import (
     scan_cells,
     scan_moments,
 )
+from pooljob.scan.s3_store import fetch_store, push_store
 from pooljob.scan.schema import ScanSpec, check_schema
 from pooljob.scan.source import TableSource, open_file_list
 from pooljob.scan.store import (
@@ -115,14 +119,20 @@ class Refresh:
             entry["reason"] = self.reason
         return entry
 
-    def save(self, output: Path, run_id: str) -> None:
-        """Save the pending store (after the run is published); a failure is a warning."""
+    def save(self, output: Path, run_id: str, url: str | None = None) -> None:
+        """Save the pending store (after the run is published); a failure is a warning.
+
+        For an S3 output (``url``), ``output`` is its local work folder: the
+        store is saved there, then uploaded under ``<url>/state/``.
+        """
         if self.pending is None:
             return
         t0 = time.perf_counter()
         try:
             path = save_store(output, run_id, self.pending)
-        except (OSError, pl.exceptions.PolarsError) as exc:
+            if url is not None:
+                push_store(url, output)
+        except (OSError, PooljobError, pl.exceptions.PolarsError) as exc:
             log_event(
                 "state",
                 "state: the statistics store could not be saved (%s); the run is published, "
@@ -221,7 +231,8 @@ def _without_store(config: Config, source: TableSource, snap: InputSnapshot) -> 
     if snap.kind != "files":
         what = {"database": "a database table", "query": "a query", "remote": "remote files"}
         return (
-            f"the source is {what.get(snap.kind, snap.kind)}; incremental refresh needs local files"
+            f"the source is {what.get(snap.kind, snap.kind)}; incremental refresh needs files "
+            "(local, or objects on S3)"
         )
     return ""
 
@@ -251,6 +262,10 @@ def refresh_cells(
         reason = "pooljob run --full"
     else:
         try:
+            url = config.output.url
+            problem = fetch_store(url, config.output.path) if url else ""
+            if problem:
+                raise UnusableStoreError(problem)
             store = load_store(config.output.path, identity, store_columns(config, spec))
             return _incremental(config, source, spec, snap, store)
         except UnusableStoreError as exc:

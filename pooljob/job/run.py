@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from pooljob.errors import ConfigError
+from pooljob.errors import ConfigError, PublishError
 from pooljob.job.config import Config
 from pooljob.job.engine import open_source
 from pooljob.job.fingerprint import InputSnapshot, check_unchanged, fingerprint, snapshot
@@ -33,9 +33,11 @@ from pooljob.outputs.predict import predict, read_cells, require_cells
 from pooljob.outputs.publish import new_run_id, publish
 from pooljob.outputs.report import REPORT, write_report
 from pooljob.outputs.report_figures import require_matplotlib
+from pooljob.outputs.s3_publish import publish_s3
 from pooljob.outputs.schema import SCHEMA_VERSION, write_table
 from pooljob.outputs.tables import FitResult
 from pooljob.pipeline import UNWATCHED, Watch
+from pooljob.scan.s3 import require_bucket
 from pooljob.scan.source import TableSource
 
 log = logging.getLogger("pooljob")
@@ -53,7 +55,7 @@ class RunOutcome:
     """What a successful run produced."""
 
     run_id: str
-    run_dir: Path
+    run_dir: Path | str  # the URL of the run for an S3 output
     result: FitResult
     manifest: dict[str, Any]
     poststratified: pl.DataFrame | None = None
@@ -309,6 +311,8 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
     src = config.source
     if config.output.report:
         require_matplotlib()  # fail before the scan, not after the fit
+    if config.output.url:
+        require_bucket(config.output.url, PublishError)
     if config.poststratify is not None:
         require_population(config.poststratify)
     if config.predict is not None:
@@ -427,10 +431,15 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
             stages.enter_context(watch.stage("publish"))  # ends when publish returns
 
         if config.output.format == "delta":
-            run_dir = _publish_delta(config, run_id, tables, make_manifest, watch)
+            run_dir: Path | str = _publish_delta(config, run_id, tables, make_manifest, watch)
         else:
             with ExitStack() as stages:
-                run_dir = publish(config.output.path, run_id, write_all, config.output.keep_runs)
+                out, keep = config.output, config.output.keep_runs
+                run_dir = (
+                    publish_s3(out.url, out.path, run_id, write_all, keep)
+                    if out.url
+                    else publish(out.path, run_id, write_all, keep)
+                )
             t_pub = time.perf_counter() - written[0]  # sync, rename, swap of current, pruning
             log_event(
                 "publish",
@@ -441,7 +450,9 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
             )
         if refresh.pending is not None:
             with watch.stage("state"):
-                refresh.save(config.output.path, run_id)  # only now: the store follows `current`
+                refresh.save(
+                    config.output.path, run_id, config.output.url
+                )  # only now: the store follows `current`
         t_end = time.perf_counter()
         log_event(
             "done",

@@ -7,6 +7,7 @@ collected into the caller's list (reported at once, on one line).
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,21 @@ from pooljob.model.options import (
     check_benchmark,
 )
 from pooljob.model.terms import Grouping
+from pooljob.outputs.s3_publish import work_dir
 
 #: ``[engine] kind``: where the scan runs.
 ENGINES = ("duckdb", "spark")
 
 #: ``[output] format``: Parquet run folders (pooljob.outputs.publish) or Delta tables.
 FORMATS = ("parquet", "delta")
+
+#: Where an S3 output keeps its local lock and staging folder (one folder per output URL).
+S3_WORK_ROOT = Path(tempfile.gettempdir()) / "pooljob-s3"
+
+
+def s3_work_dir(url: str) -> Path:
+    """The local work folder of the S3 output ``url``: its lock and staging area."""
+    return work_dir(url, S3_WORK_ROOT)
 
 
 def resolve_path(base: Path, value: str) -> str:

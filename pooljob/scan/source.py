@@ -1,6 +1,7 @@
 """Open the input as a DuckDB view named ``source``, in process, with no server.
 
-Files (Parquet or CSV, globs, hive partitions), a table of a DuckDB database
+Files (Parquet or CSV, globs, hive partitions; Parquet objects on S3 through
+:mod:`pooljob.scan.s3_source`, no DuckDB extension), a table of a DuckDB database
 (attached read-only), a trusted SQL query, or an in-memory table (polars,
 pandas, Arrow) or DuckDB relation.  Only identifiers checked against the
 source's schema, quoted, and bound values reach DuckDB; the optional
@@ -23,6 +24,8 @@ import pyarrow as pa
 
 from pooljob.errors import ConfigError, InputError, MissingColumnError
 from pooljob.scan.resources import usable_cpus, usable_memory
+from pooljob.scan.s3 import is_s3, source_objects
+from pooljob.scan.s3_source import s3_relation
 from pooljob.scan.sql_text import (
     double_literal,
     filter_sql,
@@ -173,7 +176,13 @@ def file_format(pattern: str) -> str:
     )
 
 
+#: The name of the Arrow dataset over S3 objects on a source's connection.
+S3_DATASET = "__pooljob_s3_objects"
+
+
 def _file_relation(con: duckdb.DuckDBPyConnection, pattern: str) -> duckdb.DuckDBPyRelation:
+    if is_s3(pattern):
+        return s3_relation(con, source_objects(pattern), S3_DATASET)
     if not _is_remote(pattern):
         matches = glob.glob(pattern, recursive=True) if glob.has_magic(pattern) else []
         if not matches and not os.path.exists(pattern):
@@ -328,7 +337,7 @@ def open_config_source(
     if where:
         _check_sql(where_problem(where))
     remote: bool | None = False
-    if path is not None and _is_remote(path):
+    if path is not None and _is_remote(path) and not is_s3(path):
         remote = True
     elif any("://" in (text or "") for text in (query, where)):
         remote = None
@@ -404,19 +413,27 @@ def open_file_list(
     ``where`` filter apply as for the whole source; ``progress`` as for
     :func:`open_config_source`.
     """
-    kind = "parquet" if os.path.isdir(path) and not glob.has_magic(path) else file_format(path)
+    s3 = is_s3(path)
+    local_dir = not s3 and os.path.isdir(path) and not glob.has_magic(path)
+    kind = "parquet" if local_dir or s3 else file_format(path)
     name = "'" + file_column.replace("'", "''") + "'"
     reader = (
         f"read_{kind}($files, hive_partitioning = true, union_by_name = true, filename = {name})"
     )
+    params: dict[str, Any] | None = {"files": files}
     description = f"{len(files)} file{'' if len(files) == 1 else 's'} of {path}"
     if where:
         _check_sql(where_problem(where))
     httpfs = None if where and "://" in where else False
     con = _connect(threads, memory_limit, progress, search_path=search_path, httpfs=httpfs)
     try:
+        if s3:  # the objects as listed, each row's URL in the file column
+            sizes = dict(source_objects(path))
+            objects = [(f, sizes[f]) for f in files if f in sizes]
+            s3_relation(con, objects, S3_DATASET, file_column)
+            reader, params = quote_identifier(S3_DATASET), None
         try:
-            found = con.sql(f"select * from {reader} limit 0", params={"files": files})
+            found = con.sql(f"select * from {reader} limit 0", params=params)
             have = {c: str(t) for c, t in zip(found.columns, found.types, strict=True)}
             select = []
             for column, ctype in columns.items():
@@ -428,7 +445,7 @@ def open_file_list(
                 else:
                     select.append(q)
             select.append(quote_identifier(file_column))
-            rel = con.sql(f"select {', '.join(select)} from {reader}", params={"files": files})
+            rel = con.sql(f"select {', '.join(select)} from {reader}", params=params)
             rel.create_view("source_raw")
         except duckdb.Error as exc:
             raise InputError(f"cannot read {description} as {kind}: {first_line(exc)}") from exc
