@@ -16,6 +16,7 @@ from pooljob.model.options import (
     check_control,
     check_options,
     check_rollup,
+    check_weights_option,
     default_method,
 )
 from pooljob.outputs.tables import FitResult
@@ -33,6 +34,7 @@ def fit(
     on_nonconvergence: Literal["fail", "publish"] = "fail",
     rollup: dict[str, str] | None = None,
     sampling_variance: str | None = None,
+    weights: str | None = None,
 ) -> FitResult:
     """Fit a multilevel model from DuckDB sufficient statistics.
 
@@ -75,6 +77,12 @@ def fit(
         estimate and this column its known sampling variance (> 0); the
         formula is ``y ~ x… + (1 | area)``.  ``estimates`` gains ``rmse``
         (docs/models.md, "Area-level models").
+    weights : str, optional
+        The column of observation weights, as lme4's ``weights``: precision
+        weights, row ``i`` has residual variance ``σ²/w_i``.  A weight of 0
+        drops the row; a null, negative or non-finite weight is an
+        :class:`pooljob.errors.InputError`.  Gaussian only (docs/models.md,
+        "Observation weights").
 
     Returns
     -------
@@ -103,6 +111,7 @@ def fit(
     problems += rollup_problems
     if sampling_variance is not None:
         problems += area_option_problems(parsed, family, sampling_variance)
+    problems += check_weights_option(weights, family, rollup, sampling_variance)
     if problems:
         raise ConfigError("; ".join(problems))
     control = Control(max_evaluations, on_nonconvergence)
@@ -116,6 +125,7 @@ def fit(
             control=control,
             rollup=columns,
             sampling_variance=sampling_variance,
+            weights=weights,
         )
 
 

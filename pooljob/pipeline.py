@@ -103,6 +103,7 @@ def fit_source(
     rollup: Rollup | None = None,
     watch: Watch = UNWATCHED,
     sampling_variance: str | None = None,
+    weights: str | None = None,
 ) -> FitResult:
     """Fit ``formula`` to an open source: one scan, then the solver.
 
@@ -115,7 +116,9 @@ def fit_source(
     convergence check does; ``watch`` is told of the stages and evaluations.
     With ``rollup``, ``source`` is a rollup table (:mod:`pooljob.scan.rollup`):
     the cells are those of the rows behind it.  With ``sampling_variance`` the
-    model is area-level (Fay–Herriot): :func:`fit_area_source`.
+    model is area-level (Fay–Herriot): :func:`fit_area_source`.  With
+    ``weights``, the column of observation (precision) weights, the cells
+    hold weighted moments (:func:`pooljob.scan.cell_moments.scan_cells`).
     """
     if sampling_variance is not None:
         return fit_area_source(formula, source, sampling_variance, method, interval, control, watch)
@@ -129,7 +132,7 @@ def fit_source(
         if family in COUNT_FAMILIES:
             return fit_count_source(formula, source, spec, family, interval, control, watch)
         with watch.stage("scan"):
-            cells = scan_cells(source, spec.keys, spec.variables)
+            cells = scan_cells(source, spec.keys, spec.variables, weights)
     return fit_cells(
         formula,
         cells,

@@ -19,6 +19,7 @@ Example:
     on_nonconvergence = "fail"  # or "publish": published with converged = false
     # rollup = { count = "n", sum = "income_sum", sum_squares = "income_sum_squares" }
     # sampling_variance = "vi"  # an area-level (Fay–Herriot) model: one row per area
+    # weights = "w"          # observation (precision) weights: residual variance σ²/w
     [output]
     path = "out/income"
     interval = 0.95
@@ -66,6 +67,7 @@ from pooljob.model.options import (
     check_control,
     check_options,
     check_rollup,
+    check_weights_option,
     default_method,
 )
 from pooljob.outputs.report_data import resolve_grouping
@@ -81,6 +83,7 @@ _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
         "on_nonconvergence": str,
         "rollup": dict,
         "sampling_variance": str,
+        "weights": str,
     },
     "output": {
         "path": str,
@@ -122,6 +125,7 @@ class ModelConfig:
     rollup: Rollup | None = None  # the source is a rollup table (docs/models.md)
     #: An area-level (Fay–Herriot) model: the column of known sampling variances.
     sampling_variance: str | None = None
+    weights: str | None = None  # observation (precision) weights' column (docs/models.md)
 
     @property
     def control(self) -> Control:
@@ -411,6 +415,17 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             problems.append(
                 '[model] sampling_variance (an area-level model) runs on [engine] kind = "duckdb"'
             )
+    weights = model_raw.get("weights")
+    problems.extend(
+        f"[model] {p}"
+        for p in check_weights_option(  # a value of the wrong type is _check_types'
+            weights if isinstance(weights, str) else None,
+            family,
+            model_raw.get("rollup"),
+            variance,
+            engine.kind,
+        )
+    )
     if problems:
         raise ConfigError(f"config {str(file)!r}: " + "; ".join(problems))
     assert formula is not None and isinstance(out_path, str)
@@ -425,6 +440,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             on_nonconvergence=on_nonconvergence,
             rollup=rollup,
             sampling_variance=variance if isinstance(variance, str) else None,
+            weights=weights if isinstance(weights, str) else None,
         ),
         output=OutputConfig(
             path=Path(resolve_path(base, out_path)),

@@ -164,3 +164,45 @@ def check_rollup(value: object, family: object) -> tuple[Rollup | None, list[str
     if problems:
         return None, problems
     return Rollup(*(str(value[k]) for k in ROLLUP_KEYS)), []
+
+
+def check_weights_option(
+    weights: object,
+    family: object,
+    rollup: object = None,
+    sampling_variance: object = None,
+    engine: str = "duckdb",
+) -> list[str]:
+    """Return the problems with ``[model] weights`` (observation weights; empty when all is well).
+
+    Precision weights (lme4's ``weights``: residual variance ``σ²/w``) are
+    fitted for Gaussian unit-level models on DuckDB; with a rollup, an
+    area-level model, a binomial or Poisson family or the Spark engine they
+    are refused, each with its reason.
+    """
+    if weights is None:
+        return []
+    if not isinstance(weights, str) or not weights.strip():
+        return [f"weights = {weights!r} must be the name of a numeric column of observation weights"]
+    problems = []
+    if isinstance(family, str) and family != "gaussian":
+        problems.append(
+            f"weights with family = {family!r}: glmer's prior weights are not supported yet; "
+            "observation weights are for gaussian models"
+        )
+    if rollup is not None:
+        problems.append(
+            "weights with rollup: a rollup row stands for rows whose weights it does not "
+            "hold; put the weights in the rows, or drop weights"
+        )
+    if sampling_variance is not None:
+        problems.append(
+            "weights with sampling_variance: an area-level model weights its areas by their "
+            "sampling variances already; drop weights"
+        )
+    if engine != "duckdb":
+        problems.append(
+            f'weights runs on [engine] kind = "duckdb" (got {engine!r}): the Spark engine '
+            "computes unweighted statistics only"
+        )
+    return problems

@@ -1,0 +1,56 @@
+"""Observation weights (``[model] weights``): the column's checks before the scan.
+
+lme4's ``weights`` are precision weights: row ``i`` has residual variance
+``σ²/w_i``.  The statistics query (:func:`pooljob.scan.cell_moments.cell_stats_sql`
+with ``weight``) sums ``w``, ``w v`` and ``w v vᵀ`` per cell; this module
+checks the column first, in one query over the whole source
+(``sql/weight_check.sql``): a null, negative, NaN or infinite weight is a
+data error (exit 3, naming the column and how many rows), a weight of 0
+drops its row (counted as ``zero_weight`` in the manifest's ``rows``).
+"""
+
+from __future__ import annotations
+
+from pooljob.errors import InputError
+from pooljob.scan.cell_moments import source_column, sql_text
+from pooljob.scan.schema import _NUMERIC
+from pooljob.scan.source import TableSource
+
+
+def weight_check_sql(weight: str) -> str:
+    """The check query of the weight column (``sql/weight_check.sql``), identifier quoted."""
+    return sql_text("weight_check").format(weight=f"cast({source_column(weight)} as double)")
+
+
+def check_weight_schema(source: TableSource, weight: str) -> None:
+    """The weight column exists and holds numbers (integer, decimal or floating point)."""
+    source.require((weight,))
+    ctype = source.columns[weight]
+    if not _NUMERIC.match(ctype):
+        raise InputError(
+            f"weights column {weight!r} has type {ctype}; observation weights must be numbers "
+            "(integer, decimal or floating point): cast it in a [source] query or fix the data"
+        )
+
+
+def check_weights(source: TableSource, weight: str) -> int:
+    """Check every weight of ``source``; return the number of rows of weight 0.
+
+    Raises
+    ------
+    InputError
+        Some weight is null, negative, NaN or infinite: the message names the
+        column and the number of such rows.
+    """
+    check_weight_schema(source, weight)
+    row = source.arrow(weight_check_sql(weight)).to_pylist()[0]
+    null, bad = int(row["null_weight"] or 0), int(row["bad_weight"] or 0)
+    if null or bad:
+        parts = [f"{null} rows with a null weight"] if null else []
+        parts += [f"{bad} rows with a negative, NaN or infinite weight"] if bad else []
+        raise InputError(
+            f"weights column {weight!r} of {source.description}: {' and '.join(parts)}; "
+            "observation weights must be numbers ≥ 0 (0 drops the row): fix the data or "
+            "leave those rows out with [source] where"
+        )
+    return int(row["zero_weight"] or 0)

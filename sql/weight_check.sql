@@ -1,0 +1,23 @@
+-- weight_check: one row for the whole `source` of a model with observation
+-- weights ([model] weights): how many rows have a weight that is null, one
+-- that is negative, NaN or infinite (both stop the run: a data error), and
+-- one that is 0 (those rows are dropped, and counted as zero_weight).
+--
+-- Names.  The first CTE is the only place a column of `source` is named,
+-- quoted and qualified (source."col"), as w; the rest names only w.
+--
+-- Template field, filled by pooljob from a quoted identifier only:
+--   weight     cast(source."col" as double)
+
+with
+
+weights as (
+    select {weight} as w
+    from source
+)
+
+select
+    count(*) filter (where w is null) as null_weight,
+    count(*) filter (where w is not null and (not isfinite(w) or w < 0)) as bad_weight,
+    count(*) filter (where w = 0) as zero_weight
+from weights
