@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from typing import Protocol
 
 from pooljob.errors import InputError, NonConvergenceError, NotNestedError
@@ -133,7 +134,7 @@ def fit_source(
             return fit_count_source(formula, source, spec, family, interval, control, watch)
         with watch.stage("scan"):
             cells = scan_cells(source, spec.keys, spec.variables, weights)
-    return fit_cells(
+    result = fit_cells(
         formula,
         cells,
         spec,
@@ -146,6 +147,7 @@ def fit_source(
         control=control,
         watch=watch,
     )
+    return result if weights is None else replace(result, weights=weights)
 
 
 def fit_cells(

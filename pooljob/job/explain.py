@@ -13,9 +13,11 @@ from __future__ import annotations
 from pooljob.job.config import Config
 from pooljob.scan.area_rows import area_counts_sql, area_rows_sql, check_area_schema
 from pooljob.scan.cell_counts import COUNT_FAMILIES
+from pooljob.scan.cell_moments import cell_stats_sql
 from pooljob.scan.rollup import check_rollup_schema, rollup_stats_sql
 from pooljob.scan.schema import ScanSpec, check_schema, group_stats_sql
 from pooljob.scan.source import inline_parameters, open_config_source, quote_identifier
+from pooljob.scan.weights import check_weight_schema, weight_check_sql
 
 
 def explain(config: Config) -> str:
@@ -56,6 +58,8 @@ def explain(config: Config) -> str:
             spec = None
         else:
             spec = check_schema(source, m.formula, m.family)
+        if m.weights is not None:
+            check_weight_schema(source, m.weights)
         views = source.view_sql()
         description = source.description
         columns = dict(source.columns)
@@ -91,6 +95,27 @@ def explain(config: Config) -> str:
             "-- per-cell counts, one scan (sql/count_stats.sql): every row of a cell shares",
             "-- its linear predictor, so successes/events, trials/exposure and the per-row",
             "-- log-likelihood constants summed per cell are sufficient for the Laplace fit",
+        ]
+    elif config.model.weights is not None:
+        assert spec is not None
+        stats_sql = (
+            weight_check_sql(config.model.weights).strip()
+            + ";\n\n-- then, if no weight is null, negative or non-finite, the weighted sums\n"
+            + cell_stats_sql(
+                spec.keys,
+                spec.variables,
+                False,
+                len(spec.variables) > 1,
+                None,
+                config.model.weights,
+            )
+        )
+        shifts = {f"s{i}": 0.0 for i in range(len(spec.variables))}
+        stats_sql = inline_parameters(stats_sql, shifts)
+        what = [
+            f"-- observation weights (column {quote_identifier(config.model.weights)}, read as w):",
+            "-- first the check of the weights (sql/weight_check.sql), then per-cell weighted",
+            "-- sums of the rows with w > 0, one scan; the centring shifts are 0 here",
         ]
     else:
         stats_sql = group_stats_sql(formula, columns=columns)  # types tell categorical columns

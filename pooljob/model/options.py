@@ -183,7 +183,9 @@ def check_weights_option(
     if weights is None:
         return []
     if not isinstance(weights, str) or not weights.strip():
-        return [f"weights = {weights!r} must be the name of a numeric column of observation weights"]
+        return [
+            f"weights = {weights!r} must be the name of a numeric column of observation weights"
+        ]
     problems = []
     if isinstance(family, str) and family != "gaussian":
         problems.append(

@@ -61,6 +61,8 @@ class FitResult:
         For binomial and Poisson fits: what poststratification needs.
     sampling_variance : str or None
         Area-level (Fay–Herriot) fits: the column of known sampling variances.
+    weights : str or None
+        The column of observation (precision) weights, if any.
     """
 
     formula: Formula
@@ -85,6 +87,7 @@ class FitResult:
     nested: bool = True
     predictor: Predictor | None = field(default=None, repr=False)
     sampling_variance: str | None = None
+    weights: str | None = None
 
     @property
     def key_columns(self) -> dict[str, str]:
@@ -161,6 +164,7 @@ class FitResult:
             "family": self.family,
             "method": self.method,
             "sampling_variance": self.sampling_variance,
+            "weights": self.weights,
             "nobs": self.nobs,
             "groups": self.groups,
             "objective": self.objective,
