@@ -19,7 +19,7 @@ changing a statistic.  :func:`key_frame` gives the keys back their names.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -390,13 +390,17 @@ def scan_cells(
     the column of observation weights: a first query checks it
     (:func:`pooljob.scan.weights.check_weights`: a null, negative or
     non-finite weight is a data error; rows of weight 0 are dropped and
-    counted as ``zero_weight``) and the cells hold weighted moments.
+    counted as ``zero_weight``) and the cells hold weighted moments; when
+    every weight is 1, the unweighted scan.
     """
     zero = 0
     if weight is not None:
         from pooljob.scan.weights import check_weights
 
-        zero = check_weights(source, weight)
+        zero, all_ones = check_weights(source, weight)
+        if all_ones:  # the unweighted model: scanned as such, the same numbers
+            cells = scan_cells(source, keys, variables)
+            return replace(cells, rows=with_zero_weights(cells.rows, 0))
     weighted = weight is not None
     m = len(variables)
     shifts = np.zeros(m)

@@ -33,8 +33,11 @@ def check_weight_schema(source: TableSource, weight: str) -> None:
         )
 
 
-def check_weights(source: TableSource, weight: str) -> int:
-    """Check every weight of ``source``; return the number of rows of weight 0.
+def check_weights(source: TableSource, weight: str) -> tuple[int, bool]:
+    """Check every weight of ``source``; return the rows of weight 0, and whether all are 1.
+
+    When every weight is exactly 1 the model is the unweighted one, and the
+    caller scans it as such (the same numbers, bit for bit, as without weights).
 
     Raises
     ------
@@ -46,11 +49,15 @@ def check_weights(source: TableSource, weight: str) -> int:
     row = source.arrow(weight_check_sql(weight)).to_pylist()[0]
     null, bad = int(row["null_weight"] or 0), int(row["bad_weight"] or 0)
     if null or bad:
-        parts = [f"{null} rows with a null weight"] if null else []
-        parts += [f"{bad} rows with a negative, NaN or infinite weight"] if bad else []
+        parts = [f"{_rows(null)} with a null weight"] if null else []
+        parts += [f"{_rows(bad)} with a negative, NaN or infinite weight"] if bad else []
         raise InputError(
             f"weights column {weight!r} of {source.description}: {' and '.join(parts)}; "
             "observation weights must be numbers ≥ 0 (0 drops the row): fix the data or "
             "leave those rows out with [source] where"
         )
-    return int(row["zero_weight"] or 0)
+    return int(row["zero_weight"] or 0), int(row["not_one"] or 0) == 0
+
+
+def _rows(k: int) -> str:
+    return f"{k} row" if k == 1 else f"{k} rows"
