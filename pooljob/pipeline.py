@@ -133,7 +133,12 @@ def fit_source(
         if family in COUNT_FAMILIES:
             return fit_count_source(formula, source, spec, family, interval, control, watch)
         with watch.stage("scan"):
-            cells = scan_cells(source, spec.keys, spec.variables, weights)
+            if weights is None:
+                cells = scan_cells(source, spec.keys, spec.variables)
+            else:
+                from pooljob.scan.weights import scan_weighted_cells
+
+                cells = scan_weighted_cells(source, spec.keys, spec.variables, weights)
     result = fit_cells(
         formula,
         cells,

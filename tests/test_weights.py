@@ -31,6 +31,7 @@ from pooljob.pipeline import fit_source
 from pooljob.scan.cell_moments import scan_cells
 from pooljob.scan.schema import check_schema
 from pooljob.scan.source import open_data
+from pooljob.scan.weights import scan_weighted_cells
 from tests.conftest import DATA, reference
 
 CASES = [
@@ -144,7 +145,11 @@ def test_integer_weights_against_duplicated_rows_at_a_fixed_theta() -> None:
     for data, weights in ((rows, "w"), (repeated, None)):
         with open_data(data) as source:
             spec = check_schema(source, formula)
-            cells = scan_cells(source, spec.keys, spec.variables, weights)
+            cells = (
+                scan_cells(source, spec.keys, spec.variables)
+                if weights is None
+                else scan_weighted_cells(source, spec.keys, spec.variables, weights)
+            )
             preps.append(prepare(formula, cells, spec.numeric, spec.categorical))
     weighted, dup = preps
     n, total = float(rows.height), float(rows["w"].sum())

@@ -19,7 +19,7 @@ changing a statistic.  :func:`key_frame` gives the keys back their names.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -380,6 +380,7 @@ def scan_cells(
     keys: tuple[str, ...],
     variables: tuple[NumericVariable, ...],
     weight: str | None = None,
+    zero_weight: int = 0,
 ) -> CellTable:
     """Scan the source once (more only when the data need it) into a CellTable.
 
@@ -387,28 +388,19 @@ def scan_cells(
     infinite value in any variable, are dropped and counted by reason.  A
     second scan is made only if there are such values (keeping the finite
     rows) and a third only if a variable must be centred.  With ``weight``,
-    the column of observation weights: a first query checks it
-    (:func:`pooljob.scan.weights.check_weights`: a null, negative or
-    non-finite weight is a data error; rows of weight 0 are dropped and
-    counted as ``zero_weight``) and the cells hold weighted moments; when
-    every weight is 1, the unweighted scan.
+    the column of observation weights, already checked
+    (:func:`pooljob.scan.weights.scan_weighted_cells`), the cells hold
+    weighted moments of the rows with ``w > 0``; ``zero_weight`` rows of
+    weight 0 are counted as read and dropped (``zero_weight``).
     """
-    zero = 0
-    if weight is not None:
-        from pooljob.scan.weights import check_weights
-
-        zero, all_ones = check_weights(source, weight)
-        if all_ones:  # the unweighted model: scanned as such, the same numbers
-            cells = scan_cells(source, keys, variables)
-            return replace(cells, rows=with_zero_weights(cells.rows, 0))
     weighted = weight is not None
     m = len(variables)
     shifts = np.zeros(m)
     scan = scan_moments(source, keys, variables, shifts, weight=weight)
     rows = row_totals(scan.counts)
     if weighted:
-        rows = with_zero_weights(rows, zero)
-    require_rows(scan.counts, source.description, zero)
+        rows = with_zero_weights(rows, zero_weight)
+    require_rows(scan.counts, source.description, zero_weight)
     good = scan.good
     n, mean, comoment = cell_arrays(good, m, weighted)
     new_shifts = centring_shifts(n, mean, comoment, [v.centrable for v in variables])

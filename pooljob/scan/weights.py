@@ -11,8 +11,11 @@ drops its row (counted as ``zero_weight`` in the manifest's ``rows``).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from pooljob.errors import InputError
-from pooljob.scan.cell_moments import source_column, sql_text
+from pooljob.model.cells import CellTable, NumericVariable
+from pooljob.scan.cell_moments import scan_cells, source_column, sql_text, with_zero_weights
 from pooljob.scan.schema import _NUMERIC
 from pooljob.scan.source import TableSource
 
@@ -57,6 +60,24 @@ def check_weights(source: TableSource, weight: str) -> tuple[int, bool]:
             "leave those rows out with [source] where"
         )
     return int(row["zero_weight"] or 0), int(row["not_one"] or 0) == 0
+
+
+def scan_weighted_cells(
+    source: TableSource,
+    keys: tuple[str, ...],
+    variables: tuple[NumericVariable, ...],
+    weight: str,
+) -> CellTable:
+    """Check the weights, then scan the weighted cells (:func:`scan_cells` with ``weight``).
+
+    When every weight is exactly 1 the model is the unweighted one: the
+    unweighted scan, so the numbers are those without weights, bit for bit.
+    """
+    zero, all_ones = check_weights(source, weight)
+    if all_ones:
+        cells = scan_cells(source, keys, variables)
+        return replace(cells, rows=with_zero_weights(cells.rows, 0))
+    return scan_cells(source, keys, variables, weight, zero)
 
 
 def _rows(k: int) -> str:
