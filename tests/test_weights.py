@@ -211,7 +211,7 @@ def test_zero_weights_drop_their_rows(tmp_path: Path) -> None:
     assert manifest["rows"]["read"] == rows.height + 25
     assert manifest["objective"] == pytest.approx(kept.objective, rel=1e-12)
     assert manifest["refresh"]["mode"] == "full"
-    assert not (tmp_path / "out" / "state").exists()
+    assert (tmp_path / "out" / "state").exists()  # the store keeps the weighted sums
 
 
 @pytest.mark.parametrize(
@@ -315,3 +315,74 @@ def test_validate_and_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         )
     finally:
         os.chdir(here)
+
+
+def _job(folder: Path, formula: str, incremental: bool = True) -> Path:
+    text = (
+        f'[source]\npath = "data/*.parquet"\n[model]\nformula = "{formula}"\nweights = "w"\n'
+        f'[output]\npath = "out"\nincremental = {"true" if incremental else "false"}\n'
+    )
+    (folder / "job.toml").write_text(text)
+    return folder / "job.toml"
+
+
+def _manifest(folder: Path) -> dict[str, Any]:
+    import json
+
+    return dict(json.loads((folder / "out" / "current" / "manifest.json").read_text()))
+
+
+@pytest.mark.parametrize("formula", ["y ~ 1 + (1 | a/b/c)", "y ~ 1 + (1 | a) + (1 | c)"])
+def test_incremental_refresh_keeps_the_weighted_sums(tmp_path: Path, formula: str) -> None:
+    """Files added, changed (weights too) and deleted: every refresh equals a full scan."""
+    rows = _nested_rows().with_row_index("i")
+    data = tmp_path / "data"
+    data.mkdir()
+    parts = [rows.filter(pl.col("i") % 4 == k).drop("i") for k in range(4)]
+    parts[1] = parts[1].with_columns(
+        w=pl.when(pl.int_range(pl.len()) < 5).then(0.0).otherwise(pl.col("w"))
+    )
+    parts[2] = parts[2].with_columns(w=pl.lit(1.0))  # a file of weights all 1
+    for k in range(3):
+        parts[k].write_parquet(data / f"part-{k}.parquet")
+    job = _job(tmp_path, formula)
+    steps = [
+        lambda: parts[3].write_parquet(data / "part-3.parquet"),  # new
+        lambda: (
+            parts[0].with_columns(w=pl.col("w") * 2.0).write_parquet(data / "part-0.parquet")
+        ),  # changed weights
+        lambda: (data / "part-2.parquet").unlink(),  # deleted
+    ]
+    for step in [None, *steps]:
+        if step is not None:
+            step()
+        assert main(["--quiet", "run", str(job)]) == 0
+        got = _manifest(tmp_path)
+        assert got["refresh"]["mode"] == ("full" if step is None else "incremental")
+        current = pl.concat([pl.read_parquet(f) for f in sorted(data.glob("*.parquet"))])
+        want = pooljob.fit(formula, current, weights="w")
+        assert abs(got["objective"] - want.objective) < 1e-9 * abs(want.objective)
+        assert got["rows"] == want.rows
+        published = pl.read_parquet(tmp_path / "out" / "current" / "estimates.parquet")
+        for col in ("estimate", "std_error", "raw_mean"):
+            np.testing.assert_allclose(published[col], want.estimates[col], rtol=1e-7)
+        assert published["n"].equals(want.estimates["n"])
+        scanned = {None: 3, steps[0]: 1, steps[1]: 1, steps[2]: 0}[step]
+        assert got["refresh"]["files_scanned"] == scanned
+    assert got["rows"]["dropped"]["zero_weight"] == 5  # part-1's, merged from the store
+
+
+def test_a_store_without_weights_does_not_serve_a_weighted_run(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    _nested_rows().write_parquet(data / "part-0.parquet")
+    job = _job(tmp_path, "y ~ 1 + (1 | a/b/c)")
+    job.write_text(job.read_text().replace('weights = "w"\n', ""))
+    assert main(["--quiet", "run", str(job)]) == 0
+    assert _manifest(tmp_path)["weights"] is None
+    _job(tmp_path, "y ~ 1 + (1 | a/b/c)")
+    assert main(["--quiet", "run", str(job)]) == 0
+    refresh = _manifest(tmp_path)["refresh"]
+    assert refresh["mode"] == "full" and "[model] weights" in refresh["reason"]
+    assert main(["--quiet", "run", str(job)]) == 0
+    assert _manifest(tmp_path)["refresh"]["mode"] == "incremental"

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,6 +72,7 @@ from pooljob.scan.store import (
     load_store,
     save_store,
 )
+from pooljob.scan.weights import check_file_weights, scan_weighted_cells, with_file_zero_weights
 
 if TYPE_CHECKING:
     from pooljob.job.config import Config
@@ -209,6 +210,8 @@ def fit_refreshed(
         control=config.model.control,
         watch=watch,
     )
+    if config.model.weights is not None:
+        result = replace(result, weights=config.model.weights)
     return result, refresh
 
 
@@ -243,6 +246,8 @@ def refresh_cells(
         cells: CellTable | CountTable
         if family in COUNT_FAMILIES:
             cells = scan_counts(source, config.model.formula, family, spec)
+        elif config.model.weights is not None:
+            cells = scan_weighted_cells(source, spec.keys, spec.variables, config.model.weights)
         else:
             cells = scan_cells(source, spec.keys, spec.variables)
         return cells, Refresh("full", reason, scanned=len(snap.files))
@@ -281,6 +286,7 @@ def _identity(config: Config, spec: ScanSpec, columns: dict[str, str]) -> dict[s
         "where": config.source.where or "",
         "formula": config.model.formula.text,
         "family": config.model.family,
+        "weights": config.model.weights,
         "keys": list(spec.keys),
         "variables": [[list(v.columns), v.centrable] for v in spec.variables],
         "columns": dict(columns),
@@ -326,19 +332,32 @@ def _scan_files(
                 require_rows(counts, source.description)
             return count_parts(good, spec, paths), counts.rename({FILE_ALIAS: "path"}), np.zeros(m)
         at = np.zeros(m) if shifts is None else shifts
-        scanned = scan_moments(files, spec.keys, spec.variables, at, by=by)
-        parts = moment_parts(scanned.good, spec.keys, m, paths)
+        weights, zero = config.model.weights, None
+        if weights is not None:  # checked first; files of weights all 1 scan unweighted
+            zero = check_file_weights(files, weights, by)
+            if int(zero["not_one"].sum()) == 0:
+                weights = None
+        scanned = scan_moments(files, spec.keys, spec.variables, at, by=by, weight=weights)
+        store_weights = config.model.weights
+        parts = moment_parts(scanned.good, spec.keys, m, paths, store_weights)
         if shifts is None:  # a rebuild: centre as a scan of every file would
-            require_rows(scanned.counts, source.description)
+            require_rows(
+                scanned.counts,
+                source.description,
+                0 if zero is None else int(zero["zero_weight"].sum()),
+            )
             whole = merge_parts(parts, spec.keys, m, at, {})
             centrable = [v.centrable for v in spec.variables]
             at = centring_shifts(whole.n, whole.mean, whole.comoment, centrable)
             if np.any(at != 0.0):
                 good = rescan_moments(
-                    files, spec.keys, spec.variables, at, scanned.finite_only, by=by
+                    files, spec.keys, spec.variables, at, scanned.finite_only, by, weights
                 )
-                parts = moment_parts(good, spec.keys, m, paths)
-    return parts, scanned.counts.rename({FILE_ALIAS: "path"}), at
+                parts = moment_parts(good, spec.keys, m, paths, store_weights)
+    counts = scanned.counts
+    if zero is not None:  # the rows of weight 0 are read, and dropped
+        counts = with_file_zero_weights(counts, zero)
+    return parts, counts.rename({FILE_ALIAS: "path"}), at
 
 
 def _rebuild(

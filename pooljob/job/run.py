@@ -143,34 +143,6 @@ def fit_rollup(
     return result, Refresh("full", ROLLUP_FULL, scanned=len(snap.files))
 
 
-#: Why a model with observation weights is always scanned in full.
-WEIGHTS_FULL = (
-    "[model] weights: a model with observation weights is scanned in full (the statistics "
-    "store holds unweighted moments; no store is read or written)"
-)
-
-
-def fit_weighted(
-    config: Config, source: TableSource, snap: InputSnapshot, watch: Watch = UNWATCHED
-) -> tuple[FitResult, Refresh]:
-    """Fit with observation weights: always one full scan, no store (the reason is logged)."""
-    from pooljob.pipeline import fit_source
-
-    log_event("refresh", "refresh: full scan, no statistics store: %s", WEIGHTS_FULL, mode="full")
-    m = config.model
-    result = fit_source(
-        m.formula,
-        source,
-        m.family,
-        m.method,
-        config.output.interval,
-        control=m.control,
-        watch=watch,
-        weights=m.weights,
-    )
-    return result, Refresh("full", WEIGHTS_FULL, scanned=len(snap.files))
-
-
 def _stage(name: str, seconds: float) -> dict[str, Any]:
     """The structured fields of a stage's log record."""
     return {"stage": name, "seconds": round(seconds, 6)}
@@ -282,8 +254,6 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
             )
             if config.model.rollup is not None:
                 result, refresh = fit_rollup(config, source, before, watch)
-            elif config.model.weights is not None:
-                result, refresh = fit_weighted(config, source, before, watch)
             else:
                 result, refresh = fit_refreshed(config, source, before, full, watch)
         check_unchanged(before, snapshot(src))

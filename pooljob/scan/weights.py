@@ -13,16 +13,33 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import polars as pl
+
 from pooljob.errors import InputError
 from pooljob.model.cells import CellTable, NumericVariable
-from pooljob.scan.cell_moments import scan_cells, source_column, sql_text, with_zero_weights
+from pooljob.scan.cell_moments import (
+    FILE_ALIAS,
+    scan_cells,
+    source_column,
+    sql_text,
+    with_zero_weights,
+)
 from pooljob.scan.schema import _NUMERIC
 from pooljob.scan.source import TableSource
 
 
-def weight_check_sql(weight: str) -> str:
-    """The check query of the weight column (``sql/weight_check.sql``), identifier quoted."""
-    return sql_text("weight_check").format(weight=f"cast({source_column(weight)} as double)")
+def weight_check_sql(weight: str, by: str | None = None) -> str:
+    """The check query of the weight column (``sql/weight_check.sql``), identifiers quoted.
+
+    With ``by``, the column naming each row's source file: one row per file
+    (column ``file``).
+    """
+    return sql_text("weight_check").format(
+        weight=f"cast({source_column(weight)} as double)",
+        file="" if by is None else f"{source_column(by)} as {FILE_ALIAS},",
+        file_key="" if by is None else f"{FILE_ALIAS},",
+        group_by="" if by is None else f"group by {FILE_ALIAS}",
+    )
 
 
 def check_weight_schema(source: TableSource, weight: str) -> None:
@@ -48,9 +65,22 @@ def check_weights(source: TableSource, weight: str) -> tuple[int, bool]:
         Some weight is null, negative, NaN or infinite: the message names the
         column and the number of such rows.
     """
+    table = check_file_weights(source, weight)
+    return int(table["zero_weight"].sum()), int(table["not_one"].sum()) == 0
+
+
+def check_file_weights(source: TableSource, weight: str, by: str | None = None) -> pl.DataFrame:
+    """The weight check's counts (per file, column ``file``, with ``by``); raise on a bad weight.
+
+    Columns ``null_weight``, ``bad_weight``, ``zero_weight``, ``not_one``
+    (rows whose weight is not exactly 1).  Raises :class:`InputError` when
+    some weight is null, negative, NaN or infinite.
+    """
     check_weight_schema(source, weight)
-    row = source.arrow(weight_check_sql(weight)).to_pylist()[0]
-    null, bad = int(row["null_weight"] or 0), int(row["bad_weight"] or 0)
+    table = pl.from_arrow(source.arrow(weight_check_sql(weight, by)))
+    assert isinstance(table, pl.DataFrame)
+    table = table.with_columns(pl.exclude(FILE_ALIAS).fill_null(0).cast(pl.Int64))
+    null, bad = int(table["null_weight"].sum()), int(table["bad_weight"].sum())
     if null or bad:
         parts = [f"{_rows(null)} with a null weight"] if null else []
         parts += [f"{_rows(bad)} with a negative, NaN or infinite weight"] if bad else []
@@ -59,7 +89,7 @@ def check_weights(source: TableSource, weight: str) -> tuple[int, bool]:
             "observation weights must be numbers ≥ 0 (0 drops the row): fix the data or "
             "leave those rows out with [source] where"
         )
-    return int(row["zero_weight"] or 0), int(row["not_one"] or 0) == 0
+    return table
 
 
 def scan_weighted_cells(
@@ -78,6 +108,19 @@ def scan_weighted_cells(
         cells = scan_cells(source, keys, variables)
         return replace(cells, rows=with_zero_weights(cells.rows, 0))
     return scan_cells(source, keys, variables, weight, zero)
+
+
+def with_file_zero_weights(counts: pl.DataFrame, check: pl.DataFrame) -> pl.DataFrame:
+    """Per-file row counts (``file``, ``read``, ``used``, reasons) with the rows of weight 0.
+
+    ``check`` is :func:`check_file_weights`'s per-file table.  A file's rows
+    of weight 0 are added to ``read`` and counted in ``zero_weight``; a file
+    whose every row has weight 0 gets a row of its own.
+    """
+    zero = check.select(FILE_ALIAS, pl.col("zero_weight"))
+    out = counts.join(zero, on=FILE_ALIAS, how="full", coalesce=True)
+    filled = out.with_columns(pl.exclude(FILE_ALIAS).fill_null(0))
+    return filled.with_columns(read=pl.col("read") + pl.col("zero_weight"))
 
 
 def _rows(k: int) -> str:
