@@ -273,15 +273,29 @@ def test_weights_refused_where_not_fitted(tmp_path: Path, extra: str, words: str
         pooljob.fit("y ~ 1 + (1 | a)", DATA / "weights_nested.csv", family="poisson", weights="w")
 
 
-def test_spark_engine_refuses_weights(tmp_path: Path) -> None:
-    from pooljob.job.config import load_config
+@pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
+def test_spark_engine_fits_the_same_weighted_sums(spark: Any, tmp_path: Path) -> None:
+    """The weighted queries transpiled to Spark SQL: the same fit as DuckDB's (1e-9)."""
+    from pooljob.scan.spark import open_spark_source
+    from tests.test_spark import assert_same_fit
 
-    (tmp_path / "job.toml").write_text(
-        '[source]\npath = "x.parquet"\n[model]\nformula = "y ~ 1 + (1 | a)"\nweights = "w"\n'
-        '[output]\npath = "out"\n[engine]\nkind = "spark"\n'
+    rows = _nested_rows().with_columns(
+        w=pl.when(pl.int_range(pl.len()) % 50 == 0).then(0.0).otherwise(pl.col("w"))
     )
-    with pytest.raises(ConfigError, match='weights runs on \\[engine\\] kind = "duckdb"'):
-        load_config(tmp_path / "job.toml")
+    rows.write_parquet(tmp_path / "rows.parquet")
+    formula = "y ~ 1 + (1 | a) + (1 | c)"
+    duck = _fit(tmp_path / "rows.parquet", formula, weights="w")
+    with open_spark_source(path=str(tmp_path / "rows.parquet")) as source:
+        on_spark = fit_source(
+            pooljob.model.formula.parse_formula(formula),
+            source,
+            "gaussian",
+            "reml",
+            0.95,
+            weights="w",
+        )
+    assert on_spark.rows["dropped"]["zero_weight"] == 12
+    assert_same_fit(duck, on_spark)
 
 
 def test_validate_and_explain(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

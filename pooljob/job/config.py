@@ -423,7 +423,6 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             family,
             model_raw.get("rollup"),
             variance,
-            engine.kind,
         )
     )
     if problems:

@@ -171,14 +171,13 @@ def check_weights_option(
     family: object,
     rollup: object = None,
     sampling_variance: object = None,
-    engine: str = "duckdb",
 ) -> list[str]:
     """Return the problems with ``[model] weights`` (observation weights; empty when all is well).
 
     Precision weights (lme4's ``weights``: residual variance ``σ²/w``) are
-    fitted for Gaussian unit-level models on DuckDB; with a rollup, an
-    area-level model, a binomial or Poisson family or the Spark engine they
-    are refused, each with its reason.
+    fitted for Gaussian unit-level models, on DuckDB and on Spark; with a
+    rollup, an area-level model, or a binomial or Poisson family they are
+    refused, each with its reason.
     """
     if weights is None:
         return []
@@ -201,10 +200,5 @@ def check_weights_option(
         problems.append(
             "weights with sampling_variance: an area-level model weights its areas by their "
             "sampling variances already; drop weights"
-        )
-    if engine != "duckdb":
-        problems.append(
-            f'weights runs on [engine] kind = "duckdb" (got {engine!r}): the Spark engine '
-            "computes unweighted statistics only"
         )
     return problems
