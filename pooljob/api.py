@@ -78,11 +78,13 @@ def fit(
         formula is ``y ~ x… + (1 | area)``.  ``estimates`` gains ``rmse``
         (docs/models.md, "Area-level models").
     weights : str, optional
-        The column of observation weights, as lme4's ``weights``: precision
-        weights, row ``i`` has residual variance ``σ²/w_i``.  A weight of 0
-        drops the row; a null, negative or non-finite weight is an
-        :class:`pooljob.errors.InputError`.  Gaussian only (docs/models.md,
-        "Observation weights").
+        The column of observation weights, as lme4's ``weights``: for a
+        gaussian model precision weights, row ``i`` has residual variance
+        ``σ²/w_i``; for a binomial or Poisson model glmer's prior weights,
+        row ``i``'s log-likelihood times ``w_i``.  A weight of 0 drops the
+        row; a null, negative or non-finite weight is an
+        :class:`pooljob.errors.InputError` (docs/models.md, "Observation
+        weights").
 
     Returns
     -------
@@ -111,7 +113,7 @@ def fit(
     problems += rollup_problems
     if sampling_variance is not None:
         problems += area_option_problems(parsed, family, sampling_variance)
-    problems += check_weights_option(weights, family, rollup, sampling_variance)
+    problems += check_weights_option(weights, rollup, sampling_variance)
     if problems:
         raise ConfigError("; ".join(problems))
     control = Control(max_evaluations, on_nonconvergence)

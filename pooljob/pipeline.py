@@ -131,7 +131,10 @@ def fit_source(
     else:
         spec = check_schema(source, formula, family)
         if family in COUNT_FAMILIES:
-            return fit_count_source(formula, source, spec, family, interval, control, watch)
+            result = fit_count_source(
+                formula, source, spec, family, interval, control, watch, weights
+            )
+            return result if weights is None else replace(result, weights=weights)
         with watch.stage("scan"):
             if weights is None:
                 cells = scan_cells(source, spec.keys, spec.variables)
@@ -238,10 +241,13 @@ def fit_area_source(
     return result
 
 
-def count_sql(formula: Formula, family: str, spec: ScanSpec) -> str:
-    """The count query of a binomial or Poisson model (for ``pooljob explain``)."""
+def count_sql(formula: Formula, family: str, spec: ScanSpec, weights: str | None = None) -> str:
+    """The count query of a binomial or Poisson model (for ``pooljob explain``).
+
+    ``weights``: the column of prior weights, if any (the weighted query).
+    """
     covariates = [spec.variables[k] for k in covariate_indices(spec)]
-    return count_stats_sql(formula, family, spec.keys, covariates)
+    return count_stats_sql(formula, family, spec.keys, covariates, weight=weights)
 
 
 def fit_count_source(
@@ -252,15 +258,22 @@ def fit_count_source(
     interval: float,
     control: Control = DEFAULT_CONTROL,
     watch: Watch = UNWATCHED,
+    weights: str | None = None,
 ) -> FitResult:
     """Scan ``source`` into per-cell counts and fit ``formula`` by Laplace.
 
-    ``watch`` is told of the scan, fit and tables stages and of each evaluation.
+    ``watch`` is told of the scan, fit and tables stages and of each
+    evaluation; ``weights`` is the column of prior weights, if any.
     """
     t0 = time.perf_counter()
     _require_random(formula)
     with watch.stage("scan"):
-        counts = scan_counts(source, formula, family, spec)
+        if weights is None:
+            counts = scan_counts(source, formula, family, spec)
+        else:
+            from pooljob.scan.weights import scan_weighted_counts
+
+            counts = scan_weighted_counts(source, formula, family, spec, weights)
     scan_seconds = time.perf_counter() - t0
     return fit_count_table(formula, counts, spec, family, interval, control, scan_seconds, watch)
 

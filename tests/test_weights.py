@@ -255,7 +255,6 @@ def test_weight_column_checks(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "words"),
     [
-        ('family = "binomial"\nmethod = "laplace"', "weights with family = 'binomial'"),
         ('sampling_variance = "w"', "weights with sampling_variance"),
         ('rollup = { count = "n", sum = "s", sum_squares = "q" }', "weights with rollup"),
     ],
@@ -269,8 +268,10 @@ def test_weights_refused_where_not_fitted(tmp_path: Path, extra: str, words: str
     )
     with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
         load_config(tmp_path / "job.toml")
-    with pytest.raises(ConfigError, match="weights"):
-        pooljob.fit("y ~ 1 + (1 | a)", DATA / "weights_nested.csv", family="poisson", weights="w")
+    with pytest.raises(ConfigError, match="weights with sampling_variance"):
+        pooljob.fit(
+            "y ~ 1 + (1 | a)", DATA / "weights_nested.csv", sampling_variance="w", weights="w"
+        )
 
 
 @pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")

@@ -420,7 +420,6 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
         f"[model] {p}"
         for p in check_weights_option(  # a value of the wrong type is _check_types'
             weights if isinstance(weights, str) else None,
-            family,
             model_raw.get("rollup"),
             variance,
         )

@@ -90,12 +90,23 @@ def explain(config: Config) -> str:
         from pooljob.pipeline import count_sql
 
         assert spec is not None
-        stats_sql = count_sql(formula, config.model.family, spec)
+        weights = config.model.weights
+        stats_sql = count_sql(formula, config.model.family, spec, weights)
         what = [
             "-- per-cell counts, one scan (sql/count_stats.sql): every row of a cell shares",
             "-- its linear predictor, so successes/events, trials/exposure and the per-row",
             "-- log-likelihood constants summed per cell are sufficient for the Laplace fit",
         ]
+        if weights is not None:
+            stats_sql = (
+                weight_check_sql(weights).strip()
+                + ";\n\n-- then, if no weight is null, negative or non-finite, the counts\n"
+                + stats_sql
+            )
+            what.append(
+                f"-- prior weights (column {quote_identifier(weights)}, read as w): first their"
+                " check (sql/weight_check.sql); each row counts w times"
+            )
     elif config.model.weights is not None:
         assert spec is not None
         stats_sql = (

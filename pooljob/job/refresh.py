@@ -72,7 +72,12 @@ from pooljob.scan.store import (
     load_store,
     save_store,
 )
-from pooljob.scan.weights import check_file_weights, scan_weighted_cells, with_file_zero_weights
+from pooljob.scan.weights import (
+    check_file_weights,
+    scan_weighted_cells,
+    scan_weighted_counts,
+    with_file_zero_weights,
+)
 
 if TYPE_CHECKING:
     from pooljob.job.config import Config
@@ -197,6 +202,8 @@ def fit_refreshed(
             scan_seconds=time.perf_counter() - t0,
             watch=watch,
         )
+        if config.model.weights is not None:
+            result = replace(result, weights=config.model.weights)
         return result, refresh
     result = fit_cells(
         formula,
@@ -244,7 +251,10 @@ def refresh_cells(
         log_event("refresh", "refresh: full scan, no statistics store: %s", reason, mode="full")
         family = config.model.family
         cells: CellTable | CountTable
-        if family in COUNT_FAMILIES:
+        if family in COUNT_FAMILIES and config.model.weights is not None:
+            weights = config.model.weights
+            cells = scan_weighted_counts(source, config.model.formula, family, spec, weights)
+        elif family in COUNT_FAMILIES:
             cells = scan_counts(source, config.model.formula, family, spec)
         elif config.model.weights is not None:
             cells = scan_weighted_cells(source, spec.keys, spec.variables, config.model.weights)
@@ -326,17 +336,20 @@ def _scan_files(
         current().probing(files.query_progress, len(scan)),
     ):
         family = config.model.family
-        if family in COUNT_FAMILIES:
-            good, counts = scan_count_parts(files, config.model.formula, family, spec, by)
-            if shifts is None:
-                require_rows(counts, source.description)
-            return count_parts(good, spec, paths), counts.rename({FILE_ALIAS: "path"}), np.zeros(m)
-        at = np.zeros(m) if shifts is None else shifts
         weights, zero = config.model.weights, None
         if weights is not None:  # checked first; files of weights all 1 scan unweighted
             zero = check_file_weights(files, weights, by)
             if int(zero["not_one"].sum()) == 0:
                 weights = None
+        if family in COUNT_FAMILIES:
+            formula = config.model.formula
+            good, counts = scan_count_parts(files, formula, family, spec, by, weights)
+            if zero is not None:
+                counts = with_file_zero_weights(counts, zero)
+            if shifts is None:
+                require_rows(counts, source.description)
+            return count_parts(good, spec, paths), counts.rename({FILE_ALIAS: "path"}), np.zeros(m)
+        at = np.zeros(m) if shifts is None else shifts
         scanned = scan_moments(files, spec.keys, spec.variables, at, by=by, weight=weights)
         store_weights = config.model.weights
         parts = moment_parts(scanned.good, spec.keys, m, paths, store_weights)

@@ -168,16 +168,15 @@ def check_rollup(value: object, family: object) -> tuple[Rollup | None, list[str
 
 def check_weights_option(
     weights: object,
-    family: object,
     rollup: object = None,
     sampling_variance: object = None,
 ) -> list[str]:
     """Return the problems with ``[model] weights`` (observation weights; empty when all is well).
 
-    Precision weights (lme4's ``weights``: residual variance ``σ²/w``) are
-    fitted for Gaussian unit-level models, on DuckDB and on Spark; with a
-    rollup, an area-level model, or a binomial or Poisson family they are
-    refused, each with its reason.
+    Precision weights of a Gaussian model (lme4's ``weights``: residual
+    variance ``σ²/w``) and glmer's prior weights of a binomial or Poisson one
+    are fitted, on DuckDB and on Spark; with a rollup or an area-level model
+    they are refused, each with its reason.
     """
     if weights is None:
         return []
@@ -186,11 +185,6 @@ def check_weights_option(
             f"weights = {weights!r} must be the name of a numeric column of observation weights"
         ]
     problems = []
-    if isinstance(family, str) and family != "gaussian":
-        problems.append(
-            f"weights with family = {family!r}: glmer's prior weights are not supported yet; "
-            "observation weights are for gaussian models"
-        )
     if rollup is not None:
         problems.append(
             "weights with rollup: a rollup row stands for rows whose weights it does not "

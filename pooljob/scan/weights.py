@@ -1,4 +1,4 @@
-"""Observation weights (``[model] weights``): the column's checks before the scan.
+"""Observation weights (``[model] weights``): the column's checks, then the weighted scan.
 
 lme4's ``weights`` are precision weights: row ``i`` has residual variance
 ``σ²/w_i``.  The statistics query (:func:`pooljob.scan.cell_moments.cell_stats_sql`
@@ -7,6 +7,8 @@ checks the column first, in one query over the whole source
 (``sql/weight_check.sql``): a null, negative, NaN or infinite weight is a
 data error (exit 3, naming the column and how many rows), a weight of 0
 drops its row (counted as ``zero_weight`` in the manifest's ``rows``).
+For a binomial or Poisson model they are glmer's prior weights: each row's
+log-likelihood is multiplied by its weight (:func:`scan_weighted_counts`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from dataclasses import replace
 import polars as pl
 
 from pooljob.errors import InputError
-from pooljob.model.cells import CellTable, NumericVariable
+from pooljob.model.cells import CellTable, CountTable, NumericVariable
+from pooljob.model.formula import Formula
+from pooljob.scan.cell_counts import scan_counts
 from pooljob.scan.cell_moments import (
     FILE_ALIAS,
     scan_cells,
@@ -24,7 +28,7 @@ from pooljob.scan.cell_moments import (
     sql_text,
     with_zero_weights,
 )
-from pooljob.scan.schema import _NUMERIC
+from pooljob.scan.schema import _NUMERIC, ScanSpec
 from pooljob.scan.source import TableSource
 
 
@@ -108,6 +112,22 @@ def scan_weighted_cells(
         cells = scan_cells(source, keys, variables)
         return replace(cells, rows=with_zero_weights(cells.rows, 0))
     return scan_cells(source, keys, variables, weight, zero)
+
+
+def scan_weighted_counts(
+    source: TableSource, formula: Formula, family: str, spec: ScanSpec, weight: str
+) -> CountTable:
+    """Check the weights, then scan the weighted counts of a binomial or Poisson model.
+
+    glmer's prior weights: each row's log-likelihood is ``w`` times its own
+    (:func:`pooljob.scan.cell_counts.count_stats_sql` with ``weight``).  When
+    every weight is exactly 1, the unweighted scan.
+    """
+    zero, all_ones = check_weights(source, weight)
+    if all_ones:
+        counts = scan_counts(source, formula, family, spec)
+        return replace(counts, rows=with_zero_weights(counts.rows, 0))
+    return scan_counts(source, formula, family, spec, weight, zero)
 
 
 def with_file_zero_weights(counts: pl.DataFrame, check: pl.DataFrame) -> pl.DataFrame:
