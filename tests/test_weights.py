@@ -208,6 +208,9 @@ def test_zero_weights_drop_their_rows(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "out" / "current" / "manifest.json").read_text())
     assert manifest["weights"] == "w"
     assert manifest["rows"]["dropped"]["zero_weight"] == 25
+    from tests.test_schema import validate_manifest
+
+    validate_manifest(manifest)
     assert manifest["rows"]["read"] == rows.height + 25
     assert manifest["objective"] == pytest.approx(kept.objective, rel=1e-12)
     assert manifest["refresh"]["mode"] == "full"
