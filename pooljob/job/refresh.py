@@ -53,7 +53,9 @@ from pooljob.outputs.tables import FitResult
 from pooljob.pipeline import UNWATCHED, Watch, fit_cells, fit_count_table
 from pooljob.scan.cell_counts import COUNT_FAMILIES, scan_count_parts, scan_counts
 from pooljob.scan.cell_moments import (
+    CENTRING_RATIO,
     FILE_ALIAS,
+    WEIGHTED_CENTRING_RATIO,
     centring_shifts,
     file_column,
     require_rows,
@@ -361,7 +363,7 @@ def _scan_files(
             )
             whole = merge_parts(parts, spec.keys, m, at, {})
             centrable = [v.centrable for v in spec.variables]
-            at = centring_shifts(whole.n, whole.mean, whole.comoment, centrable)
+            at = centring_shifts(whole.n, whole.mean, whole.comoment, centrable, _ratio(whole))
             if np.any(at != 0.0):
                 good = rescan_moments(
                     files, spec.keys, spec.variables, at, scanned.finite_only, by, weights
@@ -436,7 +438,7 @@ def _incremental(
     cells = merged(updated, config, spec)
     centrable = [v.centrable for v in spec.variables]
     if isinstance(cells, CellTable) and np.any(
-        centring_shifts(cells.n, cells.mean, cells.comoment, centrable) != 0.0
+        centring_shifts(cells.n, cells.mean, cells.comoment, centrable, _ratio(cells)) != 0.0
     ):
         raise UnusableStoreError(
             "the stored centring shifts no longer centre the data (a variable's mean moved "
@@ -466,6 +468,11 @@ def _incremental(
         pending=updated if scan or removed else None,
     )
     return cells, refresh
+
+
+def _ratio(cells: CellTable) -> float:
+    """The centring ratio of ``cells``: tighter for weighted sums (their raw sums cancel)."""
+    return CENTRING_RATIO if cells.count is None else WEIGHTED_CENTRING_RATIO
 
 
 def _summary(new: list[str], changed: list[str], removed: list[str]) -> str:

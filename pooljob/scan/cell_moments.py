@@ -33,6 +33,9 @@ from pooljob.scan.source import TableSource, quote_identifier
 #: Largest ratio of |mean| to the spread of a variable for which uncentred
 #: sums lose less than ~1e-12 relative (doubles carry ~1e-16).
 CENTRING_RATIO = 1e4
+#: The same for the raw weighted sums of observation weights (``Σ w v vᵀ``, whose
+#: co-moments lose ``(m/s)² · 1e-16``): at most ~1e-12 relative.
+WEIGHTED_CENTRING_RATIO = 1e2
 
 DROP_REASONS = ("null_group_key", "null_response", "nonfinite_response", "unusable_covariate")
 
@@ -186,12 +189,14 @@ def centring_shifts(
     mean: NDArray[np.float64],
     comoment: NDArray[np.float64],
     centrable: list[bool],
+    ratio: float = CENTRING_RATIO,
 ) -> NDArray[np.float64]:
     """Shifts that centre the variables far from 0; 0.0 where none is needed.
 
     Means are doubles: a mean of 1e9 carries an error of ~1e-7, large beside
     a spread of 1.  A variable whose ``max |mean|`` exceeds
-    ``CENTRING_RATIO`` times the smaller of its within-cell and between-cell
+    ``ratio`` (``CENTRING_RATIO``; ``WEIGHTED_CENTRING_RATIO`` for weighted
+    sums) times the smaller of its within-cell and between-cell
     standard deviations is shifted by its overall mean, rounded to a power
     of ten at the scale of the spread (so the shift does not depend on
     summation order), if the model allows (``centrable``).
@@ -208,7 +213,7 @@ def centring_shifts(
         if not spreads:
             continue
         spread = float(np.sqrt(min(spreads)))
-        if float(np.max(np.abs(mean[:, i]))) <= CENTRING_RATIO * spread:
+        if float(np.max(np.abs(mean[:, i]))) <= ratio * spread:
             continue
         quantum = 10.0 ** np.floor(np.log10(spread))
         shifts[i] = float(np.round(grand / quantum) * quantum)
@@ -403,7 +408,9 @@ def scan_cells(
     require_rows(scan.counts, source.description, zero_weight)
     good = scan.good
     n, mean, comoment = cell_arrays(good, m, weighted)
-    new_shifts = centring_shifts(n, mean, comoment, [v.centrable for v in variables])
+    centrable = [v.centrable for v in variables]
+    ratio = WEIGHTED_CENTRING_RATIO if weighted else CENTRING_RATIO
+    new_shifts = centring_shifts(n, mean, comoment, centrable, ratio)
     if np.any(new_shifts != 0.0):
         shifts = new_shifts
         good = rescan_moments(source, keys, variables, shifts, scan.finite_only, weight=weight)
