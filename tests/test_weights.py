@@ -404,3 +404,18 @@ def test_a_store_without_weights_does_not_serve_a_weighted_run(tmp_path: Path) -
     assert refresh["mode"] == "full" and "[model] weights" in refresh["reason"]
     assert main(["--quiet", "run", str(job)]) == 0
     assert _manifest(tmp_path)["refresh"]["mode"] == "incremental"
+
+
+def test_shifted_response_and_covariate_change_nothing() -> None:
+    """The weighted sums are raw sums: a weighted scan centres at 100 spreads."""
+    rows = pl.read_csv(DATA / "weights_oneway.csv")
+    formula = "y ~ x1 + cat + (1 | g)"
+    base = pooljob.fit(formula, rows, weights="w")
+    moved = pooljob.fit(
+        formula, rows.with_columns(y=pl.col("y") + 1e4, x1=pl.col("x1") + 1e3), weights="w"
+    )
+    assert abs(moved.objective - base.objective) < 1e-11 * abs(base.objective)
+    se = base.estimates["std_error"].to_numpy()
+    diff = moved.estimates["estimate"].to_numpy() - 1e4 - base.estimates["estimate"].to_numpy()
+    assert np.abs(diff / se).max() < 1e-8
+    np.testing.assert_allclose(moved.estimates["std_error"], se, rtol=1e-8)
