@@ -182,11 +182,20 @@ def _explain_spark(config: Config) -> str:
     if family in COUNT_FAMILIES:
         from pooljob.pipeline import count_sql
 
-        stats_sql = count_sql(formula, family, spec)
+        stats_sql = count_sql(formula, family, spec, config.model.weights)
         what = [
             "-- per-cell counts, one scan: sql/count_stats.sql (see its comments) transpiled",
             "-- from DuckDB by sqlglot (pooljob/scan/spark_sql.py); lgamma, which Spark SQL",
             "-- lacks, written as Stirling's series (exact to rounding), fsum as sum",
+        ]
+    elif config.model.weights is not None:
+        stats_sql = cell_stats_sql(
+            spec.keys, spec.variables, False, len(spec.variables) > 1, None, config.model.weights
+        )
+        what = [
+            "-- per-cell weighted sums, one scan: sql/cell_stats.sql (see its comments) with",
+            "-- observation weights, transpiled from DuckDB by sqlglot; the centring shifts",
+            "-- (its :s parameters) are bound to 0",
         ]
     else:
         stats_sql = group_stats_sql(formula, columns=columns)
@@ -195,6 +204,14 @@ def _explain_spark(config: Config) -> str:
             "-- from DuckDB by sqlglot (pooljob/scan/spark_sql.py); the centring shifts (its :s",
             "-- parameters) are bound to 0 (a second scan, made only for NaN or infinite values",
             "-- or a mean far from 0, skips those rows or binds a shift)",
+        ]
+    if config.model.weights is not None:
+        check = spark_sql(weight_check_sql(config.model.weights), pretty=True).strip()
+        what = [
+            "-- first the check of the weights (sql/weight_check.sql), transpiled:",
+            check + ";",
+            "",
+            *what,
         ]
     lines = [
         f"-- pooljob explain {config.file}",
