@@ -278,6 +278,7 @@ def test_weights_refused_where_not_fitted(tmp_path: Path, extra: str, words: str
 
 
 @pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas:FutureWarning")
+@pytest.mark.filterwarnings("ignore:All-NaN slice encountered:RuntimeWarning")
 def test_spark_engine_fits_the_same_weighted_sums(spark: Any, tmp_path: Path) -> None:
     """The weighted queries transpiled to Spark SQL: the same fit as DuckDB's (1e-9)."""
     from pooljob.scan.spark import open_spark_source
