@@ -19,6 +19,7 @@ from pooljob.model.options import (
     check_control,
     check_options,
     check_rollup,
+    check_weights_option,
     default_method,
 )
 from pooljob.outputs.benchmark import benchmark_estimates, read_benchmark
@@ -39,6 +40,7 @@ def fit(
     sampling_variance: str | None = None,
     benchmark: dict[str, Any] | None = None,
     interval_method: Literal["plugin", "prasad-rao"] = "plugin",
+    weights: str | None = None,
 ) -> FitResult:
     """Fit a multilevel model from DuckDB sufficient statistics.
 
@@ -96,6 +98,14 @@ def fit(
         intercepts, REML for unit-level models; docs/outputs.md).  With few
         groups the plug-in intervals cover less than they say
         (docs/small-area.md).
+    weights : str, optional
+        The column of observation weights, as lme4's ``weights``: for a
+        gaussian model precision weights, row ``i`` has residual variance
+        ``σ²/w_i``; for a binomial or Poisson model glmer's prior weights,
+        row ``i``'s log-likelihood times ``w_i``.  A weight of 0 drops the
+        row; a null, negative or non-finite weight is an
+        :class:`pooljob.errors.InputError` (docs/models.md, "Observation
+        weights").
 
     Returns
     -------
@@ -127,8 +137,9 @@ def fit(
     bench, bench_problems = check_benchmark(benchmark, parsed.groupings)
     problems += bench_problems
     problems += interval_method_problems(
-        interval_method, parsed, family, method, sampling_variance is not None
+        interval_method, parsed, family, method, sampling_variance is not None, weights
     )
+    problems += check_weights_option(weights, rollup, sampling_variance)
     if problems:
         raise ConfigError("; ".join(problems))
     control = Control(max_evaluations, on_nonconvergence, interval_method)
@@ -143,6 +154,7 @@ def fit(
             control=control,
             rollup=columns,
             sampling_variance=sampling_variance,
+            weights=weights,
         )
     if bench is None or tables is None:
         return result

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
 from typing import Protocol
 
 from pooljob.errors import InputError, NonConvergenceError, NotNestedError
@@ -103,6 +104,7 @@ def fit_source(
     rollup: Rollup | None = None,
     watch: Watch = UNWATCHED,
     sampling_variance: str | None = None,
+    weights: str | None = None,
 ) -> FitResult:
     """Fit ``formula`` to an open source: one scan, then the solver.
 
@@ -115,7 +117,9 @@ def fit_source(
     convergence check does; ``watch`` is told of the stages and evaluations.
     With ``rollup``, ``source`` is a rollup table (:mod:`pooljob.scan.rollup`):
     the cells are those of the rows behind it.  With ``sampling_variance`` the
-    model is area-level (Fay–Herriot): :func:`fit_area_source`.
+    model is area-level (Fay–Herriot): :func:`fit_area_source`.  With
+    ``weights``, the column of observation (precision) weights, the cells
+    hold weighted moments (:func:`pooljob.scan.cell_moments.scan_cells`).
     """
     if sampling_variance is not None:
         return fit_area_source(formula, source, sampling_variance, method, interval, control, watch)
@@ -127,10 +131,18 @@ def fit_source(
     else:
         spec = check_schema(source, formula, family)
         if family in COUNT_FAMILIES:
-            return fit_count_source(formula, source, spec, family, interval, control, watch)
+            result = fit_count_source(
+                formula, source, spec, family, interval, control, watch, weights
+            )
+            return result if weights is None else replace(result, weights=weights)
         with watch.stage("scan"):
-            cells = scan_cells(source, spec.keys, spec.variables)
-    return fit_cells(
+            if weights is None:
+                cells = scan_cells(source, spec.keys, spec.variables)
+            else:
+                from pooljob.scan.weights import scan_weighted_cells
+
+                cells = scan_weighted_cells(source, spec.keys, spec.variables, weights)
+    result = fit_cells(
         formula,
         cells,
         spec,
@@ -143,6 +155,7 @@ def fit_source(
         control=control,
         watch=watch,
     )
+    return result if weights is None else replace(result, weights=weights)
 
 
 def fit_cells(
@@ -232,10 +245,13 @@ def fit_area_source(
     return result
 
 
-def count_sql(formula: Formula, family: str, spec: ScanSpec) -> str:
-    """The count query of a binomial or Poisson model (for ``pooljob explain``)."""
+def count_sql(formula: Formula, family: str, spec: ScanSpec, weights: str | None = None) -> str:
+    """The count query of a binomial or Poisson model (for ``pooljob explain``).
+
+    ``weights``: the column of prior weights, if any (the weighted query).
+    """
     covariates = [spec.variables[k] for k in covariate_indices(spec)]
-    return count_stats_sql(formula, family, spec.keys, covariates)
+    return count_stats_sql(formula, family, spec.keys, covariates, weight=weights)
 
 
 def fit_count_source(
@@ -246,15 +262,22 @@ def fit_count_source(
     interval: float,
     control: Control = DEFAULT_CONTROL,
     watch: Watch = UNWATCHED,
+    weights: str | None = None,
 ) -> FitResult:
     """Scan ``source`` into per-cell counts and fit ``formula`` by Laplace.
 
-    ``watch`` is told of the scan, fit and tables stages and of each evaluation.
+    ``watch`` is told of the scan, fit and tables stages and of each
+    evaluation; ``weights`` is the column of prior weights, if any.
     """
     t0 = time.perf_counter()
     _require_random(formula)
     with watch.stage("scan"):
-        counts = scan_counts(source, formula, family, spec)
+        if weights is None:
+            counts = scan_counts(source, formula, family, spec)
+        else:
+            from pooljob.scan.weights import scan_weighted_counts
+
+            counts = scan_weighted_counts(source, formula, family, spec, weights)
     scan_seconds = time.perf_counter() - t0
     return fit_count_table(formula, counts, spec, family, interval, control, scan_seconds, watch)
 

@@ -24,6 +24,15 @@
 -- updates), never sum(x*y) - n*mean(x)*mean(y).  For a model with only a
 -- response the aggregates are count, avg and var_pop: what a bare scan costs.
 --
+-- Observation weights ([model] weights): the columns add
+-- cast(source."w" as double) as w, the filter keeps the rows with w > 0 (rows
+-- of weight 0 are counted by sql/weight_check.sql, which runs first), and
+-- instead of mean_<i> and cov_<i>_<j> the aggregates are the weighted sums
+--   w_sum = sum(w), log_w = sum(ln(w)), wsum_<i> = sum(w * v<i>),
+--   wprod_<i>_<j> = sum(w * v<i> * v<j>)  (i <= j)
+-- (n_<i> and n_rows still count rows): the weighted means and co-moments
+-- follow in pooljob/scan/cell_moments.py (cell_arrays).
+--
 -- Template fields (in braces below), filled by pooljob from quoted
 -- identifiers only:
 --   columns     source."key" as k<i>, ...,

@@ -43,7 +43,15 @@
 --   bad          true where a used row's response is not a valid count
 --   exposure     t for binomial, exp(o) for Poisson
 --   constant     the row's log-likelihood constant
+--   response     y
 --   extremes     min(c<k>) filter (where drop_code = 0) as min_<k>, max ...
+--   filter       nothing
+--
+-- With observation weights (glmer's prior weights, [model] weights), the
+-- columns add cast(source."w" as double) as w, each row's log-likelihood is
+-- w times its own (its sums above: response w * y, exposure w * t or
+-- w * exp(o), constant w times the row's), and filter is where w > 0 (rows
+-- of weight 0 are counted by sql/weight_check.sql, which runs first).
 
 with
 
@@ -58,6 +66,7 @@ coded_rows as (
         *,
         {drop_code} as drop_code
     from model_rows
+    {filter}
 ),
 
 count_stats as (
@@ -69,7 +78,7 @@ count_stats as (
         count(*) filter (where drop_code = 2) as n_nonfinite_response,
         count(*) filter (where drop_code = 3) as n_unusable_covariate,
         count(*) filter (where drop_code = 0 and ({bad})) as n_bad_response,
-        sum(y) filter (where drop_code = 0) as y_sum,
+        sum({response}) filter (where drop_code = 0) as y_sum,
         fsum({exposure}) filter (where drop_code = 0) as t_sum,
         fsum({constant}) filter (where drop_code = 0) as const_sum,
         min(o) filter (where drop_code = 0) as min_offset,

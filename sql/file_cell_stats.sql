@@ -24,7 +24,8 @@
 --   n_<i>        its non-null values,
 --   mean_<i>     their mean,
 --   cov_<i>_<j>  (i <= j) var_pop for i = j, covar_pop otherwise,
--- exactly as in cell_stats.sql.
+-- exactly as in cell_stats.sql (and its weighted sums with observation
+-- weights).
 --
 -- Template fields (in braces below), filled by pooljob from quoted
 -- identifiers only:

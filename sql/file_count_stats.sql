@@ -41,6 +41,7 @@ coded_rows as (
         *,
         {drop_code} as drop_code
     from model_rows
+    {filter}
 ),
 
 file_count_stats as (
@@ -53,7 +54,7 @@ file_count_stats as (
         count(*) filter (where drop_code = 2) as n_nonfinite_response,
         count(*) filter (where drop_code = 3) as n_unusable_covariate,
         count(*) filter (where drop_code = 0 and ({bad})) as n_bad_response,
-        sum(y) filter (where drop_code = 0) as y_sum,
+        sum({response}) filter (where drop_code = 0) as y_sum,
         fsum({exposure}) filter (where drop_code = 0) as t_sum,
         fsum({constant}) filter (where drop_code = 0) as const_sum,
         min(o) filter (where drop_code = 0) as min_offset,

@@ -377,3 +377,13 @@ def test_unidentified_components_are_a_clear_error() -> None:
     with pytest.raises(InputError, match="information matrix is singular") as info:
         pooljob.fit("y ~ 1 + (1 | a/b)", pl.DataFrame(rows), interval_method="prasad-rao")
     assert "\n" not in str(info.value)
+
+
+def test_prasad_rao_with_weights_is_refused() -> None:
+    from pooljob.model.formula import parse_formula
+    from pooljob.model.interval_options import interval_method_problems
+
+    formula = parse_formula("y ~ 1 + (1 | g)")
+    found = interval_method_problems("prasad-rao", formula, "gaussian", "reml", False, "w")
+    assert len(found) == 1 and "unweighted rows" in found[0] and "'w'" in found[0]
+    assert interval_method_problems("plugin", formula, "gaussian", "reml", False, "w") == []

@@ -152,6 +152,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             check_area_schema(source, config.model.formula, variance)
         else:
             check_schema(source, config.model.formula, config.model.family)
+        if config.model.weights is not None:
+            from pooljob.scan.weights import check_weight_schema
+
+            check_weight_schema(source, config.model.weights)
     m = config.model
     found = [c for c in m.formula.columns if m.rollup is None or c != m.formula.response]
     if m.rollup is not None:
@@ -166,6 +170,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         tail = f"; benchmark totals: {tables.totals.height} groups"
         if tables.weights is not None:
             tail += f", weights: {tables.weights.height} groups"
+    if m.weights is not None and m.weights not in found:
+        found.append(m.weights)
     if not args.quiet:
         print(f"config {args.config!r} is valid; columns found: " + ", ".join(found) + tail)
     return 0

@@ -19,6 +19,7 @@ Example:
     on_nonconvergence = "fail"  # or "publish": published with converged = false
     # rollup = { count = "n", sum = "income_sum", sum_squares = "income_sum_squares" }
     # sampling_variance = "vi"  # an area-level (Fay–Herriot) model: one row per area
+    # weights = "w"          # observation (precision) weights: residual variance σ²/w
     [output]
     path = "out/income"
     interval = 0.95
@@ -88,6 +89,7 @@ from pooljob.model.options import (
     check_control,
     check_options,
     check_rollup,
+    check_weights_option,
     default_method,
 )
 from pooljob.outputs.report_data import resolve_grouping
@@ -104,6 +106,7 @@ _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
         "on_nonconvergence": str,
         "rollup": dict,
         "sampling_variance": str,
+        "weights": str,
     },
     "output": {
         "path": str,
@@ -154,6 +157,7 @@ class ModelConfig:
     rollup: Rollup | None = None  # the source is a rollup table (docs/models.md)
     #: An area-level (Fay–Herriot) model: the column of known sampling variances.
     sampling_variance: str | None = None
+    weights: str | None = None  # observation (precision) weights' column (docs/models.md)
 
 
 @dataclass(frozen=True)
@@ -374,8 +378,18 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
     interval_method = out_raw.get("interval_method", "plugin")
     if isinstance(interval_method, str):  # other types are reported by _check_types
         area = isinstance(variance, str)
-        checks = interval_method_problems(interval_method, formula, family, method, area)
+        weighted = model_raw.get("weights")
+        checks = interval_method_problems(interval_method, formula, family, method, area, weighted)
         problems.extend(f"[output] {p}" for p in checks)
+    weights = model_raw.get("weights")
+    problems.extend(
+        f"[model] {p}"
+        for p in check_weights_option(  # a value of the wrong type is _check_types'
+            weights if isinstance(weights, str) else None,
+            model_raw.get("rollup"),
+            variance,
+        )
+    )
     if problems:
         raise ConfigError(f"config {str(file)!r}: " + "; ".join(problems))
     assert formula is not None and isinstance(out_path, str)
@@ -390,6 +404,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             on_nonconvergence=on_nonconvergence,
             rollup=rollup,
             sampling_variance=variance if isinstance(variance, str) else None,
+            weights=weights if isinstance(weights, str) else None,
         ),
         output=OutputConfig(
             path=s3_work_dir(url) if url else Path(resolve_path(base, out_path)),

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pooljob.job.config import Config
 from pooljob.scan.area_rows import area_counts_sql, area_rows_sql, check_area_schema
 from pooljob.scan.cell_counts import COUNT_FAMILIES
+from pooljob.scan.cell_moments import cell_stats_sql
 from pooljob.scan.rollup import check_rollup_schema, rollup_stats_sql
 from pooljob.scan.s3 import is_s3
 from pooljob.scan.schema import ScanSpec, check_schema, group_stats_sql
@@ -22,6 +23,7 @@ from pooljob.scan.source import (
     open_config_source,
     quote_identifier,
 )
+from pooljob.scan.weights import check_weight_schema, weight_check_sql
 
 
 def explain(config: Config) -> str:
@@ -62,6 +64,8 @@ def explain(config: Config) -> str:
             spec = None
         else:
             spec = check_schema(source, m.formula, m.family)
+        if m.weights is not None:
+            check_weight_schema(source, m.weights)
         views = source.view_sql()
         description = source.description
         columns = dict(source.columns)
@@ -92,11 +96,43 @@ def explain(config: Config) -> str:
         from pooljob.pipeline import count_sql
 
         assert spec is not None
-        stats_sql = count_sql(formula, config.model.family, spec)
+        weights = config.model.weights
+        stats_sql = count_sql(formula, config.model.family, spec, weights)
         what = [
             "-- per-cell counts, one scan (sql/count_stats.sql): every row of a cell shares",
             "-- its linear predictor, so successes/events, trials/exposure and the per-row",
             "-- log-likelihood constants summed per cell are sufficient for the Laplace fit",
+        ]
+        if weights is not None:
+            stats_sql = (
+                weight_check_sql(weights).strip()
+                + ";\n\n-- then, if no weight is null, negative or non-finite, the counts\n"
+                + stats_sql
+            )
+            what.append(
+                f"-- prior weights (column {quote_identifier(weights)}, read as w): first their"
+                " check (sql/weight_check.sql); each row counts w times"
+            )
+    elif config.model.weights is not None:
+        assert spec is not None
+        stats_sql = (
+            weight_check_sql(config.model.weights).strip()
+            + ";\n\n-- then, if no weight is null, negative or non-finite, the weighted sums\n"
+            + cell_stats_sql(
+                spec.keys,
+                spec.variables,
+                False,
+                len(spec.variables) > 1,
+                None,
+                config.model.weights,
+            )
+        )
+        shifts = {f"s{i}": 0.0 for i in range(len(spec.variables))}
+        stats_sql = inline_parameters(stats_sql, shifts)
+        what = [
+            f"-- observation weights (column {quote_identifier(config.model.weights)}, read as w):",
+            "-- first the check of the weights (sql/weight_check.sql), then per-cell weighted",
+            "-- sums of the rows with w > 0, one scan; the centring shifts are 0 here",
         ]
     else:
         stats_sql = group_stats_sql(formula, columns=columns)  # types tell categorical columns
@@ -189,11 +225,20 @@ def _explain_spark(config: Config) -> str:
     if family in COUNT_FAMILIES:
         from pooljob.pipeline import count_sql
 
-        stats_sql = count_sql(formula, family, spec)
+        stats_sql = count_sql(formula, family, spec, config.model.weights)
         what = [
             "-- per-cell counts, one scan: sql/count_stats.sql (see its comments) transpiled",
             "-- from DuckDB by sqlglot (pooljob/scan/spark_sql.py); lgamma, which Spark SQL",
             "-- lacks, written as Stirling's series (exact to rounding), fsum as sum",
+        ]
+    elif config.model.weights is not None:
+        stats_sql = cell_stats_sql(
+            spec.keys, spec.variables, False, len(spec.variables) > 1, None, config.model.weights
+        )
+        what = [
+            "-- per-cell weighted sums, one scan: sql/cell_stats.sql (see its comments) with",
+            "-- observation weights, transpiled from DuckDB by sqlglot; the centring shifts",
+            "-- (its :s parameters) are bound to 0",
         ]
     else:
         stats_sql = group_stats_sql(formula, columns=columns)
@@ -202,6 +247,14 @@ def _explain_spark(config: Config) -> str:
             "-- from DuckDB by sqlglot (pooljob/scan/spark_sql.py); the centring shifts (its :s",
             "-- parameters) are bound to 0 (a second scan, made only for NaN or infinite values",
             "-- or a mean far from 0, skips those rows or binds a shift)",
+        ]
+    if config.model.weights is not None:
+        check = spark_sql(weight_check_sql(config.model.weights), pretty=True).strip()
+        what = [
+            "-- first the check of the weights (sql/weight_check.sql), transpiled:",
+            check + ";",
+            "",
+            *what,
         ]
     lines = [
         f"-- pooljob explain {config.file}",

@@ -1,12 +1,11 @@
 """Incremental refresh: per-file statistics kept between runs, merged, refitted.
 
 A run on ``[source] path`` files keeps the cell statistics of every source
-file separately (``sql/file_cell_stats.sql``; the counts of
-``sql/file_count_stats.sql`` for a binomial or Poisson model), with the file's stamp (path,
-size, modification time; for an S3 object its ETag), in a store under
-``<output.path>/state/`` (for an S3 output, under the prefix:
-:mod:`pooljob.scan.s3_store`)
-(:mod:`pooljob.scan.store`).  The next run compares the stamps with the files the
+file separately (``sql/file_cell_stats.sql``; ``sql/file_count_stats.sql``
+for a binomial or Poisson model), with the file's stamp (path, size, mtime;
+an S3 object's ETag), in a store under ``<output.path>/state/``
+(:mod:`pooljob.scan.store`; :mod:`pooljob.scan.s3_store` under an S3
+prefix).  The next run compares the stamps with the files the
 path matches now: it scans only the files that are new or changed, drops
 the statistics of changed and deleted files, and merges every file's
 statistics into the cells of the whole source
@@ -30,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,7 +55,9 @@ from pooljob.outputs.tables import FitResult
 from pooljob.pipeline import UNWATCHED, Watch, fit_cells, fit_count_table
 from pooljob.scan.cell_counts import COUNT_FAMILIES, scan_count_parts, scan_counts
 from pooljob.scan.cell_moments import (
+    CENTRING_RATIO,
     FILE_ALIAS,
+    WEIGHTED_CENTRING_RATIO,
     centring_shifts,
     file_column,
     require_rows,
@@ -75,6 +76,12 @@ from pooljob.scan.store import (
     UnusableStoreError,
     load_store,
     save_store,
+)
+from pooljob.scan.weights import (
+    check_file_weights,
+    scan_weighted_cells,
+    scan_weighted_counts,
+    with_file_zero_weights,
 )
 
 if TYPE_CHECKING:
@@ -206,6 +213,8 @@ def fit_refreshed(
             scan_seconds=time.perf_counter() - t0,
             watch=watch,
         )
+        if config.model.weights is not None:
+            result = replace(result, weights=config.model.weights)
         return result, refresh
     result = fit_cells(
         formula,
@@ -219,6 +228,8 @@ def fit_refreshed(
         control=config.control,
         watch=watch,
     )
+    if config.model.weights is not None:
+        result = replace(result, weights=config.model.weights)
     return result, refresh
 
 
@@ -252,8 +263,13 @@ def refresh_cells(
         log_event("refresh", "refresh: full scan, no statistics store: %s", reason, mode="full")
         family = config.model.family
         cells: CellTable | CountTable
-        if family in COUNT_FAMILIES:
+        if family in COUNT_FAMILIES and config.model.weights is not None:
+            weights = config.model.weights
+            cells = scan_weighted_counts(source, config.model.formula, family, spec, weights)
+        elif family in COUNT_FAMILIES:
             cells = scan_counts(source, config.model.formula, family, spec)
+        elif config.model.weights is not None:
+            cells = scan_weighted_cells(source, spec.keys, spec.variables, config.model.weights)
         else:
             cells = scan_cells(source, spec.keys, spec.variables)
         return cells, Refresh("full", reason, scanned=len(snap.files))
@@ -296,6 +312,7 @@ def _identity(config: Config, spec: ScanSpec, columns: dict[str, str]) -> dict[s
         "where": config.source.where or "",
         "formula": config.model.formula.text,
         "family": config.model.family,
+        "weights": config.model.weights,
         "keys": list(spec.keys),
         "variables": [[list(v.columns), v.centrable] for v in spec.variables],
         "columns": dict(columns),
@@ -335,25 +352,41 @@ def _scan_files(
         current().probing(files.query_progress, len(scan)),
     ):
         family = config.model.family
+        weights, zero = config.model.weights, None
+        if weights is not None:  # checked first; files of weights all 1 scan unweighted
+            zero = check_file_weights(files, weights, by)
+            if int(zero["not_one"].sum()) == 0:
+                weights = None
         if family in COUNT_FAMILIES:
-            good, counts = scan_count_parts(files, config.model.formula, family, spec, by)
+            formula = config.model.formula
+            good, counts = scan_count_parts(files, formula, family, spec, by, weights)
+            if zero is not None:
+                counts = with_file_zero_weights(counts, zero)
             if shifts is None:
                 require_rows(counts, source.description)
             return count_parts(good, spec, paths), counts.rename({FILE_ALIAS: "path"}), np.zeros(m)
         at = np.zeros(m) if shifts is None else shifts
-        scanned = scan_moments(files, spec.keys, spec.variables, at, by=by)
-        parts = moment_parts(scanned.good, spec.keys, m, paths)
+        scanned = scan_moments(files, spec.keys, spec.variables, at, by=by, weight=weights)
+        store_weights = config.model.weights
+        parts = moment_parts(scanned.good, spec.keys, m, paths, store_weights)
         if shifts is None:  # a rebuild: centre as a scan of every file would
-            require_rows(scanned.counts, source.description)
+            require_rows(
+                scanned.counts,
+                source.description,
+                0 if zero is None else int(zero["zero_weight"].sum()),
+            )
             whole = merge_parts(parts, spec.keys, m, at, {})
             centrable = [v.centrable for v in spec.variables]
-            at = centring_shifts(whole.n, whole.mean, whole.comoment, centrable)
+            at = centring_shifts(whole.n, whole.mean, whole.comoment, centrable, _ratio(whole))
             if np.any(at != 0.0):
                 good = rescan_moments(
-                    files, spec.keys, spec.variables, at, scanned.finite_only, by=by
+                    files, spec.keys, spec.variables, at, scanned.finite_only, by, weights
                 )
-                parts = moment_parts(good, spec.keys, m, paths)
-    return parts, scanned.counts.rename({FILE_ALIAS: "path"}), at
+                parts = moment_parts(good, spec.keys, m, paths, store_weights)
+    counts = scanned.counts
+    if zero is not None:  # the rows of weight 0 are read, and dropped
+        counts = with_file_zero_weights(counts, zero)
+    return parts, counts.rename({FILE_ALIAS: "path"}), at
 
 
 def _rebuild(
@@ -419,7 +452,7 @@ def _incremental(
     cells = merged(updated, config, spec)
     centrable = [v.centrable for v in spec.variables]
     if isinstance(cells, CellTable) and np.any(
-        centring_shifts(cells.n, cells.mean, cells.comoment, centrable) != 0.0
+        centring_shifts(cells.n, cells.mean, cells.comoment, centrable, _ratio(cells)) != 0.0
     ):
         raise UnusableStoreError(
             "the stored centring shifts no longer centre the data (a variable's mean moved "
@@ -449,6 +482,11 @@ def _incremental(
         pending=updated if scan or removed else None,
     )
     return cells, refresh
+
+
+def _ratio(cells: CellTable) -> float:
+    """The centring ratio of ``cells``: tighter for weighted sums (their raw sums cancel)."""
+    return CENTRING_RATIO if cells.count is None else WEIGHTED_CENTRING_RATIO
 
 
 def _summary(new: list[str], changed: list[str], removed: list[str]) -> str:

@@ -31,7 +31,14 @@ from pooljob.scan.cell_counts import (
 from pooljob.scan.cell_moments import FILE_ALIAS, cell_arrays, key_aliases, key_frame, row_totals
 from pooljob.scan.merge import merge_moments
 from pooljob.scan.schema import ScanSpec
-from pooljob.scan.store import FILE_INDEX, FILE_STATS, Store, count_stat_columns, stat_columns
+from pooljob.scan.store import (
+    FILE_INDEX,
+    FILE_STATS,
+    WEIGHTED_STATS,
+    Store,
+    count_stat_columns,
+    stat_columns,
+)
 
 if TYPE_CHECKING:
     from pooljob.job.config import Config
@@ -41,7 +48,8 @@ def store_columns(config: Config, spec: ScanSpec) -> list[str]:
     """The statistics columns of the store's cells for the model of ``config``."""
     if config.model.family in COUNT_FAMILIES:
         return count_stat_columns(len(covariate_indices(spec)))
-    return stat_columns(len(spec.variables))
+    weighted = list(WEIGHTED_STATS) if config.model.weights is not None else []
+    return stat_columns(len(spec.variables)) + weighted
 
 
 def file_table(stamps: tuple[FileStamp, ...], counts: pl.DataFrame) -> pl.DataFrame:
@@ -51,6 +59,8 @@ def file_table(stamps: tuple[FileStamp, ...], counts: pl.DataFrame) -> pl.DataFr
         schema={"path": pl.String, "size": pl.Int64, "mtime_ns": pl.Int64},
         orient="row",
     )
+    if "zero_weight" not in counts.columns:  # no observation weights: none is 0
+        counts = counts.with_columns(zero_weight=pl.lit(0))
     counts = counts.select("path", *(pl.col(c).cast(pl.Int64) for c in FILE_STATS))
     return frame.join(counts, on="path", how="left").with_columns(
         pl.col(list(FILE_STATS)).fill_null(0)
@@ -58,19 +68,31 @@ def file_table(stamps: tuple[FileStamp, ...], counts: pl.DataFrame) -> pl.DataFr
 
 
 def moment_parts(
-    good: pl.DataFrame, keys: tuple[str, ...], m: int, paths: list[str]
+    good: pl.DataFrame,
+    keys: tuple[str, ...],
+    m: int,
+    paths: list[str],
+    weights: str | None = None,
 ) -> pl.DataFrame:
     """The store's cell rows from the per-file query's usable rows, sorted by file.
 
     A part's file becomes its position in ``paths`` (the cast to an Enum of
     the paths is that lookup, and fails on a path not in the list).  The key
     columns keep the query's names (``k<i>``): the store's columns are all
-    pooljob's own.
+    pooljob's own.  ``weights``: the store is weighted, and ``good`` came
+    from the weighted query (``"w_sum"`` in it) or, for files whose weights
+    are all 1, the unweighted one (then rows = ``Σ w`` and ``Σ log w`` = 0).
     """
-    n, mean, comoment = cell_arrays(good, m)
+    weighted = "w_sum" in good.columns
+    n, mean, comoment = cell_arrays(good, m, weighted)
     values = [n, *(mean[:, i] for i in range(m))]
     values += [comoment[:, i, j] for i in range(m) for j in range(i, m)]
-    stats = [pl.Series(name, v) for name, v in zip(stat_columns(m), values, strict=True)]
+    names = stat_columns(m)
+    if weights is not None:
+        names += list(WEIGHTED_STATS)
+        values.append(good["n_0"].to_numpy().astype(np.float64))
+        values.append(good["log_w"].to_numpy() if weighted else np.zeros(good.height))
+    stats = [pl.Series(name, v) for name, v in zip(names, values, strict=True)]
     index = pl.col(FILE_ALIAS).cast(pl.Enum(paths)).to_physical().cast(pl.UInt32)
     frame = good.select(index.alias(FILE_INDEX), *key_aliases(keys)).with_columns(stats)
     return frame.sort(FILE_INDEX, maintain_order=True)
@@ -109,6 +131,7 @@ def merge_parts(
         codes = np.zeros(parts.height, dtype=np.int64)
         size = 1 if parts.height else 0
     total, merged_mean, merged = merge_moments(codes, size, n, mean.astype(np.float64), comoment)
+    weighted = WEIGHTED_STATS[0] in parts.columns
     return CellTable(
         keys=key_frame(cell_keys, keys),
         n=total,
@@ -116,6 +139,14 @@ def merge_parts(
         comoment=merged,
         shifts=np.asarray(shifts, dtype=np.float64),
         rows=rows,
+        count=(
+            np.bincount(codes, parts[WEIGHTED_STATS[0]].to_numpy(), minlength=size).astype(
+                np.float64
+            )
+            if weighted
+            else None
+        ),
+        log_weight=float(parts[WEIGHTED_STATS[1]].sum()) if weighted else 0.0,
     )
 
 
@@ -145,6 +176,10 @@ def merged(store: Store, config: Config, spec: ScanSpec) -> CellTable | CountTab
     keys and values merge into one, as a scan of every file makes them.
     """
     rows = row_totals(store.files)
+    if config.model.weights is not None:
+        dropped = rows["dropped"]
+        assert isinstance(dropped, dict)
+        rows["dropped"] = {**dropped, "zero_weight": int(store.files["zero_weight"].sum())}
     if config.model.family not in COUNT_FAMILIES:
         m = len(spec.variables)
         return merge_parts(store.cells, spec.keys, m, store.shifts, rows)

@@ -43,14 +43,22 @@ class CellTable:
     keys : polars.DataFrame
         One row per cell: the key columns with their original types.
     n : ndarray, shape (C,)
-        Rows per cell.
+        Rows per cell; with observation weights ``w`` (``[model] weights``),
+        ``Σ w`` over the cell's rows.
     mean : ndarray, shape (C, m)
-        Means of the variables, centred at ``shifts``.
+        Means of the variables, centred at ``shifts`` (weighted:
+        ``Σ w v / Σ w``).
     comoment : ndarray, shape (C, m, m)
-        ``Σ (v_i − v̄_i)(v_j − v̄_j)`` within each cell.
+        ``Σ w (v_i − v̄_i)(v_j − v̄_j)`` within each cell (``w = 1`` unweighted).
     shifts : ndarray, shape (m,)
     rows : dict
         ``read``, ``used`` and ``dropped`` (reason to count).
+    count : ndarray or None, shape (C,)
+        Weighted cells only: rows per cell (``n`` is then the weight sum).
+    log_weight : float
+        ``Σ log w`` over the rows used (0 unweighted): lme4's criterion with
+        precision weights is the unweighted one of the rows scaled by ``√w``
+        less this sum (docs/models.md, "Observation weights").
     """
 
     keys: pl.DataFrame
@@ -59,9 +67,19 @@ class CellTable:
     comoment: NDArray[np.float64]
     shifts: NDArray[np.float64]
     rows: dict[str, object]
+    count: NDArray[np.float64] | None = None
+    log_weight: float = 0.0
+
+    @property
+    def row_counts(self) -> NDArray[np.float64]:
+        """Rows per cell: ``count`` when weighted, else ``n``."""
+        return self.n if self.count is None else self.count
 
     def moments(self) -> NDArray[np.float64]:
-        """``S[c] = Σ_rows w wᵀ`` with ``w = (1, v_1 − s_1, …)``, shape (C, m+1, m+1)."""
+        """``S[c] = Σ_rows ω u uᵀ`` with ``u = (1, v_1 − s_1, …)``, shape (C, m+1, m+1).
+
+        ``ω`` is the row's observation weight (1 unweighted).
+        """
         c, m = self.mean.shape
         s = np.empty((c, m + 1, m + 1))
         s[:, 0, 0] = self.n

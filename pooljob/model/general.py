@@ -8,7 +8,7 @@ blocks (:mod:`pooljob.model.lmm`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
@@ -75,6 +75,8 @@ def prepare(
         random.append(cw)
         spec.append((code, int(code.max()) + 1, cw, block.free_entries()))
     blocks = build_blocks(s, design.response, fixed, spec)
+    if cells.count is not None:  # weighted: the blocks hold Σ w; N is the number of rows
+        blocks = replace(blocks, n=float(cells.count.sum()))
     names = [c.name for c in design.fixed]
     if names:
         check_rank(blocks.xtx[:-1, :-1], names)
@@ -279,6 +281,8 @@ def fit_general(
     ``on_evaluation`` is told ``(evaluations, best criterion)`` as the search goes.
     """
     theta, summary = optimize(prep.blocks, reml, max_evaluations, on_evaluation)
+    if prep.cells.log_weight:  # lme4's criterion with precision weights: less Σ log w
+        summary = replace(summary, fmin=summary.fmin - prep.cells.log_weight)
     sol = solve(prep.blocks, theta, reml)
     tr = back_transform(prep)
     beta = tr.fixed @ sol.beta + tr.fixed_shift

@@ -20,8 +20,14 @@ def interval_method_problems(
     family: object,
     method: object,
     area_level: bool,
+    weights: object = None,
 ) -> list[str]:
-    """The problems of ``interval_method = value`` with the model's other options."""
+    """The problems of ``interval_method = value`` with the model's other options.
+
+    ``weights`` is ``[model] weights`` (observation weights): Prasad–Rao's
+    ``g3`` is derived here for unweighted rows only, so the two are refused
+    together.
+    """
     if value not in INTERVAL_METHODS:
         return [
             f"interval_method = {value!r} is not supported; use "
@@ -37,6 +43,11 @@ def interval_method_problems(
     if area_level:
         return []
     problems = []
+    if weights is not None:
+        problems.append(
+            "interval_method = 'prasad-rao' is derived for unweighted rows; with weights "
+            f"= {weights!r} use interval_method = 'plugin'"
+        )
     if method != "reml":
         problems.append(
             f"interval_method = 'prasad-rao' needs method = 'reml' for a unit-level model, "

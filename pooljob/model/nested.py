@@ -50,12 +50,22 @@ class NestedStats:
         ``parents[ℓ][k]`` is the code, at level ``ℓ − 1``, of the parent of
         group ``k`` at level ``ℓ``; ``parents[0]`` is all zeros (the root).
         The last level is the leaves.
+    count : ndarray or None
+        With observation weights ``w`` (residual variance ``σ²/w``): rows
+        per leaf; ``n`` is then ``Σ w``, ``mean`` the weighted mean and
+        ``within_ss`` ``Σ w (y − ȳ)²``, which is the model of the rows scaled
+        by ``√w``.  ``N`` in ``ν`` is the number of rows.
+    log_weight : float
+        ``Σ log w`` over the rows (0 unweighted): subtracted from the
+        criterion of the scaled rows to give lme4's (:func:`fit_nested`).
     """
 
     n: Array
     mean: Array
     within_ss: Array
     parents: tuple[Codes, ...]
+    count: Array | None = None
+    log_weight: float = 0.0
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -65,7 +75,7 @@ class NestedStats:
     @property
     def nobs(self) -> float:
         """Total number of rows ``N``."""
-        return float(self.n.sum())
+        return float((self.n if self.count is None else self.count).sum())
 
 
 @dataclass(frozen=True)
@@ -315,7 +325,7 @@ def downward(stats: NestedStats, up: Upward, r: Array, root_var: float) -> Smoot
 
 
 def level_totals(stats: NestedStats) -> tuple[tuple[Array, ...], tuple[Array, ...]]:
-    """Rows and response sums per group at every level (for raw means)."""
+    """Rows (weight sums, when weighted) and response sums per group at every level."""
     n, s = stats.n, stats.n * stats.mean
     ns: list[Array] = []
     ss: list[Array] = []

@@ -8,7 +8,7 @@ and the prediction error variances of the pooled group means.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -40,7 +40,8 @@ class LevelEstimates:
     n : ndarray
         Rows in the group.
     raw_mean : ndarray
-        Mean of the group's rows (centred response).
+        Mean of the group's rows (centred response); with observation
+        weights, ``Σ w y / Σ w``.
     estimate : ndarray
         Mean over the group's rows of the fitted values ``μ̂ + Σ_ℓ b̂_ℓ``: its
         own and its ancestors' effects, and the row-weighted mean of the
@@ -85,7 +86,8 @@ class NestedFit:
         ``μ̂`` and ``√(σ̂²/W_root)``.
     objective : float
         REML criterion, or −2 log-likelihood for ML (as lme4's ``REMLcrit``
-        and ``deviance``).
+        and ``deviance``); with observation weights the criterion of the rows
+        scaled by ``√w`` less ``Σ log w``, as lme4's.
     levels : tuple of LevelEstimates
         Top level first.
     optimizer : OptSummary
@@ -196,6 +198,8 @@ def fit_nested(
     reml = method == "reml"
     n_levels = len(stats.parents)
     theta, summary = optimize_theta(stats, reml, max_evaluations, on_evaluation)
+    if stats.log_weight:  # lme4's criterion with precision weights: less Σ log w
+        summary = replace(summary, fmin=summary.fmin - stats.log_weight)
     r = theta**2
     up = upward(stats, r)
     nu = stats.nobs - (1.0 if reml else 0.0)
@@ -204,10 +208,11 @@ def fit_nested(
     pred = downward(stats, up, r, root_var=1.0 / up.root_weight)
     means = group_means(stats, up, r, pred)
     ns, sums = level_totals(stats)
+    rows = ns if stats.count is None else level_totals(replace(stats, n=stats.count))[0]
     parents = (np.full(1, up.root_mean), *cond.mean[:-1])
     levels = tuple(
         LevelEstimates(
-            n=ns[k],
+            n=rows[k],
             raw_mean=sums[k] / ns[k],
             estimate=means.mean[k],
             parent=parents[k][stats.parents[k]],

@@ -313,3 +313,35 @@ def _grouping_problems(
             "weighted mean of their estimates needs each group's weight (population)"
         ]
     return []
+
+
+def check_weights_option(
+    weights: object,
+    rollup: object = None,
+    sampling_variance: object = None,
+) -> list[str]:
+    """Return the problems with ``[model] weights`` (observation weights; empty when all is well).
+
+    Precision weights of a Gaussian model (lme4's ``weights``: residual
+    variance ``σ²/w``) and glmer's prior weights of a binomial or Poisson one
+    are fitted, on DuckDB and on Spark; with a rollup or an area-level model
+    they are refused, each with its reason.
+    """
+    if weights is None:
+        return []
+    if not isinstance(weights, str) or not weights.strip():
+        return [
+            f"weights = {weights!r} must be the name of a numeric column of observation weights"
+        ]
+    problems = []
+    if rollup is not None:
+        problems.append(
+            "weights with rollup: a rollup row stands for rows whose weights it does not "
+            "hold; put the weights in the rows, or drop weights"
+        )
+    if sampling_variance is not None:
+        problems.append(
+            "weights with sampling_variance: an area-level model weights its areas by their "
+            "sampling variances already; drop weights"
+        )
+    return problems

@@ -102,7 +102,7 @@ def _estimates(
         grad_random.append((prep.codes[d], zsum))
     total = fitted + sum(contribution.values(), np.zeros_like(fitted))
     cells = CellPredictions(
-        rows=n_cell,
+        rows=prep.cells.row_counts,
         weight=n_cell,
         response=s[:, 1, 0] + n_cell * shift,
         fitted=total,

@@ -210,9 +210,13 @@ def _curve(run: RunData, grouping: str) -> tuple[float, float] | None:
     """(σ², τ²) when ``σ² / (σ² + n τ²)`` is the exact shrinkage.
 
     That is the finest grouping of a Gaussian random-intercept model: one
-    components row for the grouping (no slopes) and a residual variance.
+    components row for the grouping (no slopes) and a residual variance,
+    without observation weights (with them the shrinkage follows the
+    group's weight sum, which is not published, not its rows ``n``).
     """
     if run.family != "gaussian" or grouping != run.groupings[-1]:
+        return None
+    if run.manifest.get("weights") is not None:
         return None
     comp = run.components
     own = comp.filter(pl.col("grouping") == grouping)["variance"].to_list()

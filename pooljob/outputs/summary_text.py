@@ -129,7 +129,10 @@ def summary_text(fit: FitResult) -> str:
     lines = [title]
     if fit.family != "gaussian":
         lines.append(f" Family: {fit.family}  ( {_LINKS.get(fit.family, '?')} )")
-    lines += [f"Formula: {fit.formula.text}", ""]
+    lines.append(f"Formula: {fit.formula.text}")
+    if fit.weights is not None:  # as lme4 prints it
+        lines.append(f"Weights: {fit.weights}")
+    lines.append("")
     if fit.method == "reml":
         lines.append(f"REML criterion at convergence: {fit.objective:.4f}")
     else:

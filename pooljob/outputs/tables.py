@@ -66,6 +66,8 @@ class FitResult:
         benchmarked, with each group's total, weighted mean and adjustment.
     interval_method : {"plugin", "prasad-rao"}
         How ``lower``/``upper`` of the estimates were made (docs/outputs.md).
+    weights : str or None
+        The column of observation (precision) weights, if any.
     """
 
     formula: Formula
@@ -93,6 +95,7 @@ class FitResult:
     #: The manifest's ``benchmark`` record once the estimates are benchmarked (else None).
     benchmarked: dict[str, Any] | None = None
     interval_method: str = "plugin"
+    weights: str | None = None
 
     @property
     def key_columns(self) -> dict[str, str]:
@@ -246,6 +249,7 @@ class FitResult:
             "family": self.family,
             "method": self.method,
             "sampling_variance": self.sampling_variance,
+            "weights": self.weights,
             "nobs": self.nobs,
             "groups": self.groups,
             "objective": self.objective,

@@ -34,6 +34,7 @@ from pooljob.scan.cell_moments import (
     row_totals,
     source_column,
     sql_text,
+    with_zero_weights,
 )
 from pooljob.scan.schema import ScanSpec
 from pooljob.scan.source import TableSource
@@ -69,12 +70,16 @@ def count_stats_sql(
     keys: tuple[str, ...],
     covariates: list[NumericVariable],
     by: str | None = None,
+    weight: str | None = None,
 ) -> str:
     """The per-cell count query for ``formula``, identifiers quoted; no parameters.
 
     With ``by``, the column naming each row's source file, it is the per-file
     query ``sql/file_count_stats.sql``: the same counts, one row per file
-    (column ``file``) and cell.
+    (column ``file``) and cell.  With ``weight``, the column of prior weights
+    ``w``: each row's log-likelihood is ``w`` times its own, so the sums are
+    ``Σ w y``, ``Σ w t`` (``Σ w e^o``) and ``Σ w · const``, over the rows
+    with ``w > 0``.
     """
     y = _double(formula.response)
     if family == "binomial":
@@ -100,6 +105,10 @@ def count_stats_sql(
     columns += [
         " * ".join(_double(c) for c in v.columns) + f" as c{k}" for k, v in enumerate(covariates)
     ]
+    response = "y"
+    if weight is not None:
+        columns.append(f"{_double(weight)} as w")
+        response, exposure, constant = "w * y", f"w * ({exposure})", f"w * ({constant})"
     unusable = ["o is null", "not isfinite(o)"]
     for k in range(len(covariates)):
         unusable += [f"c{k} is null", f"not isfinite(c{k})"]
@@ -127,7 +136,9 @@ def count_stats_sql(
         "bad": bad,
         "exposure": exposure,
         "constant": constant,
+        "response": response,
         "extremes": extremes,
+        "filter": "where w > 0" if weight is not None else "",
     }
     if by is None:
         return sql_text("count_stats").format(**fields)
@@ -227,7 +238,14 @@ def cell_bound_message(cells: int, family: str) -> str:
     )
 
 
-def scan_counts(source: TableSource, formula: Formula, family: str, spec: ScanSpec) -> CountTable:
+def scan_counts(
+    source: TableSource,
+    formula: Formula,
+    family: str,
+    spec: ScanSpec,
+    weight: str | None = None,
+    zero_weight: int = 0,
+) -> CountTable:
     """Scan the source once into a CountTable.
 
     Parameters
@@ -245,21 +263,35 @@ def scan_counts(source: TableSource, formula: Formula, family: str, spec: ScanSp
     InputError
         When a response value is not a valid count, there are more than
         :data:`MAX_CELLS` cells, or no row is usable.
+
+    With ``weight``, the column of prior weights, already checked
+    (:func:`pooljob.scan.weights.scan_weighted_counts`): the weighted
+    counts of the rows with ``w > 0``, and ``zero_weight`` rows of weight 0
+    counted as read and dropped.
     """
     covariates = [spec.variables[k] for k in covariate_indices(spec)]
-    table = _bounded(source, count_stats_sql(formula, family, spec.keys, covariates), family)
+    sql = count_stats_sql(formula, family, spec.keys, covariates, weight=weight)
+    table = _bounded(source, sql, family)
     counts = count_row_counts(table, spec.keys)
-    require_rows(counts, source.description)
+    require_rows(counts, source.description, zero_weight)
     used = used_cells(table, spec.keys)
     # sorted by cell: the same data give the same cells in the same order
     order = cell_columns(spec.keys, len(covariates), keyed_offset(formula, family))
     if order:
         used = used.sort(order)
-    return count_table(used, formula, family, spec, row_totals(counts))
+    rows = row_totals(counts)
+    if weight is not None:
+        rows = with_zero_weights(rows, zero_weight)
+    return count_table(used, formula, family, spec, rows)
 
 
 def scan_count_parts(
-    source: TableSource, formula: Formula, family: str, spec: ScanSpec, by: str
+    source: TableSource,
+    formula: Formula,
+    family: str,
+    spec: ScanSpec,
+    by: str,
+    weight: str | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """One per-file count scan (``sql/file_count_stats.sql``) of the files of ``source``.
 
@@ -270,7 +302,7 @@ def scan_count_parts(
     are (:func:`count_table`), as a scan of every file would be.
     """
     covariates = [spec.variables[k] for k in covariate_indices(spec)]
-    sql = count_stats_sql(formula, family, spec.keys, covariates, by=by)
+    sql = count_stats_sql(formula, family, spec.keys, covariates, by=by, weight=weight)
     table = _bounded(source, sql, family)
     return used_cells(table, spec.keys), count_row_counts(table, spec.keys)
 

@@ -33,6 +33,9 @@ from pooljob.scan.source import TableSource, quote_identifier
 #: Largest ratio of |mean| to the spread of a variable for which uncentred
 #: sums lose less than ~1e-12 relative (doubles carry ~1e-16).
 CENTRING_RATIO = 1e4
+#: The same for the raw weighted sums of observation weights (``Σ w v vᵀ``, whose
+#: co-moments lose ``(m/s)² · 1e-16``): at most ~1e-12 relative.
+WEIGHTED_CENTRING_RATIO = 1e2
 
 DROP_REASONS = ("null_group_key", "null_response", "nonfinite_response", "unusable_covariate")
 
@@ -90,12 +93,16 @@ def cell_stats_sql(
     finite_only: bool,
     count_finite_response: bool = False,
     by: str | None = None,
+    weight: str | None = None,
 ) -> str:
     """The cell query with identifiers quoted; shifts are the parameters ``$s<i>``.
 
     With ``by``, the column naming each row's source file, it is the per-file
     query ``sql/file_cell_stats.sql``: the same statistics, one row per file
     (column ``file``) and cell.  Key column ``i`` is ``k<i>`` in the result.
+    With ``weight``, the column of observation weights ``w`` (read as ``w``),
+    the rows with ``w > 0`` only, and instead of ``mean_<i>`` and
+    ``cov_<i>_<j>`` the weighted sums (:func:`weighted_aggregates`).
     """
     aliases = key_aliases(keys)
     key_sql = ", ".join(aliases)
@@ -103,20 +110,24 @@ def cell_stats_sql(
     for i, v in enumerate(variables):
         product = " * ".join(f"cast({source_column(c)} as double)" for c in v.columns)
         exprs.append(f"{product} - $s{i} as v{i}")
+    m = len(variables)
     aggs = []
-    for i in range(len(variables)):
-        aggs += [f"count(v{i}) as n_{i}", f"avg(v{i}) as mean_{i}"]
-    for i in range(len(variables)):
-        for j in range(i, len(variables)):
-            agg = f"var_pop(v{i})" if i == j else f"covar_pop(v{i}, v{j})"
-            aggs.append(f"{agg} as cov_{i}_{j}")
+    if weight is None:
+        for i in range(m):
+            aggs += [f"count(v{i}) as n_{i}", f"avg(v{i}) as mean_{i}"]
+        for i in range(m):
+            for j in range(i, m):
+                agg = f"var_pop(v{i})" if i == j else f"covar_pop(v{i}, v{j})"
+                aggs.append(f"{agg} as cov_{i}_{j}")
+    else:
+        exprs.append(f"cast({source_column(weight)} as double) as w")
+        aggs += [f"count(v{i}) as n_{i}" for i in range(m)] + weighted_aggregates(m)
     if count_finite_response:
         aggs.append("count(*) filter (where isfinite(v0)) as n_finite_0")
-    filt = (
-        "where " + " and ".join(f"isfinite(v{i})" for i in range(len(variables)))
-        if finite_only
-        else ""
-    )
+    conditions = ["w > 0"] if weight is not None else []
+    if finite_only:
+        conditions += [f"isfinite(v{i})" for i in range(m)]
+    filt = "where " + " and ".join(conditions) if conditions else ""
     fields = {
         "key_list": key_sql + "," if keys else "",
         "group_by": f"group by {key_sql}" if keys else "",
@@ -130,6 +141,25 @@ def cell_stats_sql(
     return sql_text("file_cell_stats").format(file_column=source_column(by), **fields)
 
 
+def weighted_aggregates(m: int) -> list[str]:
+    """The weighted sums of a cell, observation weight ``w``, variables ``v<i>`` (centred).
+
+    ``w_sum = Σ w``, ``log_w = Σ log w``, ``wsum_<i> = Σ w v_i`` and
+    ``wprod_<i>_<j> = Σ w v_i v_j`` (``i ≤ j``): the weighted mean is
+    ``wsum/w_sum`` and the weighted co-moment ``wprod − wsum_i wsum_j / w_sum``
+    (:func:`cell_arrays`).  Unlike DuckDB's one-pass ``var_pop`` these are raw
+    sums, so a co-moment loses about ``(m/s)² · 1e-16`` relative where ``m``
+    is the cell's mean about the centring shift and ``s`` its spread; the
+    centring (:func:`centring_shifts`) keeps ``m/s`` moderate.
+    """
+    aggs = ["sum(w) as w_sum", "sum(ln(w)) as log_w"]
+    aggs += [f"sum(w * v{i}) as wsum_{i}" for i in range(m)]
+    for i in range(m):
+        for j in range(i, m):
+            aggs.append(f"sum(w * v{i} * v{j}) as wprod_{i}_{j}")
+    return aggs
+
+
 def _run(
     source: TableSource,
     keys: tuple[str, ...],
@@ -138,8 +168,9 @@ def _run(
     finite_only: bool,
     count_finite_response: bool = False,
     by: str | None = None,
+    weight: str | None = None,
 ) -> pl.DataFrame:
-    sql = cell_stats_sql(keys, variables, finite_only, count_finite_response, by)
+    sql = cell_stats_sql(keys, variables, finite_only, count_finite_response, by, weight)
     params = {f"s{i}": float(s) for i, s in enumerate(shifts)}
     table = pl.from_arrow(source.arrow(sql, params))
     assert isinstance(table, pl.DataFrame)
@@ -158,12 +189,14 @@ def centring_shifts(
     mean: NDArray[np.float64],
     comoment: NDArray[np.float64],
     centrable: list[bool],
+    ratio: float = CENTRING_RATIO,
 ) -> NDArray[np.float64]:
     """Shifts that centre the variables far from 0; 0.0 where none is needed.
 
     Means are doubles: a mean of 1e9 carries an error of ~1e-7, large beside
     a spread of 1.  A variable whose ``max |mean|`` exceeds
-    ``CENTRING_RATIO`` times the smaller of its within-cell and between-cell
+    ``ratio`` (``CENTRING_RATIO``; ``WEIGHTED_CENTRING_RATIO`` for weighted
+    sums) times the smaller of its within-cell and between-cell
     standard deviations is shifted by its overall mean, rounded to a power
     of ten at the scale of the spread (so the shift does not depend on
     summation order), if the model allows (``centrable``).
@@ -180,7 +213,7 @@ def centring_shifts(
         if not spreads:
             continue
         spread = float(np.sqrt(min(spreads)))
-        if float(np.max(np.abs(mean[:, i]))) <= CENTRING_RATIO * spread:
+        if float(np.max(np.abs(mean[:, i]))) <= ratio * spread:
             continue
         quantum = 10.0 ** np.floor(np.log10(spread))
         shifts[i] = float(np.round(grand / quantum) * quantum)
@@ -188,9 +221,23 @@ def centring_shifts(
 
 
 def cell_arrays(
-    table: pl.DataFrame, m: int
+    table: pl.DataFrame, m: int, weighted: bool = False
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """Counts, means and co-moments (``var_pop · n``) of the query's rows, as arrays."""
+    """Counts, means and co-moments (``var_pop · n``) of the query's rows, as arrays.
+
+    ``weighted``: the weight sums ``W``, weighted means ``Σ w v / W`` and
+    weighted co-moments ``Σ w v_i v_j − W v̄_i v̄_j`` (diagonal at least 0).
+    """
+    if weighted:
+        big_w = table["w_sum"].to_numpy().astype(np.float64)
+        sums = np.column_stack([table[f"wsum_{i}"].to_numpy() for i in range(m)])
+        wmean = sums.astype(np.float64) / big_w[:, None]
+        wcom = np.empty((table.height, m, m))
+        for i in range(m):
+            for j in range(i, m):
+                c = table[f"wprod_{i}_{j}"].to_numpy() - big_w * wmean[:, i] * wmean[:, j]
+                wcom[:, i, j] = wcom[:, j, i] = np.maximum(c, 0.0) if i == j else c
+        return big_w, wmean, wcom
     n = table["n_0"].to_numpy().astype(np.float64)
     mean = np.column_stack([table[f"mean_{i}"].to_numpy() for i in range(m)]).astype(np.float64)
     cov = np.empty((table.height, m, m))
@@ -229,6 +276,7 @@ def scan_moments(
     variables: tuple[NumericVariable, ...],
     shifts: NDArray[np.float64],
     by: str | None = None,
+    weight: str | None = None,
 ) -> MomentScan:
     """Scan at the given shifts; again, keeping the finite rows, only if some value is not.
 
@@ -238,18 +286,20 @@ def scan_moments(
     """
     m = len(variables)
     multi = m > 1
-    table = _run(source, keys, variables, shifts, False, count_finite_response=multi, by=by)
+    table = _run(source, keys, variables, shifts, False, multi, by, weight)
     keyed = table.filter(~null_key(keys))
     complete = keyed.height > 0 and all(
         (keyed[f"n_{i}"] == keyed["n_rows"]).all() for i in range(m)
     )
-    finite = complete and all(
-        keyed[f"mean_{i}"].is_finite().all() and keyed[f"cov_{i}_{i}"].is_finite().all()
-        for i in range(m)
+    moments = (
+        [f"wsum_{i}" for i in range(m)] + [f"wprod_{i}_{i}" for i in range(m)]
+        if weight is not None
+        else [f"mean_{i}" for i in range(m)] + [f"cov_{i}_{i}" for i in range(m)]
     )
+    finite = complete and all(keyed[c].is_finite().all() for c in moments)
     good = keyed.filter(pl.col("n_rows") > 0)
     if not finite and keyed.height:
-        good = rescan_moments(source, keys, variables, shifts, True, by)
+        good = rescan_moments(source, keys, variables, shifts, True, by, weight)
     return MomentScan(good, _row_counts(table, good, keys, multi, by), not finite)
 
 
@@ -260,9 +310,10 @@ def rescan_moments(
     shifts: NDArray[np.float64],
     finite_only: bool,
     by: str | None = None,
+    weight: str | None = None,
 ) -> pl.DataFrame:
     """One scan at ``shifts``: the usable cells (``MomentScan.good``), no accounting."""
-    table = _run(source, keys, variables, shifts, finite_only, by=by)
+    table = _run(source, keys, variables, shifts, finite_only, by=by, weight=weight)
     return table.filter(~null_key(keys)).filter(pl.col("n_rows") > 0)
 
 
@@ -312,45 +363,72 @@ def row_totals(counts: pl.DataFrame) -> dict[str, object]:
     }
 
 
-def require_rows(counts: pl.DataFrame, description: str) -> None:
-    """Raise InputError, naming what was dropped, when ``counts`` has no usable row."""
+def require_rows(counts: pl.DataFrame, description: str, zero_weight: int = 0) -> None:
+    """Raise InputError, naming what was dropped, when ``counts`` has no usable row.
+
+    ``zero_weight``: rows of weight 0, left out before ``counts`` was made.
+    """
     if int(counts["used"].sum()) > 0:
         return
     dropped = {r: int(counts[r].sum()) for r in DROP_REASONS}
+    dropped["zero_weight"] = zero_weight
     detail = ", ".join(f"{v} with {k.replace('_', ' ')}" for k, v in dropped.items() if v)
     raise InputError(
-        f"no usable rows in {description}: {int(counts['read'].sum())} rows read"
+        f"no usable rows in {description}: {int(counts['read'].sum()) + zero_weight} rows read"
         + (f" ({detail})" if detail else "")
         + "; check the [source] where filter and the model's columns"
     )
 
 
 def scan_cells(
-    source: TableSource, keys: tuple[str, ...], variables: tuple[NumericVariable, ...]
+    source: TableSource,
+    keys: tuple[str, ...],
+    variables: tuple[NumericVariable, ...],
+    weight: str | None = None,
+    zero_weight: int = 0,
 ) -> CellTable:
     """Scan the source once (more only when the data need it) into a CellTable.
 
     Variable 0 is the response.  Rows with a null key, or a null, NaN or
     infinite value in any variable, are dropped and counted by reason.  A
     second scan is made only if there are such values (keeping the finite
-    rows) and a third only if a variable must be centred.
+    rows) and a third only if a variable must be centred.  With ``weight``,
+    the column of observation weights, already checked
+    (:func:`pooljob.scan.weights.scan_weighted_cells`), the cells hold
+    weighted moments of the rows with ``w > 0``; ``zero_weight`` rows of
+    weight 0 are counted as read and dropped (``zero_weight``).
     """
+    weighted = weight is not None
     m = len(variables)
     shifts = np.zeros(m)
-    scan = scan_moments(source, keys, variables, shifts)
-    require_rows(scan.counts, source.description)
+    scan = scan_moments(source, keys, variables, shifts, weight=weight)
+    rows = row_totals(scan.counts)
+    if weighted:
+        rows = with_zero_weights(rows, zero_weight)
+    require_rows(scan.counts, source.description, zero_weight)
     good = scan.good
-    n, mean, comoment = cell_arrays(good, m)
-    new_shifts = centring_shifts(n, mean, comoment, [v.centrable for v in variables])
+    n, mean, comoment = cell_arrays(good, m, weighted)
+    centrable = [v.centrable for v in variables]
+    ratio = WEIGHTED_CENTRING_RATIO if weighted else CENTRING_RATIO
+    new_shifts = centring_shifts(n, mean, comoment, centrable, ratio)
     if np.any(new_shifts != 0.0):
         shifts = new_shifts
-        good = rescan_moments(source, keys, variables, shifts, scan.finite_only)
-        n, mean, comoment = cell_arrays(good, m)
+        good = rescan_moments(source, keys, variables, shifts, scan.finite_only, weight=weight)
+        n, mean, comoment = cell_arrays(good, m, weighted)
     return CellTable(
         keys=key_frame(good, keys),
         n=n,
         mean=mean,
         comoment=comoment,
         shifts=shifts,
-        rows=row_totals(scan.counts),
+        rows=rows,
+        count=good["n_0"].to_numpy().astype(np.float64) if weighted else None,
+        log_weight=float(good["log_w"].sum()) if weighted else 0.0,
     )
+
+
+def with_zero_weights(rows: dict[str, object], zero: int) -> dict[str, object]:
+    """``rows`` with ``zero`` more rows read, dropped as ``zero_weight`` (weighted models)."""
+    dropped, read = rows["dropped"], rows["read"]
+    assert isinstance(dropped, dict) and isinstance(read, int)
+    return {**rows, "read": read + zero, "dropped": {**dropped, "zero_weight": zero}}

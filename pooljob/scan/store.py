@@ -13,7 +13,9 @@ reason.  ``cells``, sorted by file: ``__file_index`` (the file's row in
 identity's ``keys``; original types), ``__n`` (rows), ``__mean_<i>`` and
 ``__comoment_<i>_<j>`` (i ≤ j) of the model's numeric variables, centred
 at the store's shifts (:func:`pooljob.scan.merge.merge_moments` merges
-them); for a binomial or Poisson model instead the per-file counts of
+them); with observation weights ``__n`` is ``Σ w``, the means and
+co-moments are weighted, and ``__count`` (rows) and ``__log_w`` (``Σ log w``)
+follow (they add); for a binomial or Poisson model instead the per-file counts of
 ``sql/file_count_stats.sql`` (:func:`count_stat_columns`: used rows, bad
 responses, the sums of responses, trials or exposure and log-likelihood
 constants, the min and max of the offset and of each covariate; merged by
@@ -23,6 +25,7 @@ called: the keys' names are in the identity only.
 
 ``store.json``: ``format``, ``identity`` (what the statistics are: pooljob
 version, the source path and ``where`` filter, the formula and family, the
+observation weights' column (null without), the
 scan's keys and variables, the source's columns and types), ``shifts``,
 ``run_id`` (the run that wrote it) and each table's file name, size and
 SHA-256.
@@ -60,9 +63,14 @@ RECORD = "store.json"
 #: Version of the layout above; a store of another format is rebuilt.
 #: 2: the key columns of ``cells`` are named ``k<i>``, not as in the source.
 #: 3: the family is part of the identity; binomial and Poisson stores hold counts.
-STORE_FORMAT = 3
-#: Per-file row accounting, as :func:`pooljob.scan.cell_moments.row_totals` sums it.
-FILE_STATS = ("read", "used", *DROP_REASONS)
+#: 4: the observation weights' column is part of the identity; a weighted store's
+#: cells hold weight sums, weighted moments, rows and Σ log w; files count zero weights.
+STORE_FORMAT = 4
+#: Per-file row accounting, as :func:`pooljob.scan.cell_moments.row_totals` sums it,
+#: and the rows of weight 0 (always 0 without observation weights).
+FILE_STATS = ("read", "used", *DROP_REASONS, "zero_weight")
+#: The extra statistics columns of a weighted store's cells: rows, and Σ log w.
+WEIGHTED_STATS = ("__count", "__log_w")
 FILE_STAMP = ("path", "size", "mtime_ns")
 #: The column of ``cells`` naming a part's file: its row in ``files``.
 FILE_INDEX = "__file_index"
@@ -74,6 +82,7 @@ _LABELS = {
     "where": "[source] where filter",
     "formula": "formula",
     "family": "family",
+    "weights": "[model] weights",
     "keys": "scan's key columns",
     "variables": "scan's variables",
 }

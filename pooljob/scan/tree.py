@@ -91,6 +91,8 @@ def nested_statistics(cells: CellTable, formula: Formula, where: str) -> GroupSt
         mean=cells.mean[order, 0].astype(np.float64),
         within_ss=np.maximum(cells.comoment[order, 0, 0].astype(np.float64), 0.0),
         parents=tuple(parents),
+        count=None if cells.count is None else cells.count[order].astype(np.float64),
+        log_weight=cells.log_weight,
     )
     _check_identifiable(stats, levels, where)
     return GroupStatistics(
