@@ -21,8 +21,7 @@ path or ``where`` filter, for a source whose columns or types have changed,
 or centred at shifts that no longer centre the data (a merge needs every
 file's statistics at the same shifts).  Sources that are not local files
 (a database, a query, a remote path other than ``s3://``), the Spark engine and
-``[output] incremental = false`` scan in one pass as before and keep no
-store.
+``[output] incremental = false`` scan in one pass and keep no store.
 """
 
 from __future__ import annotations
