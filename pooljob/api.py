@@ -16,6 +16,7 @@ from pooljob.model.options import (
     check_control,
     check_options,
     check_rollup,
+    check_solver,
     default_method,
 )
 from pooljob.outputs.tables import FitResult
@@ -33,6 +34,7 @@ def fit(
     on_nonconvergence: Literal["fail", "publish"] = "fail",
     rollup: dict[str, str] | None = None,
     sampling_variance: str | None = None,
+    solver: Literal["exact", "iterative"] = "exact",
 ) -> FitResult:
     """Fit a multilevel model from DuckDB sufficient statistics.
 
@@ -75,6 +77,13 @@ def fit(
         estimate and this column its known sampling variance (> 0); the
         formula is ``y ~ x… + (1 | area)``.  ``estimates`` gains ``rmse``
         (docs/models.md, "Area-level models").
+    solver : {"exact", "iterative"}
+        ``"exact"`` (default): lme4's criterion, exactly.  ``"iterative"``:
+        gaussian REML for crossed random intercepts too large for the exact
+        dense solver, ``y ~ x… + (1 | f1) + (1 | f2) …``: β̂ and the BLUPs
+        solved to a stated tolerance, the variance components with
+        stochastic traces; ``.approximation`` says what is approximate and by
+        how much (docs/crossed-at-scale.md).
 
     Returns
     -------
@@ -99,6 +108,9 @@ def fit(
     assert method is not None
     problems = check_options(family, method, interval)
     problems += check_control(max_evaluations, on_nonconvergence)
+    problems += check_solver(solver, family, method)
+    if solver == "iterative" and sampling_variance is not None:
+        problems.append('solver = "iterative" does not fit area-level models (sampling_variance)')
     columns, rollup_problems = check_rollup(rollup, family)
     problems += rollup_problems
     if sampling_variance is not None:
@@ -116,6 +128,7 @@ def fit(
             control=control,
             rollup=columns,
             sampling_variance=sampling_variance,
+            solver="iterative" if solver == "iterative" else "auto",
         )
 
 
@@ -157,6 +170,11 @@ def poststratify(
     from pooljob.model.options import PoststratifyConfig
     from pooljob.outputs.poststratify import poststratify, read_population
 
+    if result.predictor is None and result.approximation is not None:
+        raise ConfigError(
+            'poststratification is not available for a fit by solver = "iterative": its '
+            "prediction variances are not computed"
+        )
     if result.predictor is None:
         raise ConfigError(
             "poststratification does not apply to an area-level (Fay–Herriot) fit: it has no "

@@ -19,6 +19,7 @@ Example:
     on_nonconvergence = "fail"  # or "publish": published with converged = false
     # rollup = { count = "n", sum = "income_sum", sum_squares = "income_sum_squares" }
     # sampling_variance = "vi"  # an area-level (Fay–Herriot) model: one row per area
+    # solver = "iterative"   # crossed random intercepts at scale (docs/crossed-at-scale.md)
     [output]
     path = "out/income"
     interval = 0.95
@@ -66,6 +67,7 @@ from pooljob.model.options import (
     check_control,
     check_options,
     check_rollup,
+    check_solver,
     default_method,
 )
 from pooljob.outputs.report_data import resolve_grouping
@@ -81,6 +83,7 @@ _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
         "on_nonconvergence": str,
         "rollup": dict,
         "sampling_variance": str,
+        "solver": str,
     },
     "output": {
         "path": str,
@@ -122,6 +125,12 @@ class ModelConfig:
     rollup: Rollup | None = None  # the source is a rollup table (docs/models.md)
     #: An area-level (Fay–Herriot) model: the column of known sampling variances.
     sampling_variance: str | None = None
+    solver: str = "exact"  # or "iterative" (docs/crossed-at-scale.md)
+
+    @property
+    def pipeline_solver(self) -> str:
+        """The solver as :func:`pooljob.pipeline.fit_source` takes it."""
+        return "iterative" if self.solver == "iterative" else "auto"
 
     @property
     def control(self) -> Control:
@@ -364,6 +373,8 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
     if not isinstance(on_nonconvergence, str):
         on_nonconvergence = "fail"
     problems.extend(f"[model] {p}" for p in check_control(max_evaluations, on_nonconvergence))
+    solver = model_raw.get("solver", "exact")
+    problems.extend(f"[model] {p}" for p in check_solver(solver, family, method))
     rollup, rollup_problems = check_rollup(model_raw.get("rollup"), family)
     problems.extend(f"[model] {p}" for p in rollup_problems)
     keep_runs = out_raw.get("keep_runs", 5)
@@ -390,6 +401,11 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
     post = poststratify_section(raw, base, problems)
     predict = predict_section(raw, base, problems)
     variance = model_raw.get("sampling_variance")
+    if solver == "iterative":
+        extra = [n for n, v in (("[poststratify]", post), ("[predict]", predict)) if v is not None]
+        if isinstance(variance, str):
+            extra.append("[model] sampling_variance")
+        problems.extend(f'{e} does not go with solver = "iterative"' for e in extra)
     if isinstance(variance, str) and "rollup" in model_raw:
         problems.append(
             "[model] rollup and sampling_variance do not go together: a rollup holds rows of "
@@ -425,6 +441,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             on_nonconvergence=on_nonconvergence,
             rollup=rollup,
             sampling_variance=variance if isinstance(variance, str) else None,
+            solver=str(solver),
         ),
         output=OutputConfig(
             path=Path(resolve_path(base, out_path)),

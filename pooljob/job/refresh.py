@@ -206,6 +206,7 @@ def fit_refreshed(
         config.output.interval,
         source.description,
         scan_seconds=time.perf_counter() - t0,
+        solver=config.model.pipeline_solver,
         control=config.model.control,
         watch=watch,
     )

@@ -124,6 +124,7 @@ def fit_rollup(
         m.family,
         m.method,
         config.output.interval,
+        solver=m.pipeline_solver,
         control=m.control,
         rollup=m.rollup,
         watch=watch,

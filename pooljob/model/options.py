@@ -90,6 +90,27 @@ def check_control(max_evaluations: object, on_nonconvergence: object) -> list[st
     return problems
 
 
+#: Gaussian solvers a config may choose: the exact blocked Cholesky (with the
+#: nested tree where the groupings nest), or the opt-in iterative solver for
+#: crossed random intercepts at scale (docs/crossed-at-scale.md).
+SOLVERS = ("exact", "iterative")
+
+
+def check_solver(solver: object, family: object, method: object) -> list[str]:
+    """Return the problems with ``[model] solver`` (empty when all is well)."""
+    if solver not in SOLVERS:
+        return [
+            f"solver = {solver!r} is not supported; use "
+            + " or ".join(repr(v) for v in SOLVERS)
+        ]
+    if solver == "iterative" and (family != "gaussian" or method != "reml"):
+        return [
+            f'solver = "iterative" fits gaussian REML models only, not {family} {method}; '
+            'use solver = "exact"'
+        ]
+    return []
+
+
 @dataclass(frozen=True)
 class PoststratifyConfig:
     """The ``[poststratify]`` section: the population table and what to report."""

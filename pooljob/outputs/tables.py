@@ -85,6 +85,8 @@ class FitResult:
     nested: bool = True
     predictor: Predictor | None = field(default=None, repr=False)
     sampling_variance: str | None = None
+    #: ``[model] solver = "iterative"``: what is approximate and by how much (manifest).
+    approximation: dict[str, Any] | None = None
 
     @property
     def key_columns(self) -> dict[str, str]:
@@ -145,7 +147,10 @@ class FitResult:
 
         if self.predictor is None:
             raise ConfigError(
-                "prediction does not apply to an area-level (Fay–Herriot) fit: it has no "
+                'prediction is not available for a fit by solver = "iterative": its '
+                "prediction variances are not computed"
+                if self.approximation is not None
+                else "prediction does not apply to an area-level (Fay–Herriot) fit: it has no "
                 "unit-level predictions"
             )
         name = str(cells) if isinstance(cells, str | os.PathLike) else "given"
@@ -172,6 +177,7 @@ class FitResult:
             "rows": self.rows,
             "interval": self.interval,
             "key_columns": self.key_columns,
+            "approximation": self.approximation,
         }
 
 
