@@ -246,17 +246,8 @@ def fit_iterative(
             break
     sigma2, var = phi[0], phi[1:]
     lam = sigma2 / var
-    system = eq.at(lam)
-    # β̂, û and the columns of [C⁻¹]_ββ at the final components, to SOLVE_TOL
-    unit: Blocked = ([np.zeros((ql, p)) for ql in eq.levels], np.eye(p))
-    rhs = _stack([eq.rhs(), unit])
-    g0 = None if mme_guess is None else _stack([mme_guess, ([np.zeros((ql, p)) for ql in eq.levels], np.zeros((p, p)))])
-    sol, rel, its = system.solve(rhs, np.full(p + 1, SOLVE_TOL), g0)
+    beta, vcov, u_hat, rel, its = solve_at(eq, sigma2, var, mme_guess)
     iterations += its
-    beta = sol[1][:, 0].copy()
-    vcov = sigma2 * sol[1][:, 1:]
-    vcov = 0.5 * (vcov + vcov.T)
-    u_hat = [a[:, 0].copy() for a in sol[0]]
     cond = [sigma2 / (eq.counts[j] + lam[j]) for j in range(k)]
     # Monte Carlo error of the traces, propagated
     cov_t = np.atleast_2d(np.cov(samples, rowvar=False)) / probes
@@ -277,10 +268,38 @@ def fit_iterative(
         stat_se=np.sqrt(np.maximum(np.diag(ai_inv), 0.0)),
         steps=steps,
         converged=converged,
-        residual=float(rel[0]),
+        residual=rel,
         iterations=iterations,
         start=start,
         score=score,
+    )
+
+
+def solve_at(
+    eq: Equations, sigma2: float, variances: Array, guess: Blocked | None = None
+) -> tuple[Array, Array, list[Array], float, int]:
+    """β̂, ``Var(β̂) = σ²[C⁻¹]_ββ`` and the BLUPs at given components, to ``SOLVE_TOL``.
+
+    One block solve of ``C [s, B] = [W'y, (0, I_p)]``.  Returns β̂, its
+    covariance, the BLUPs per grouping (the solver's order), the relative
+    residual ``‖C s − W'y‖/‖W'y‖`` of the BLUPs' column, and the PCG
+    iterations.
+    """
+    p = eq.p
+    system = eq.at(sigma2 / np.asarray(variances, dtype=np.float64))
+    unit: Blocked = ([np.zeros((ql, p)) for ql in eq.levels], np.eye(p))
+    rhs = _stack([eq.rhs(), unit])
+    start = None
+    if guess is not None:
+        start = _stack([guess, ([np.zeros((ql, p)) for ql in eq.levels], np.zeros((p, p)))])
+    sol, rel, its = system.solve(rhs, np.full(p + 1, SOLVE_TOL), start)
+    vcov = sigma2 * sol[1][:, 1:]
+    return (
+        sol[1][:, 0].copy(),
+        0.5 * (vcov + vcov.T),
+        [a[:, 0].copy() for a in sol[0]],
+        float(rel[0]),
+        its,
     )
 
 

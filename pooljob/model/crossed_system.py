@@ -222,7 +222,8 @@ class Schur:
         """Solve ``C s = rhs`` for every column: block 0 exactly, the rest by PCG.
 
         ``tol`` is per column: PCG stops a column when the residual of the
-        Schur system is below ``tol`` times the norm of its right-hand side.
+        Schur system is below ``tol`` times its right-hand side, both in the
+        preconditioner's norm (:func:`pcg`).
         Returns the solution, each column's final relative residual of the
         full system ``‖C s − rhs‖/‖rhs‖``, and the PCG iterations.
         """
@@ -267,11 +268,13 @@ def pcg(
 ) -> tuple[SchurVector, int]:
     """Preconditioned conjugate gradients, one independent recurrence per column.
 
-    Column j stops once ``‖b_j − A x_j‖ ≤ tol_j ‖b_j‖`` (its updates are then
-    zero); all columns share each product ``A P`` (a sparse matrix times a
-    dense block).
+    Column j stops once ``‖r_j‖_M ≤ tol_j ‖b_j‖_M`` in the norm
+    ``‖r‖_M = √(r'M⁻¹r)`` of the preconditioner ``M`` (its updates are then
+    zero): the block of β is scaled by its exact inverse, so a small
+    coefficient is solved as precisely as a large one.  All columns share
+    each product ``A P`` (a sparse matrix times a dense block).
     """
-    bnorm = np.sqrt(_sdot(b, b))
+    bnorm = np.sqrt(np.maximum(_sdot(b, precondition(b)), 0.0))
     x = x0
     r = combine(b, matvec(x0), -1.0)
     z = precondition(r)
@@ -279,7 +282,7 @@ def pcg(
     rz = _sdot(r, z)
     iterations = 0
     for iterations in range(1, max_iter + 1):
-        rnorm = np.sqrt(_sdot(r, r))
+        rnorm = np.sqrt(np.maximum(rz, 0.0))
         active = rnorm > tol * bnorm
         if not active.any():
             return x, iterations - 1

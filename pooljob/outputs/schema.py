@@ -21,7 +21,7 @@ import polars as pl
 from pooljob.errors import InputError
 
 #: The version of the output contract this code writes.
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 #: Key-value metadata of every published Parquet file.
 VERSION_KEY = "pooljob.schema_version"
 RUN_ID_KEY = "pooljob.run_id"

@@ -168,8 +168,9 @@ class FitResult:
             "sampling_variance": self.sampling_variance,
             "nobs": self.nobs,
             "groups": self.groups,
-            "objective": self.objective,
-            "loglik": self.loglik,
+            # not evaluated (NaN) by solver = "iterative": null, as JSON has no NaN
+            "objective": self.objective if np.isfinite(self.objective) else None,
+            "loglik": self.loglik if np.isfinite(self.loglik) else None,
             "sigma": self.sigma,
             "converged": self.converged,
             "singular": self.singular,
