@@ -30,7 +30,9 @@ from pooljob.scan.source import open_data
 FORMULA = "y ~ x + (1 | u) + (1 | i)"
 
 
-def crossed_data(seed: int = 1, n: int = 20_000, users: int = 300, items: int = 100) -> pl.DataFrame:
+def crossed_data(
+    seed: int = 1, n: int = 20_000, users: int = 300, items: int = 100
+) -> pl.DataFrame:
     rng = np.random.default_rng(seed)
     u = rng.integers(0, users, n)
     i = rng.zipf(1.5, n) % items  # skewed popularity
@@ -172,6 +174,8 @@ def test_bad_solver_settings_are_config_errors(tmp_path: Path) -> None:
 def test_the_exact_solvers_refusal_points_to_the_iterative_solver() -> None:
     n = 52_000
     k = np.arange(n)
-    df = pl.DataFrame({"y": np.sin(k * 0.37) + np.cos(k * 0.11), "u": k // 2, "i": (k * 7) // 2 % 25_001})
+    df = pl.DataFrame(
+        {"y": np.sin(k * 0.37) + np.cos(k * 0.11), "u": k // 2, "i": (k * 7) // 2 % 25_001}
+    )
     with pytest.raises(InputError, match='solver = "iterative"'):
         pooljob.fit("y ~ (1 | u) + (1 | i)", df)

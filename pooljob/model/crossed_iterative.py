@@ -31,7 +31,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.typing import NDArray
 
 from pooljob.model.crossed_system import Array, Blocked, CrossedCells, Equations, dot
 
@@ -192,7 +191,8 @@ def fit_iterative(
     ai = np.eye(k + 1)
     score = np.zeros(k + 1)
     samples = np.zeros((probes, k))
-    for steps in range(1, max_steps + 1):
+    for count in range(1, max_steps + 1):
+        steps = count
         sigma2, var = phi[0], phi[1:]
         system = eq.at(sigma2 / var)
         sol, _, its = system.solve(eq.rhs(), np.array([1e-8]), mme_guess)

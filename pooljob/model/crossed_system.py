@@ -235,7 +235,10 @@ class Schur:
             bx - btx,
         )
         if guess is None:
-            x0: tuple[list[Array], Array] = ([np.zeros_like(a) for a in b_s[0]], np.zeros_like(b_s[1]))
+            x0: tuple[list[Array], Array] = (
+                [np.zeros_like(a) for a in b_s[0]],
+                np.zeros_like(b_s[1]),
+            )
         else:
             x0 = (list(guess[0][1:]), guess[1])
         x, iterations = pcg(self.matvec, self.precondition, b_s, x0, tol, max_iter)

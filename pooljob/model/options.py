@@ -100,8 +100,7 @@ def check_solver(solver: object, family: object, method: object) -> list[str]:
     """Return the problems with ``[model] solver`` (empty when all is well)."""
     if solver not in SOLVERS:
         return [
-            f"solver = {solver!r} is not supported; use "
-            + " or ".join(repr(v) for v in SOLVERS)
+            f"solver = {solver!r} is not supported; use " + " or ".join(repr(v) for v in SOLVERS)
         ]
     if solver == "iterative" and (family != "gaussian" or method != "reml"):
         return [

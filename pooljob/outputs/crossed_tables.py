@@ -74,7 +74,7 @@ def _estimates(fit: CrossedFit, interval: float, keys: list[str], schema: Any) -
     for d, block in enumerate(design.blocks):
         code = prep.codes[d]
         q = int(code.max()) + 1
-        rows = np.bincount(code, n, minlength=q)
+        rows = np.bincount(code, n, minlength=q).astype(np.float64)
         parent = total - np.sum([contribution[j] for j in _nested_in(prep.codes, d)], axis=0)
         groups.append(
             GroupingEstimates(
@@ -169,9 +169,14 @@ def crossed_result(
     """
     prep = fit.prepared
     design, cells = prep.design, prep.cells
-    all_keys = [c for c in cells.keys.columns if any(c in b.grouping.columns for b in design.blocks)]
+    all_keys = [
+        c for c in cells.keys.columns if any(c in b.grouping.columns for b in design.blocks)
+    ]
     schema = cells.keys.schema
-    frames = [level_keys(cells.keys, b.grouping.columns, prep.codes[d]) for d, b in enumerate(design.blocks)]
+    frames = [
+        level_keys(cells.keys, b.grouping.columns, prep.codes[d])
+        for d, b in enumerate(design.blocks)
+    ]
     levels = [int(c.max()) + 1 for c in prep.codes]
     summary = optimizer_record(fit, max_evaluations)
     return FitResult(
@@ -189,7 +194,7 @@ def crossed_result(
         loglik=float("nan"),
         converged=fit.fit.converged,
         singular=bool(min(fit.variances) <= 1e-8 * fit.sigma2),
-        nobs=int(round(prep.crossed.nobs)),
+        nobs=round(prep.crossed.nobs),
         sigma=float(np.sqrt(fit.sigma2)),
         groups={b.grouping.name: levels[d] for d, b in enumerate(design.blocks)},
         rows=cells.rows,
