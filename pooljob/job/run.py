@@ -285,7 +285,7 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
             result.optimizer["evaluations"],
             result.timings["fit"],
             **_stage("fit", result.timings["fit"]),
-            objective=result.objective,
+            objective=result.summary()["objective"],
             converged=result.converged,
             singular=result.singular,
             evaluations=result.optimizer["evaluations"],

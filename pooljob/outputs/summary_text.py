@@ -130,7 +130,12 @@ def summary_text(fit: FitResult) -> str:
     if fit.family != "gaussian":
         lines.append(f" Family: {fit.family}  ( {_LINKS.get(fit.family, '?')} )")
     lines += [f"Formula: {fit.formula.text}", ""]
-    if fit.method == "reml":
+    if fit.approximation is not None:
+        lines.append(
+            'REML by solver = "iterative" (criterion not evaluated; components approximate, '
+            "see the manifest's approximation)"
+        )
+    elif fit.method == "reml":
         lines.append(f"REML criterion at convergence: {fit.objective:.4f}")
     else:
         lines += _criteria(fit)
