@@ -63,8 +63,10 @@ def test_components_agree_with_exact_reml_within_their_monte_carlo_error(fits: d
     exact, it = _variances(fits["exact"]), _variances(fits["iterative"])
     mc = {c["grouping"]: c["mc_se"] for c in fits["iterative"].approximation["components"]}
     for name, value in exact.items():
-        assert abs(it[name] / value - 1.0) < 0.005, name  # 0.06%, 0.13%, 1e-5 here
-        assert abs(it[name] - value) < 4.0 * mc[name] + 1e-9 * value, name
+        assert abs(it[name] / value - 1.0) < 0.002, name  # 7e-4, 8e-5, 1e-5 here
+        # the exact solver stops at its gradient tolerance (here max |gradient| 0.048
+        # on a criterion of 74,000): its components are good to about 1e-4
+        assert abs(it[name] - value) < 4.0 * mc[name] + 2e-4 * value, name
     assert fits["iterative"].converged
 
 
@@ -137,6 +139,7 @@ def test_a_job_publishes_the_approximation_in_the_manifest(tmp_path: Path) -> No
         f'formula = "{FORMULA}"\nsolver = "iterative"\n[output]\npath = "out"\n'
     )
     assert main(["validate", str(cfg)]) == 0
+    assert main(["explain", str(cfg)]) == 0
     assert main(["--quiet", "run", str(cfg)]) == 0
     manifest = json.loads((tmp_path / "out" / "current" / "manifest.json").read_text())
     validate_manifest(manifest)

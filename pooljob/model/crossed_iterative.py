@@ -9,7 +9,8 @@ the trace of grouping k's block of ``C⁻¹``; ``s = (β̂, û)`` solves
     ∂ℓ/∂σ²   = −½ [ (n − p − Σ q_k + Σ λ_k T_k)/σ² − e'e/σ⁴ ]
 
 Everything but ``T_k`` is exact up to the solver's tolerance.  ``T_k`` is
-estimated by Hutchinson's estimator, ``T_k ≈ mean_r v_{r,k}'(C⁻¹v_r)_k``
+computed exactly, from one unit vector per level, for a grouping of at most
+``EXACT_LEVELS`` levels, and otherwise estimated by Hutchinson's estimator, ``T_k ≈ mean_r v_{r,k}'(C⁻¹v_r)_k``
 with Rademacher probes ``v_r`` (fixed for the whole fit, so the equations
 are one deterministic function and the iteration converges to its root),
 all probes solved together.  The steps are Fisher scoring with the average
@@ -46,6 +47,9 @@ STEP_TOL = 1e-6
 MAX_STEPS = 50
 #: Seed of the probes.
 SEED = 20240613
+#: Groupings with at most this many levels get their trace exactly, from one
+#: unit vector per level, instead of from the probes.
+EXACT_LEVELS = 200
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,17 @@ def _probes(eq: Equations, r: int, seed: int) -> Blocked:
     return u, np.zeros((eq.p, r))
 
 
+def _units(eq: Equations, exact: list[int]) -> Blocked:
+    """Unit vectors on every level of the groupings in ``exact``: one column each."""
+    width = sum(eq.levels[j] for j in exact)
+    u = [np.zeros((q, width)) for q in eq.levels]
+    start = 0
+    for j in exact:
+        u[j][:, start : start + eq.levels[j]] = np.eye(eq.levels[j])
+        start += eq.levels[j]
+    return u, np.zeros((eq.p, width))
+
+
 def _columns(v: Blocked, cols: slice) -> Blocked:
     return [a[:, cols] for a in v[0]], v[1][:, cols]
 
@@ -165,7 +180,7 @@ def _state(eq: Equations, sol: Blocked) -> tuple[float, Blocked]:
     """``e'e`` and ``W'e`` at the solution ``s``: ``y'y − 2 s'W'y + s'W'W s``."""
     rhs = eq.rhs()
     wws = eq.gram(sol)
-    ee = eq.cells.yty - 2.0 * float(dot(sol, rhs)[0]) + float(dot(sol, wws)[0])
+    ee = eq.yty_c - 2.0 * float(dot(sol, rhs)[0]) + float(dot(sol, wws)[0])
     return ee, ([a - b for a, b in zip(rhs[0], wws[0], strict=True)], rhs[1] - wws[1])
 
 
@@ -182,7 +197,12 @@ def fit_iterative(
     q = np.array(eq.levels, dtype=np.float64)
     start = moment_start(eq)
     phi = start.copy()
+    exact = [j for j in range(k) if eq.levels[j] <= EXACT_LEVELS]
     probe = _probes(eq, probes, seed)
+    for j in exact:
+        probe[0][j][:] = 0.0
+    units = _units(eq, exact)
+    probe = _stack([probe, units])
     guess: Blocked | None = None
     mme_guess: Blocked | None = None
     iterations = 0
@@ -195,7 +215,7 @@ def fit_iterative(
         steps = count
         sigma2, var = phi[0], phi[1:]
         system = eq.at(sigma2 / var)
-        sol, _, its = system.solve(eq.rhs(), np.array([1e-8]), mme_guess)
+        sol, _, its = system.solve(eq.rhs(), np.array([SOLVE_TOL]), mme_guess)
         mme_guess = sol
         iterations += its
         ee, we = _state(eq, sol)
@@ -203,14 +223,16 @@ def fit_iterative(
         h = [_z_times(eq, j, u[j][:, 0] / var[j]) for j in range(k)]
         h.append(([a / sigma2 for a in we[0]], we[1] / sigma2))
         rhs = _stack([*h, probe])
-        tol = np.full(k + 1 + probes, PROBE_TOL)
+        tol = np.full(k + 1 + probe[1].shape[1], PROBE_TOL)
         x, _, its = system.solve(rhs, tol, guess)
         guess = x
         iterations += its
         # the traces
         xp = _columns(x, slice(k + 1, None))
         for j in range(k):
-            samples[:, j] = np.einsum("ij,ij->j", probe[0][j], xp[0][j])
+            quad = np.einsum("ij,ij->j", probe[0][j], xp[0][j])
+            # exact traces (unit vectors) are the same number in every probe's sample
+            samples[:, j] = quad[probes:].sum() if j in exact else quad[:probes]
         t = samples.mean(axis=0)
         # h_i'h_j from cell sums
         hh = np.zeros((k + 1, k + 1))
@@ -280,7 +302,8 @@ def solve_at(
 ) -> tuple[Array, Array, list[Array], float, int]:
     """β̂, ``Var(β̂) = σ²[C⁻¹]_ββ`` and the BLUPs at given components, to ``SOLVE_TOL``.
 
-    One block solve of ``C [s, B] = [W'y, (0, I_p)]``.  Returns β̂, its
+    One block solve of ``C [s, B] = [W'(y − c·1), (0, I_p)]`` (the response's
+    mean ``c`` moved onto the intercept, :meth:`Equations.rhs`).  Returns β̂, its
     covariance, the BLUPs per grouping (the solver's order), the relative
     residual ``‖C s − W'y‖/‖W'y‖`` of the BLUPs' column, and the PCG
     iterations.
@@ -295,7 +318,7 @@ def solve_at(
     sol, rel, its = system.solve(rhs, np.full(p + 1, SOLVE_TOL), start)
     vcov = sigma2 * sol[1][:, 1:]
     return (
-        sol[1][:, 0].copy(),
+        sol[1][:, 0] + eq.centre * eq.unit,
         0.5 * (vcov + vcov.T),
         [a[:, 0].copy() for a in sol[0]],
         float(rel[0]),

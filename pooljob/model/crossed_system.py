@@ -119,10 +119,26 @@ class Equations:
                     )
                     m.sum_duplicates()
                     self.pairs[(a, b)] = m
+        # the response's mean moves onto the intercept, when X has one: solving
+        # for y − c·1 keeps the tolerance relative to the deviations, not to c
+        xt1 = cells.sx.sum(axis=0)
+        self.centre, self.unit = 0.0, np.zeros(self.p)
+        if self.p:
+            e = np.linalg.solve(cells.xtx, xt1)
+            n = cells.nobs
+            if abs(n - float(e @ xt1)) <= 1e-9 * n:  # ‖1 − Xe‖² = n − e'X'1 ≈ 0
+                self.centre, self.unit = float(cells.sy.sum()) / n, e
+        c = self.centre
+        self.xty_c = cells.xty - c * xt1
+        self.zy_c = [z - c * n_k for z, n_k in zip(self.zy, self.counts, strict=True)]
+        self.yty_c = cells.yty - 2.0 * c * float(cells.sy.sum()) + c * c * cells.nobs
 
     def rhs(self) -> Blocked:
-        """``W'y``."""
-        return [z[:, None].copy() for z in self.zy], self.cells.xty[:, None].copy()
+        """``W'(y − c·1)``: ``c`` the response's mean when ``X`` spans 1, else 0.
+
+        Its solution is ``(β̂ − c e, û)`` with ``Xe = 1`` (``unit``).
+        """
+        return [z[:, None].copy() for z in self.zy_c], self.xty_c[:, None].copy()
 
     def gram(self, v: Blocked) -> Blocked:
         """``W'W v`` for a block of vectors."""
