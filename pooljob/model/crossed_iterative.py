@@ -10,7 +10,8 @@ the trace of grouping k's block of ``C⁻¹``; ``s = (β̂, û)`` solves
 
 Everything but ``T_k`` is exact up to the solver's tolerance.  ``T_k`` is
 computed exactly, from one unit vector per level, for a grouping of at most
-``EXACT_LEVELS`` levels, and otherwise estimated by Hutchinson's estimator, ``T_k ≈ mean_r v_{r,k}'(C⁻¹v_r)_k``
+``EXACT_LEVELS`` levels, and otherwise estimated by Hutchinson's estimator,
+``T_k ≈ mean_r v_{r,k}'(C⁻¹v_r)_k``
 with Rademacher probes ``v_r`` (fixed for the whole fit, so the equations
 are one deterministic function and the iteration converges to its root),
 all probes solved together.  The steps are Fisher scoring with the average
