@@ -150,7 +150,7 @@ def test_a_job_publishes_the_approximation_in_the_manifest(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("formula", "kwargs", "match"),
     [
-        ("y ~ x + (1 + x | u) + (1 | i)", {}, "random slopes"),
+        ("y ~ x + (1 + x | u) + (1 | i)", {}, "random slopes \\(u\\)"),
         ("y ~ i + (1 | u)", {}, "categorical"),
         (FORMULA, {"method": "ml"}, "gaussian REML"),
     ],
@@ -172,6 +172,11 @@ def test_bad_solver_settings_are_config_errors(tmp_path: Path) -> None:
         '[output]\npath = "out"\n[predict]\npath = "cells.parquet"\n'
     )
     assert main(["validate", str(cfg)]) == 2
+    cfg.write_text(
+        '[source]\npath = "d.parquet"\n[model]\nformula = "y ~ (x | u)"\nsolver = "iterative"\n'
+        '[output]\npath = "out"\n'
+    )
+    assert main(["validate", str(cfg)]) == 2  # random slopes: refused before any scan
 
 
 def test_the_exact_solvers_refusal_points_to_the_iterative_solver() -> None:

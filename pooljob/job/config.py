@@ -374,7 +374,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
         on_nonconvergence = "fail"
     problems.extend(f"[model] {p}" for p in check_control(max_evaluations, on_nonconvergence))
     solver = model_raw.get("solver", "exact")
-    problems.extend(f"[model] {p}" for p in check_solver(solver, family, method))
+    problems.extend(f"[model] {p}" for p in check_solver(solver, family, method, formula))
     rollup, rollup_problems = check_rollup(model_raw.get("rollup"), family)
     problems.extend(f"[model] {p}" for p in rollup_problems)
     keep_runs = out_raw.get("keep_runs", 5)

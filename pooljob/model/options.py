@@ -7,6 +7,10 @@ One list of allowed values per option, used by the config validator and by
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pooljob.model.formula import Formula
 
 FAMILIES = ("gaussian", "binomial", "poisson")
 METHODS = ("reml", "ml", "laplace")
@@ -96,8 +100,15 @@ def check_control(max_evaluations: object, on_nonconvergence: object) -> list[st
 SOLVERS = ("exact", "iterative")
 
 
-def check_solver(solver: object, family: object, method: object) -> list[str]:
-    """Return the problems with ``[model] solver`` (empty when all is well)."""
+def check_solver(
+    solver: object, family: object, method: object, formula: Formula | None = None
+) -> list[str]:
+    """Return the problems with ``[model] solver`` (empty when all is well).
+
+    ``"iterative"`` needs a gaussian REML model whose random terms are all
+    intercepts (``formula``, when given; categorical fixed effects are found
+    only with the source's schema, at the fit).
+    """
     if solver not in SOLVERS:
         return [
             f"solver = {solver!r} is not supported; use " + " or ".join(repr(v) for v in SOLVERS)
@@ -107,6 +118,14 @@ def check_solver(solver: object, family: object, method: object) -> list[str]:
             f'solver = "iterative" fits gaussian REML models only, not {family} {method}; '
             'use solver = "exact"'
         ]
+    if solver == "iterative" and formula is not None:
+        slopes = [rt.name for rt in formula.random if rt.terms or not rt.intercept]
+        if not formula.random or slopes:
+            what = f"random slopes ({', '.join(slopes)})" if slopes else "no random term"
+            return [
+                f'solver = "iterative" fits random intercepts only, e.g. '
+                f"'y ~ x + (1 | user) + (1 | item)'; {formula.text!r} has {what}"
+            ]
     return []
 
 
