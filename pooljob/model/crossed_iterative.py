@@ -49,8 +49,23 @@ MAX_STEPS = 50
 #: Seed of the probes.
 SEED = 20240613
 #: Groupings with at most this many levels get their trace exactly, from one
-#: unit vector per level, instead of from the probes.
+#: unit vector per level, instead of from the probes ...
 EXACT_LEVELS = 200
+#: ... while those columns take at most this many bytes (one double per level
+#: of every grouping per column).
+EXACT_BYTES = 2**28
+
+
+def exact_groupings(levels: list[int]) -> list[int]:
+    """The groupings whose traces are computed exactly: the smallest first, within the limits."""
+    out: list[int] = []
+    width = 0
+    for j in sorted(range(len(levels)), key=lambda j: levels[j]):
+        if levels[j] > EXACT_LEVELS or 8 * (width + levels[j]) * sum(levels) > EXACT_BYTES:
+            break
+        out.append(j)
+        width += levels[j]
+    return sorted(out)
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,8 @@ class IterativeFit:
         The moment estimates the iteration started from.
     score : ndarray
         The REML score at the end (with the estimated traces).
+    exact : list of int
+        The groupings whose traces were computed exactly (:func:`exact_groupings`).
     """
 
     sigma2: float
@@ -100,6 +117,7 @@ class IterativeFit:
     iterations: int
     start: Array
     score: Array
+    exact: list[int]
 
 
 def moment_start(eq: Equations) -> Array:
@@ -198,7 +216,7 @@ def fit_iterative(
     q = np.array(eq.levels, dtype=np.float64)
     start = moment_start(eq)
     phi = start.copy()
-    exact = [j for j in range(k) if eq.levels[j] <= EXACT_LEVELS]
+    exact = exact_groupings(eq.levels)
     probe = _probes(eq, probes, seed)
     for j in exact:
         probe[0][j][:] = 0.0
@@ -295,6 +313,7 @@ def fit_iterative(
         iterations=iterations,
         start=start,
         score=score,
+        exact=exact,
     )
 
 

@@ -121,9 +121,7 @@ def approximation(fit: CrossedFit) -> dict[str, Any]:
             "traces of C⁻¹ by Hutchinson's estimator; Henderson's equations by block PCG"
         ),
         "probes": ci.PROBES,
-        "exact_traces": [
-            n for j, n in enumerate(names) if prep.crossed.levels[j] <= ci.EXACT_LEVELS
-        ],
+        "exact_traces": [names[j] for j in it.exact],
         "probe_seed": ci.SEED,
         "probe_tolerance": ci.PROBE_TOL,
         "solve_tolerance": ci.SOLVE_TOL,
