@@ -187,3 +187,15 @@ def test_the_exact_solvers_refusal_points_to_the_iterative_solver() -> None:
     )
     with pytest.raises(InputError, match='solver = "iterative"'):
         pooljob.fit("y ~ (1 | u) + (1 | i)", df)
+
+
+def test_a_component_at_the_boundary_is_zero_as_in_the_exact_fit() -> None:
+    # u:i has no variance of its own here: exact REML puts it at 0 (a singular fit)
+    small = crossed_data(n=3000, users=60, items=30)
+    formula = "y ~ 1 + (1 | u) + (1 | i) + (1 | u:i)"
+    exact, it = pooljob.fit(formula, small), pooljob.fit(formula, small, solver="iterative")
+    ve, vi = _variances(exact), _variances(it)
+    assert ve["u:i"] == 0.0 and vi["u:i"] == 0.0 and it.singular and it.converged
+    for name in ("u", "i", "Residual"):
+        assert vi[name] == pytest.approx(ve[name], rel=2e-3), name
+    assert (it.effects.filter(pl.col("grouping") == "u:i")["estimate"] == 0.0).all()

@@ -44,6 +44,9 @@ PROBE_TOL = 1e-6
 SOLVE_TOL = 1e-10
 #: The iteration stops when no component changes by more than this, relatively.
 STEP_TOL = 1e-6
+#: A variance component that reaches ``BOUNDARY × σ²`` is held there (it is
+#: published as 0) while its score points outward, and the others are fitted.
+BOUNDARY = 1e-10
 #: Most Fisher-scoring steps.
 MAX_STEPS = 50
 #: Seed of the probes.
@@ -230,6 +233,7 @@ def fit_iterative(
     ai = np.eye(k + 1)
     score = np.zeros(k + 1)
     samples = np.zeros((probes, k))
+    bound = np.zeros(k + 1, dtype=bool)
     for count in range(1, max_steps + 1):
         steps = count
         sigma2, var = phi[0], phi[1:]
@@ -273,19 +277,25 @@ def fit_iterative(
         s_var = -0.5 * (q / var - t * sigma2 / var**2 - uu / var**2)
         s_e = -0.5 * ((n_total - p - q.sum() + float(lam @ t)) / sigma2 - ee / sigma2**2)
         score = np.concatenate([[s_e], s_var])
-        step = np.linalg.solve(ai, score)
+        # a component held at the boundary is released when its score points inward
+        bound &= ~(score > 0.0)
+        free = ~bound
+        step = np.zeros(k + 1)
+        step[free] = np.linalg.solve(ai[np.ix_(free, free)], score[free])
         new = phi + step
-        shrink = 1.0
-        while np.any(new <= 0.0) and shrink > 1e-6:
-            shrink *= 0.5
-            new = phi + shrink * step
-        new = np.maximum(new, 1e-12 * phi[0])
-        change = float(np.max(np.abs(new - phi) / np.maximum(phi, 1e-300)))
+        floor = BOUNDARY * new[0] if new[0] > 0 else BOUNDARY * phi[0]
+        new[0] = max(new[0], 0.5 * phi[0])
+        hit = np.zeros(k + 1, dtype=bool)
+        hit[1:] = new[1:] <= floor
+        new[hit] = floor
+        bound |= hit
+        change = float(np.max(np.abs(new - phi)[~bound] / phi[~bound]))
         phi = new
         if change < STEP_TOL:
             converged = True
             break
     sigma2, var = phi[0], phi[1:]
+    at_bound = bound[1:]
     lam = sigma2 / var
     beta, vcov, u_hat, rel, its = solve_at(eq, sigma2, var, mme_guess)
     iterations += its
@@ -296,11 +306,17 @@ def fit_iterative(
     for j in range(k):
         g[0, j] = -0.5 * lam[j] / sigma2
         g[1 + j, j] = 0.5 * sigma2 / var[j] ** 2
-    ai_inv = np.linalg.inv(ai)
+    free = ~bound
+    ai_inv = np.zeros((k + 1, k + 1))
+    ai_inv[np.ix_(free, free)] = np.linalg.inv(ai[np.ix_(free, free)])
     mc = ai_inv @ g @ cov_t @ g.T @ ai_inv.T
+    # at the boundary: published as 0, as lme4 does
+    for j in [int(i) for i in np.flatnonzero(at_bound)]:
+        u_hat[j] = np.zeros_like(u_hat[j])
+        cond[j] = np.zeros_like(cond[j])
     return IterativeFit(
         sigma2=float(sigma2),
-        variances=np.asarray(var, dtype=np.float64),
+        variances=np.where(at_bound, 0.0, var).astype(np.float64),
         beta=beta,
         vcov=vcov,
         u=u_hat,

@@ -81,6 +81,8 @@ Blocked = tuple[list[Array], Array]
 
 def _sums(codes: Codes, values: Array, size: int) -> Array:
     """Row sums of ``values`` (C, k) per code: (size, k)."""
+    if values.shape[1] == 0:
+        return np.zeros((size, 0))
     return np.stack(
         [np.bincount(codes, values[:, j], minlength=size) for j in range(values.shape[1])],
         axis=1,
