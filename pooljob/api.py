@@ -19,6 +19,7 @@ from pooljob.model.options import (
     check_control,
     check_options,
     check_rollup,
+    check_solver,
     check_weights_option,
     default_method,
 )
@@ -41,6 +42,7 @@ def fit(
     benchmark: dict[str, Any] | None = None,
     interval_method: Literal["plugin", "prasad-rao"] = "plugin",
     weights: str | None = None,
+    solver: Literal["exact", "iterative"] = "exact",
 ) -> FitResult:
     """Fit a multilevel model from DuckDB sufficient statistics.
 
@@ -106,6 +108,13 @@ def fit(
         row; a null, negative or non-finite weight is an
         :class:`pooljob.errors.InputError` (docs/models.md, "Observation
         weights").
+    solver : {"exact", "iterative"}
+        ``"exact"`` (default): lme4's criterion, exactly.  ``"iterative"``:
+        gaussian REML for crossed random intercepts too large for the exact
+        dense solver, ``y ~ x… + (1 | f1) + (1 | f2) …``: β̂ and the BLUPs
+        solved to a stated tolerance, the variance components with
+        stochastic traces; ``.approximation`` says what is approximate and by
+        how much (docs/crossed-at-scale.md).
 
     Returns
     -------
@@ -130,6 +139,9 @@ def fit(
     assert method is not None
     problems = check_options(family, method, interval)
     problems += check_control(max_evaluations, on_nonconvergence)
+    problems += check_solver(solver, family, method, parsed)
+    if solver == "iterative" and sampling_variance is not None:
+        problems.append('solver = "iterative" does not fit area-level models (sampling_variance)')
     columns, rollup_problems = check_rollup(rollup, family)
     problems += rollup_problems
     if sampling_variance is not None:
@@ -155,6 +167,7 @@ def fit(
             rollup=columns,
             sampling_variance=sampling_variance,
             weights=weights,
+            solver="iterative" if solver == "iterative" else "auto",
         )
     if bench is None or tables is None:
         return result
@@ -202,6 +215,11 @@ def poststratify(
     from pooljob.model.options import PoststratifyConfig
     from pooljob.outputs.poststratify import poststratify, read_population
 
+    if result.predictor is None and result.approximation is not None:
+        raise ConfigError(
+            'poststratification is not available for a fit by solver = "iterative": its '
+            "prediction variances are not computed"
+        )
     if result.predictor is None:
         raise ConfigError(
             "poststratification does not apply to an area-level (Fay–Herriot) fit: it has no "

@@ -38,8 +38,9 @@ from pooljob.scan.schema import ScanSpec, check_schema
 from pooljob.scan.source import TableSource
 from pooljob.scan.tree import nested_statistics
 
-#: Gaussian solvers: ``auto`` (the tree where the groupings nest) or ``blocked`` (always).
-SOLVERS = ("auto", "blocked")
+#: Gaussian solvers: ``auto`` (the tree where the groupings nest), ``blocked`` (always),
+#: or ``iterative`` (``[model] solver = "iterative"``: :mod:`pooljob.model.crossed_fit`).
+SOLVERS = ("auto", "blocked", "iterative")
 
 log = logging.getLogger("pooljob")
 
@@ -177,6 +178,10 @@ def fit_cells(
     as the ``scan`` timing.  The solver is chosen as in :func:`fit_source`;
     ``watch`` is told of the fit and tables stages and of each evaluation.
     """
+    if solver == "iterative":
+        return fit_iterative_cells(
+            formula, cells, spec, family, method, interval, scan_seconds, control, watch
+        )
     t1 = time.perf_counter()
     reml = method == "reml"
     with watch.stage("fit"):
@@ -208,6 +213,51 @@ def fit_cells(
     t3 = time.perf_counter()
     result.timings.update({"scan": scan_seconds, "fit": t2 - t1, "tables": t3 - t2})
     return result
+
+
+def fit_iterative_cells(
+    formula: Formula,
+    cells: CellTable,
+    spec: ScanSpec,
+    family: str,
+    method: str,
+    interval: float,
+    scan_seconds: float = 0.0,
+    control: Control = DEFAULT_CONTROL,
+    watch: Watch = UNWATCHED,
+) -> FitResult:
+    """Fit crossed random intercepts by the iterative solver (``[model] solver = "iterative"``).
+
+    :mod:`pooljob.model.crossed_fit` checks the model class and fits;
+    :mod:`pooljob.outputs.crossed_tables` builds the tables and the manifest's
+    ``approximation``.
+    """
+    from pooljob.model.crossed_fit import check_class, fit_crossed, prepare_crossed
+    from pooljob.outputs.crossed_tables import crossed_result
+
+    t1 = time.perf_counter()
+    with watch.stage("fit"):
+        check_class(formula, family, method, spec.categorical)
+        prep = prepare_crossed(formula, cells, spec.numeric)
+        fit = fit_crossed(prep, control.max_evaluations)
+        if not fit.fit.converged:
+            _iterative_nonconvergence(fit.fit.steps, control)
+    t2 = time.perf_counter()
+    with watch.stage("tables"):
+        result = crossed_result(formula, fit, interval, control.max_evaluations)
+    t3 = time.perf_counter()
+    result.timings.update({"scan": scan_seconds, "fit": t2 - t1, "tables": t3 - t2})
+    return result
+
+
+def _iterative_nonconvergence(steps: int, control: Control) -> None:
+    text = f"the iterative REML fit did not converge in {steps} Fisher-scoring steps"
+    if control.on_nonconvergence == "fail":
+        raise NonConvergenceError(
+            f"{text}; raise [model] max_evaluations (now {control.max_evaluations}), or set "
+            'on_nonconvergence = "publish"'
+        )
+    log.warning("%s; published with converged = false (on_nonconvergence = 'publish')", text)
 
 
 def fit_area_source(

@@ -20,6 +20,7 @@ Example:
     # rollup = { count = "n", sum = "income_sum", sum_squares = "income_sum_squares" }
     # sampling_variance = "vi"  # an area-level (Fay–Herriot) model: one row per area
     # weights = "w"          # observation (precision) weights: residual variance σ²/w
+    # solver = "iterative"   # crossed random intercepts at scale (docs/crossed-at-scale.md)
     [output]
     path = "out/income"
     interval = 0.95
@@ -89,6 +90,7 @@ from pooljob.model.options import (
     check_control,
     check_options,
     check_rollup,
+    check_solver,
     check_weights_option,
     default_method,
 )
@@ -107,6 +109,7 @@ _ALLOWED: dict[str, dict[str, type | tuple[type, ...]]] = {
         "rollup": dict,
         "sampling_variance": str,
         "weights": str,
+        "solver": str,
     },
     "output": {
         "path": str,
@@ -158,6 +161,12 @@ class ModelConfig:
     #: An area-level (Fay–Herriot) model: the column of known sampling variances.
     sampling_variance: str | None = None
     weights: str | None = None  # observation (precision) weights' column (docs/models.md)
+    solver: str = "exact"  # or "iterative" (docs/crossed-at-scale.md)
+
+    @property
+    def pipeline_solver(self) -> str:
+        """The solver as :func:`pooljob.pipeline.fit_source` takes it."""
+        return "iterative" if self.solver == "iterative" else "auto"
 
 
 @dataclass(frozen=True)
@@ -317,6 +326,8 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
     if not isinstance(on_nonconvergence, str):
         on_nonconvergence = "fail"
     problems.extend(f"[model] {p}" for p in check_control(max_evaluations, on_nonconvergence))
+    solver = model_raw.get("solver", "exact")
+    problems.extend(f"[model] {p}" for p in check_solver(solver, family, method, formula))
     rollup, rollup_problems = check_rollup(model_raw.get("rollup"), family)
     problems.extend(f"[model] {p}" for p in rollup_problems)
     keep_runs = out_raw.get("keep_runs", 5)
@@ -354,6 +365,11 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
     groupings = formula.groupings if formula is not None else None
     benchmark = benchmark_section(raw, base, groupings, problems)
     variance = model_raw.get("sampling_variance")
+    if solver == "iterative":
+        extra = [n for n, v in (("[poststratify]", post), ("[predict]", predict)) if v is not None]
+        if isinstance(variance, str):
+            extra.append("[model] sampling_variance")
+        problems.extend(f'{e} does not go with solver = "iterative"' for e in extra)
     if isinstance(variance, str) and "rollup" in model_raw:
         problems.append(
             "[model] rollup and sampling_variance do not go together: a rollup holds rows of "
@@ -405,6 +421,7 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
             rollup=rollup,
             sampling_variance=variance if isinstance(variance, str) else None,
             weights=weights if isinstance(weights, str) else None,
+            solver=str(solver),
         ),
         output=OutputConfig(
             path=s3_work_dir(url) if url else Path(resolve_path(base, out_path)),

@@ -193,10 +193,8 @@ def fit_refreshed(
 
         reason = "an area-level model (sampling_variance) reads its areas (no statistics store)"
         log_event("refresh", "refresh: full scan: %s", reason, mode="full")
-        m = config.model
-        result = fit_area_source(
-            formula, source, variance, m.method, config.output.interval, config.control, watch
-        )
+        interval, method = config.output.interval, config.model.method
+        result = fit_area_source(formula, source, variance, method, interval, config.control, watch)
         return result, Refresh("full", reason, scanned=len(snap.files))
     spec = check_schema(source, formula, family)
     with watch.stage("scan"):
@@ -224,6 +222,7 @@ def fit_refreshed(
         config.output.interval,
         source.description,
         scan_seconds=time.perf_counter() - t0,
+        solver=config.model.pipeline_solver,
         control=config.control,
         watch=watch,
     )

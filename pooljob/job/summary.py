@@ -26,7 +26,11 @@ def format_summary(result: FitResult, top: int = 6) -> str:
         ),
         f"fit: {'converged' if result.converged else 'NOT converged'}"
         f"{' (singular: a variance is 0)' if result.singular else ''}, "
-        f"objective {result.objective:.6f}, {result.optimizer['evaluations']} evaluations",
+        + (
+            f"objective {result.objective:.6f}, {result.optimizer['evaluations']} evaluations"
+            if result.approximation is None
+            else f"solver iterative, {result.optimizer['evaluations']} scoring steps (approximate)"
+        ),
         "fixed effects: "
         + ", ".join(
             f"{t} {_fmt(e)} (se {_fmt(s)})" for t, e, s in result.coefficients.head(top).iter_rows()

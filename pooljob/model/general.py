@@ -96,8 +96,9 @@ def prepare(
         raise InputError(
             f"crossed groupings too large for the exact dense solver: {sizes}; all but the "
             f"largest form a dense {blocks.dense_size:,} × {blocks.dense_size:,} block "
-            f"({8 * blocks.dense_size**2 / 1e9:.1f} GB, limit {MAX_DENSE:,}); see "
-            "docs/crossed-at-scale.md"
+            f"({8 * blocks.dense_size**2 / 1e9:.1f} GB, limit {MAX_DENSE:,}); for random "
+            'intercepts set [model] solver = "iterative" (solver="iterative" in pooljob.fit), '
+            "see docs/crossed-at-scale.md"
         )
     return Prepared(design, cells, blocks, fixed, random, codes, s)
 

@@ -7,6 +7,10 @@ One list of allowed values per option, used by the config validator and by
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pooljob.model.formula import Formula
 
 from pooljob.model.terms import Grouping
 
@@ -99,6 +103,41 @@ def check_control(max_evaluations: object, on_nonconvergence: object) -> list[st
             + " or ".join(repr(v) for v in ON_NONCONVERGENCE)
         )
     return problems
+
+
+#: Gaussian solvers a config may choose: the exact blocked Cholesky (with the
+#: nested tree where the groupings nest), or the opt-in iterative solver for
+#: crossed random intercepts at scale (docs/crossed-at-scale.md).
+SOLVERS = ("exact", "iterative")
+
+
+def check_solver(
+    solver: object, family: object, method: object, formula: Formula | None = None
+) -> list[str]:
+    """Return the problems with ``[model] solver`` (empty when all is well).
+
+    ``"iterative"`` needs a gaussian REML model whose random terms are all
+    intercepts (``formula``, when given; categorical fixed effects are found
+    only with the source's schema, at the fit).
+    """
+    if solver not in SOLVERS:
+        return [
+            f"solver = {solver!r} is not supported; use " + " or ".join(repr(v) for v in SOLVERS)
+        ]
+    if solver == "iterative" and (family != "gaussian" or method != "reml"):
+        return [
+            f'solver = "iterative" fits gaussian REML models only, not {family} {method}; '
+            'use solver = "exact"'
+        ]
+    if solver == "iterative" and formula is not None:
+        slopes = [rt.name for rt in formula.random if rt.terms or not rt.intercept]
+        if not formula.random or slopes:
+            what = f"random slopes ({', '.join(slopes)})" if slopes else "no random term"
+            return [
+                f'solver = "iterative" fits random intercepts only, e.g. '
+                f"'y ~ x + (1 | user) + (1 | item)'; {formula.text!r} has {what}"
+            ]
+    return []
 
 
 @dataclass(frozen=True)

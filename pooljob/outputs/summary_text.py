@@ -133,7 +133,12 @@ def summary_text(fit: FitResult) -> str:
     if fit.weights is not None:  # as lme4 prints it
         lines.append(f"Weights: {fit.weights}")
     lines.append("")
-    if fit.method == "reml":
+    if fit.approximation is not None:
+        lines.append(
+            'REML by solver = "iterative" (criterion not evaluated; components approximate, '
+            "see the manifest's approximation)"
+        )
+    elif fit.method == "reml":
         lines.append(f"REML criterion at convergence: {fit.objective:.4f}")
     else:
         lines += _criteria(fit)

@@ -96,6 +96,8 @@ class FitResult:
     benchmarked: dict[str, Any] | None = None
     interval_method: str = "plugin"
     weights: str | None = None
+    #: ``[model] solver = "iterative"``: what is approximate and by how much (manifest).
+    approximation: dict[str, Any] | None = None
 
     @property
     def key_columns(self) -> dict[str, str]:
@@ -156,7 +158,10 @@ class FitResult:
 
         if self.predictor is None:
             raise ConfigError(
-                "prediction does not apply to an area-level (Fay–Herriot) fit: it has no "
+                'prediction is not available for a fit by solver = "iterative": its '
+                "prediction variances are not computed"
+                if self.approximation is not None
+                else "prediction does not apply to an area-level (Fay–Herriot) fit: it has no "
                 "unit-level predictions"
             )
         name = str(cells) if isinstance(cells, str | os.PathLike) else "given"
@@ -252,8 +257,9 @@ class FitResult:
             "weights": self.weights,
             "nobs": self.nobs,
             "groups": self.groups,
-            "objective": self.objective,
-            "loglik": self.loglik,
+            # not evaluated (NaN) by solver = "iterative": null, as JSON has no NaN
+            "objective": self.objective if np.isfinite(self.objective) else None,
+            "loglik": self.loglik if np.isfinite(self.loglik) else None,
             "sigma": self.sigma,
             "converged": self.converged,
             "singular": self.singular,
@@ -263,6 +269,7 @@ class FitResult:
             "interval_method": self.interval_method,
             "key_columns": self.key_columns,
             "benchmark": self.benchmarked,
+            "approximation": self.approximation,
         }
 
 
