@@ -139,7 +139,7 @@ def fit(
     assert method is not None
     problems = check_options(family, method, interval)
     problems += check_control(max_evaluations, on_nonconvergence)
-    problems += check_solver(solver, family, method, parsed)
+    problems += check_solver(solver, family, method, parsed, weights, interval_method)
     if solver == "iterative" and sampling_variance is not None:
         problems.append('solver = "iterative" does not fit area-level models (sampling_variance)')
     columns, rollup_problems = check_rollup(rollup, family)

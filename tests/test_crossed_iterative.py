@@ -199,3 +199,15 @@ def test_a_component_at_the_boundary_is_zero_as_in_the_exact_fit() -> None:
     for name in ("u", "i", "Residual"):
         assert vi[name] == pytest.approx(ve[name], rel=2e-3), name
     assert (it.effects.filter(pl.col("grouping") == "u:i")["estimate"] == 0.0).all()
+
+
+def test_iterative_refuses_weights_and_prasad_rao() -> None:
+    from pooljob.model.formula import parse_formula
+    from pooljob.model.options import check_solver
+
+    formula = parse_formula("y ~ x + (1 | u) + (1 | i)")
+    (weighted,) = check_solver("iterative", "gaussian", "reml", formula, "w")
+    assert "unweighted" in weighted and "'w'" in weighted
+    (intervals,) = check_solver("iterative", "gaussian", "reml", formula, None, "prasad-rao")
+    assert "prasad-rao" in intervals
+    assert check_solver("exact", "gaussian", "reml", formula, "w", "prasad-rao") == []

@@ -327,7 +327,10 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
         on_nonconvergence = "fail"
     problems.extend(f"[model] {p}" for p in check_control(max_evaluations, on_nonconvergence))
     solver = model_raw.get("solver", "exact")
-    problems.extend(f"[model] {p}" for p in check_solver(solver, family, method, formula))
+    solver_extra = model_raw.get("weights"), out_raw.get("interval_method", "plugin")
+    problems.extend(
+        f"[model] {p}" for p in check_solver(solver, family, method, formula, *solver_extra)
+    )
     rollup, rollup_problems = check_rollup(model_raw.get("rollup"), family)
     problems.extend(f"[model] {p}" for p in rollup_problems)
     keep_runs = out_raw.get("keep_runs", 5)

@@ -112,13 +112,19 @@ SOLVERS = ("exact", "iterative")
 
 
 def check_solver(
-    solver: object, family: object, method: object, formula: Formula | None = None
+    solver: object,
+    family: object,
+    method: object,
+    formula: Formula | None = None,
+    weights: object = None,
+    interval_method: object = "plugin",
 ) -> list[str]:
     """Return the problems with ``[model] solver`` (empty when all is well).
 
     ``"iterative"`` needs a gaussian REML model whose random terms are all
     intercepts (``formula``, when given; categorical fixed effects are found
-    only with the source's schema, at the fit).
+    only with the source's schema, at the fit), without observation
+    ``weights`` and with plug-in intervals.
     """
     if solver not in SOLVERS:
         return [
@@ -128,6 +134,13 @@ def check_solver(
         return [
             f'solver = "iterative" fits gaussian REML models only, not {family} {method}; '
             'use solver = "exact"'
+        ]
+    if solver == "iterative" and weights is not None:
+        return [f'solver = "iterative" fits unweighted rows; drop weights = {weights!r}']
+    if solver == "iterative" and interval_method != "plugin":
+        return [
+            'solver = "iterative" publishes plug-in intervals (with a bound on std_error); '
+            f'interval_method = {interval_method!r} needs solver = "exact"'
         ]
     if solver == "iterative" and formula is not None:
         slopes = [rt.name for rt in formula.random if rt.terms or not rt.intercept]
