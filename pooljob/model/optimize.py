@@ -132,8 +132,23 @@ class NewtonResult:
     message: str
 
 
+def _secant(hess: Array, s: Array, y: Array) -> Array | None:
+    """BFGS's update of ``hess`` for the step ``s`` and gradient change ``y`` (None if ``sᵀy ≤ 0``)."""
+    sy = float(s @ y)
+    hs = hess @ s
+    shs = float(s @ hs)
+    if not sy > 0.0 or not shs > 0.0:
+        return None
+    return np.asarray(hess - np.outer(hs, hs) / shs + np.outer(y, y) / sy, dtype=np.float64)
+
+
 def newton(
-    crit: Criterion, x: Array, coords: list[int], diff: Differences, max_iter: int = MAX_NEWTON
+    crit: Criterion,
+    x: Array,
+    coords: list[int],
+    diff: Differences,
+    max_iter: int = MAX_NEWTON,
+    secant: bool = False,
 ) -> NewtonResult:
     """Newton's method on ``coords`` down to the gradient's rounding floor.
 
@@ -146,7 +161,10 @@ def newton(
     its rounding floor; so does a step below 10⁻¹⁵ of the coordinates'
     scale (``max(|x_i|, diff.floor)``), e.g. towards a variance of 0.
     ``H`` is recomputed after a large step (more than 10⁻³ relative, or a
-    shortened one) and reused otherwise.
+    shortened one) and reused otherwise; with ``secant`` (exact gradients
+    only) it is computed once by differences and then updated by BFGS's
+    secant formula after every full step, recomputed only after a
+    shortened step or when the update does not apply (``sᵀy ≤ 0``).
     """
     x = np.array(x, dtype=np.float64)
     if crit.exact:
@@ -198,11 +216,15 @@ def newton(
         large = t < 1.0 or bool(
             np.any(np.abs(t * step) > 1e-3 * np.maximum(np.abs(x[coords]), diff.floor))
         )
+        x_old, g_old = x, g
         x, f, g_new = taken
         if crit.exact:
             assert g_new is not None
             g = g_new
-            if large:
+            updated = _secant(hess, x[coords] - x_old[coords], g - g_old) if secant else None
+            if secant and t == 1.0 and updated is not None:
+                hess = updated
+            elif large:
                 hess = hessian_from_gradient(crit, x, g, coords, diff)
         elif large:
             g, hess = curvature(crit, x, f, coords, diff)
@@ -273,6 +295,7 @@ def minimize_criterion(
     outward: Callable[[Array], Array] | None = None,
     initial: Array | None = None,
     notes: Sequence[str] = (),
+    secant: bool = False,
 ) -> Optimum:
     """Minimise ``crit`` from ``start``: search, restart, Newton, check (module docstring).
 
@@ -281,7 +304,8 @@ def minimize_criterion(
     ``search(x) → (x, message)`` is a global search using ``crit`` (without
     one, Newton's method runs on every coordinate); ``outward(x)`` the exact
     ``∂f/∂(x_i²)`` per coordinate, if known (otherwise a difference);
-    ``initial`` the start to record, ``notes`` earlier stages' messages.
+    ``initial`` the start to record, ``notes`` earlier stages' messages;
+    ``secant``: Newton's Hessian by BFGS updates (:func:`newton`).
     """
     n = len(start)
     diagonal = diagonal_positions(layout)
@@ -295,7 +319,7 @@ def minimize_criterion(
                 x = positive_diagonal(layout, found)
                 messages.append(message)
             coords = list(range(n)) if search is None else interior(layout, x)
-            result = newton(crit, x, coords, diff)
+            result = newton(crit, x, coords, diff, secant=secant)
             messages.append(f"Newton: {result.message}")
             x = positive_diagonal(layout, result.x)
             f = crit(x)

@@ -43,7 +43,8 @@ This module is pure numerics (numpy, scipy): no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.linalg as sla
@@ -51,6 +52,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from scipy.linalg import lapack
 
+from pooljob.model import blas
 from pooljob.model.blocks import Blocks, pair_positions, set_symmetric
 from pooljob.model.lmm import templates
 
@@ -95,6 +97,8 @@ class Workspace:
     level: NDArray[np.int32]
     prod: Array
     half: Array
+    #: The last gradient evaluation's θ, factor and scaled inverse (:func:`last_inverse`).
+    cache: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def pair_count(blocks: Blocks) -> int:
@@ -234,7 +238,8 @@ def _factor(blocks: Blocks, ws: Workspace, theta: Array) -> _State | None:
     d = _scaling(blocks, ws, t)
     s = _scale(s, d, lower_only=True)
     s[np.arange(ws.m), np.arange(ws.m)] += 1.0
-    chol, info = lapack.dpotrf(s, lower=1, overwrite_a=1, clean=0)
+    with blas.threads(ws.size):
+        chol, info = lapack.dpotrf(s, lower=1, overwrite_a=1, clean=0)
     if info != 0:
         return None
     diag = np.diag(chol)
@@ -286,7 +291,8 @@ def objective_and_gradient(
     buf = np.array(st.chol, order="F")
     buf[s_dim:, :] = 0.0
     buf[np.arange(s_dim, size), np.arange(s_dim, size)] = 1.0
-    sigma, info = lapack.dpotri(buf, lower=1, overwrite_c=1)
+    with blas.threads(size):
+        sigma, info = lapack.dpotri(buf, lower=1, overwrite_c=1)
     if info != 0:
         return f, np.full_like(theta, np.nan)
     sigma[np.arange(s_dim, size), np.arange(s_dim, size)] = 0.0
@@ -299,6 +305,9 @@ def objective_and_gradient(
         pbars.append(low + np.tril(low, -1).T)
         us.append(x[idx])
     sig_t = _scale(sigma, st.scale, lower_only=True, outer=True)
+    if f < ws.cache.get("f", float("inf")):  # the best point's, for the final solution
+        ws.cache.clear()
+        ws.cache.update(f=f, theta=theta.tobytes(), state=st, sig_t=sig_t, s_dim=s_dim)
     vals = sig_t.reshape(-1, order="F")[ws.flat] * ws.half
     if p1 == 1:
         coef = (st.t[0][0, 0] * st.n_inv[:, 0, 0]) ** 2
