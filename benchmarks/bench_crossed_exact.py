@@ -19,7 +19,9 @@ Two cases (issue 13 §1, docs/crossed-at-scale.md):
 Each case times ``pooljob.fit`` end to end (scan, statistics, fit, tables)
 in-process, median of ``--repeats`` runs after one warm-up (``--repeats 1``:
 one run, no warm-up), and prints the REML criterion to 6 decimals, the
-evaluations and pooljob's own stage timings.
+evaluations, pooljob's own stage timings, the process's CPU time (on a
+machine shared with other work, the wall time measures the others too) and
+its peak resident memory.
 
     python benchmarks/bench_crossed_exact.py insteval --lme4
     python benchmarks/bench_crossed_exact.py big --repeats 1
@@ -95,19 +97,25 @@ def big_parquet(data: Path, rows: int, users: int, items: int, seed: int) -> Pat
 
 
 def run(formula: str, data: Path, repeats: int) -> None:
-    times = []
+    times, cpu = [], []
     fit = None
     for i in range(repeats + (1 if repeats > 1 else 0)):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fit = pooljob.fit(formula, str(data))
         if repeats == 1 or i > 0:
             times.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
     assert fit is not None
     opt = fit.optimizer
     print(
         f"pooljob: median {statistics.median(times):.2f} s over {len(times)} runs "
         f"({', '.join(f'{x:.2f}' for x in times)}); REML criterion {fit.objective:.6f}; "
         f"{opt['evaluations']} evaluations; converged {opt['converged']}"
+    )
+    print(
+        f"  CPU time of the process: median {statistics.median(cpu):.2f} s "
+        f"({', '.join(f'{x:.2f}' for x in cpu)}; with one BLAS thread, about the wall time "
+        "on an idle machine)"
     )
     print("  last run: " + ", ".join(f"{k} {v:.2f} s" for k, v in fit.timings.items()))
     print(

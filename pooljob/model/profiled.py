@@ -83,7 +83,7 @@ class Workspace:
         The level of block 0 that meets the pair.
     prod : ndarray, (pairs, p₀, p₀)
         ``Ḡ[(l, a), i] Ḡ[(l, b), j]``.
-    half : ndarray
+    half : ndarray of float32
         1 where ``i > j``, ½ on the diagonal (a symmetric sum counts each
         pair twice).
     """
@@ -96,7 +96,7 @@ class Workspace:
     flat: NDArray[np.int64]
     level: NDArray[np.int32]
     prod: Array
-    half: Array
+    half: NDArray[np.float32]
     #: The last gradient evaluation's θ, factor and scaled inverse (:func:`last_inverse`).
     cache: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -166,15 +166,15 @@ def workspace(blocks: Blocks) -> Workspace | None:
         flat.append((cols_all[pj_] * size + cols_all[pi]).reshape(-1))
         level.append(np.repeat(ls, len(ii)))
         prod.append((vals[pi][:, :, :, None] * vals[pj_][:, :, None, :]).reshape(-1, p1, p1))
-        half.append(np.tile(np.where(ii == jj, 0.5, 1.0), len(ls)))
+        half.append(np.tile(np.where(ii == jj, 0.5, 1.0).astype(np.float32), len(ls)))
     return Workspace(
         size,
         m,
         p,
         a_bar.reshape(-1, order="F").copy(),
         g_bar,
-        np.concatenate(flat).astype(np.int64),
-        np.concatenate(level).astype(np.int32),
+        np.concatenate(flat).astype(np.int64, copy=False),
+        np.concatenate(level).astype(np.int32, copy=False),
         np.concatenate(prod),
         np.concatenate(half),
     )

@@ -47,6 +47,8 @@ from pooljob.model.profiled import Workspace, _factor, _State
 Array = NDArray[np.float64]
 #: A column of ``r`` with more non-zeros than this share of its length goes dense.
 DENSE_SHARE = 0.25
+#: Pairs per chunk when gathering Σ₂₂ on the pairs of block 0.
+CHUNK = 4_000_000
 
 
 def _symmetrize(a: Array, step: int = 512) -> None:
@@ -126,26 +128,7 @@ def solve_profiled(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> S
     # Σ₂₂ = Σ_rr − Σ_rX Σ_XX⁻¹ Σ_Xr, on the pairs and on the diagonal blocks
     e = sigma[:m, m:k]
     ef = np.linalg.solve(sigma[m:k, m:k], e.T).T if p else np.zeros((m, 0))
-    rows, cols = ws.flat % size, ws.flat // size
-    dense = (rows < m) & (cols < m)
-    ri, ci = rows[dense], cols[dense]
-    s22 = sigma[ri, ci] - np.einsum("ti,ti->t", ef[ri], e[ci])
-    if isinstance(st.scale, np.ndarray):
-        s22 *= st.scale[ri] * st.scale[ci]
-    else:
-        s_t = np.asarray(st.scale[:m, :m] @ (sigma[:m, :m] - ef @ e.T) @ st.scale[:m, :m].T)
-        s22 = s_t[ri, ci]
-    vals = s22 * ws.half[dense]
-    level = ws.level[dense]
-    prod = ws.prod[dense]
-    r = np.stack(
-        [
-            np.bincount(level, weights=vals * prod[:, a, b], minlength=q0)
-            for a in range(p0)
-            for b in range(p0)
-        ],
-        axis=1,
-    ).reshape(q0, p0, p0)
+    r = _level_sums(blocks, ws, st, sigma, ef, e)
     qmat = r + r.transpose(0, 2, 1)
     tn = np.einsum("ac,lci->lai", t0, n_inv)  # T₀ N_l
     var_u0 = n_inv + np.einsum("lai,lab,lbj->lij", tn, qmat, tn)
@@ -166,6 +149,42 @@ def solve_profiled(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> S
         return _pev(blocks, ws, st, sigma, sigma2, a_fixed, a_random)
 
     return Solution(beta, vcov, sigma2, b, cond_var, factor, pev)
+
+
+def _level_sums(
+    blocks: Blocks, ws: Workspace, st: _State, sigma: Array, ef: Array, e: Array
+) -> Array:
+    """Per level l of block 0: ``Σ_{pairs of l} ½ᵢⱼ (D Σ₂₂ D)_{ij} prod_{ij}``, (q₀, p₀, p₀).
+
+    Only pairs of two dense columns (``i, j < m``) count; in chunks of
+    ``CHUNK`` pairs, so the temporaries stay small.
+    """
+    m, size = ws.m, ws.size
+    q0, p0 = blocks.levels[0], blocks.widths[0]
+    vec = isinstance(st.scale, np.ndarray)
+    s22_full = (
+        None
+        if vec
+        else np.asarray(st.scale[:m, :m] @ (sigma[:m, :m] - ef @ e.T) @ st.scale[:m, :m].T)
+    )
+    out = np.zeros((q0, p0 * p0))
+    for start in range(0, len(ws.flat), CHUNK):
+        flat = ws.flat[start : start + CHUNK]
+        ri, ci = flat % size, flat // size
+        keep = (ri < m) & (ci < m)
+        ri, ci = ri[keep], ci[keep]
+        if s22_full is None:
+            s22 = sigma[ri, ci] - np.einsum("ti,ti->t", ef[ri], e[ci])
+            assert isinstance(st.scale, np.ndarray)
+            s22 *= st.scale[ri] * st.scale[ci]
+        else:
+            s22 = s22_full[ri, ci]
+        vals = s22 * ws.half[start : start + CHUNK][keep]
+        level = ws.level[start : start + CHUNK][keep]
+        prod = ws.prod[start : start + CHUNK][keep].reshape(-1, p0 * p0)
+        for a in range(p0 * p0):
+            out[:, a] += np.bincount(level, weights=vals * prod[:, a], minlength=q0)
+    return out.reshape(q0, p0, p0)
 
 
 def _as_factor(blocks: Blocks, ws: Workspace, st: _State) -> Factor:
