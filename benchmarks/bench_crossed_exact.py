@@ -118,10 +118,7 @@ def run(formula: str, data: Path, repeats: int) -> None:
         "on an idle machine)"
     )
     print("  last run: " + ", ".join(f"{k} {v:.2f} s" for k, v in fit.timings.items()))
-    print(
-        "  sd: "
-        + ", ".join(f"{r['grouping']} {r['sd']:.6f}" for r in fit.components.to_dicts())
-    )
+    print("  sd: " + ", ".join(f"{r['grouping']} {r['sd']:.6f}" for r in fit.components.to_dicts()))
     print(f"  optimizer: {opt['message']}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     print(f"  peak resident memory of this process: {peak:.2f} GB")

@@ -63,7 +63,7 @@ def _data(seed: int, rows: int = 150, levels: tuple[int, int, int] = (12, 9, 4))
 
 @functools.cache
 def _dense(seed: int, method: str) -> float:
-    """The dense criterion's minimum: L-BFGS-B by differences from lme4's start, then Nelder-Mead."""
+    """The dense criterion's minimum: L-BFGS-B by differences from θ = 1, then Nelder-Mead."""
     from scipy.optimize import minimize
 
     design = dg.build(_data(seed), MODEL)

@@ -58,7 +58,7 @@ def _libraries() -> list[tuple[ctypes.CDLL, str, str]]:
 
 
 def wanted() -> int:
-    """Threads for large factorisations: ``POOLJOB_BLAS_THREADS``, else 2 on a machine with a core free."""
+    """Threads for large factorisations: ``POOLJOB_BLAS_THREADS``, else 2 if a core is free."""
     cpus = os.cpu_count() or 1
     raw = os.environ.get("POOLJOB_BLAS_THREADS", "")
     try:

@@ -133,7 +133,7 @@ class NewtonResult:
 
 
 def _secant(hess: Array, s: Array, y: Array) -> Array | None:
-    """BFGS's update of ``hess`` for the step ``s`` and gradient change ``y`` (None if ``sᵀy ≤ 0``)."""
+    """BFGS's update of ``hess`` for the step ``s``, gradient change ``y`` (None if ``sᵀy ≤ 0``)."""
     sy = float(s @ y)
     hs = hess @ s
     shs = float(s @ hs)

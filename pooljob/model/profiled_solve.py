@@ -31,8 +31,6 @@ the solutions of Henderson's equations at θ̂ to rounding.  Pure numerics.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
@@ -127,7 +125,9 @@ def solve_profiled(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> S
     u0 = np.einsum("lab,cb,lc->la", n_inv, t0, resid)
     # Σ₂₂ = Σ_rr − Σ_rX Σ_XX⁻¹ Σ_Xr, on the pairs and on the diagonal blocks
     e = sigma[:m, m:k]
-    ef = np.linalg.solve(sigma[m:k, m:k], e.T).T if p else np.zeros((m, 0))
+    ef = np.asarray(
+        np.linalg.solve(sigma[m:k, m:k], e.T).T if p else np.zeros((m, 0)), dtype=np.float64
+    )
     r = _level_sums(blocks, ws, st, sigma, ef, e)
     qmat = r + r.transpose(0, 2, 1)
     tn = np.einsum("ac,lci->lai", t0, n_inv)  # T₀ N_l
@@ -137,9 +137,7 @@ def solve_profiled(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> S
     for kk in range(1, blocks.n_blocks):
         qk, pk = blocks.levels[kk], blocks.widths[kk]
         idx = blocks.offsets[kk] + np.arange(qk * pk).reshape(qk, pk)
-        vk = sigma[idx[:, :, None], idx[:, None, :]] - np.einsum(
-            "lat,lbt->lab", ef[idx], e[idx]
-        )
+        vk = sigma[idx[:, :, None], idx[:, None, :]] - np.einsum("lat,lbt->lab", ef[idx], e[idx])
         uk = ur[idx]
         b.append(uk @ st.t[kk].T)
         cond_var.append(sigma2 * np.einsum("ij,ljk,mk->lim", st.t[kk], vk, st.t[kk]))
@@ -201,7 +199,13 @@ def _as_factor(blocks: Blocks, ws: Workspace, st: _State) -> Factor:
     g_xy = np.asarray(ws.g_bar[:, m:].toarray()).reshape(q0, p0, p + 1)  # Z₀'[X y]
     lx1 = np.einsum("lab,cb,lcd->lad", inv11, st.t[0].T, g_xy)
     return Factor(
-        st.t, l11, None, None, lx1.reshape(q0 * p0, p + 1), None, np.tril(st.chol[m:, m:]),
+        st.t,
+        l11,
+        None,
+        None,
+        lx1.reshape(q0 * p0, p + 1),
+        None,
+        np.tril(st.chol[m:, m:]),
         st.logdet_l,
     )
 
@@ -218,7 +222,7 @@ def _pev(
     """``σ̂² (c₀ᵀ N c₀ + rᵀ Σ r)`` for each column of the coefficients (module docstring)."""
     m, p = ws.m, ws.p
     k = m + p
-    q0, p0 = blocks.levels[0], blocks.widths[0]
+    q0 = blocks.levels[0]
     eye = sp.identity(q0, format="csr")
     c0 = sp.csr_matrix(sp.kron(eye, sp.csr_matrix(st.t[0].T)) @ a_random[0])
     nmat = sp.block_diag(list(st.n_inv), format="csr")
@@ -226,8 +230,7 @@ def _pev(
     total = np.asarray(c0.multiply(v0).sum(axis=0)).ravel()
     tv = sp.csr_matrix(sp.kron(eye, sp.csr_matrix(st.t[0])) @ v0)
     parts = [
-        sp.kron(sp.identity(blocks.levels[j], format="csr"), sp.csr_matrix(st.t[j].T))
-        @ a_random[j]
+        sp.kron(sp.identity(blocks.levels[j], format="csr"), sp.csr_matrix(st.t[j].T)) @ a_random[j]
         for j in range(1, blocks.n_blocks)
     ]
     direct = sp.vstack([*parts, sp.csr_matrix(a_fixed)], format="csr")
@@ -248,6 +251,3 @@ def _pev(
                 v = sla.solve_triangular(lw, dense, lower=True, check_finite=False)
                 total[sel] += (v**2).sum(axis=0)
     return np.asarray(sigma2 * total, dtype=np.float64)
-
-
-__all__: list[Any] = ["solve_profiled"]
