@@ -61,6 +61,9 @@ PROBE = 0.1
 #: The criterion's rounding, relative: a rise this small is no rise.
 RISE = 1e-11
 MAX_RESTARTS = 4
+#: Newton with a secant Hessian stops where its step would lower the criterion
+#: by less than this, relative (each step costs an evaluation).
+SECANT_FLOOR = 1e-15
 MAX_NEWTON = 100
 #: Points whose values the criterion keeps.
 
@@ -164,7 +167,10 @@ def newton(
     shortened one) and reused otherwise; with ``secant`` (exact gradients
     only) it is computed once by differences and then updated by BFGS's
     secant formula after every full step, recomputed only after a
-    shortened step or when the update does not apply (``sᵀy ≤ 0``).
+    shortened step or when the update does not apply (``sᵀy ≤ 0``); it
+    stops once the decrease its next step predicts, ``−½ gᵀΔ``, is below
+    ``SECANT_FLOOR × max(1, |f|)``, a hundred times below what the criterion
+    resolves, rather than evaluating that step.
     """
     x = np.array(x, dtype=np.float64)
     if crit.exact:
@@ -187,6 +193,9 @@ def newton(
             break
         slope = float(g @ step)
         noise = RISE * max(1.0, abs(f))
+        if secant and -0.5 * slope < SECANT_FLOOR * max(1.0, abs(f)):
+            message = f"predicted decrease below {SECANT_FLOOR:.0e} relative after {it} steps"
+            break
         t = 1.0
         taken: tuple[Array, float, Array | None] | None = None
         while t >= 1e-10:
