@@ -61,8 +61,13 @@ def _symmetrize(a: Array, step: int = 512) -> None:
 
 
 def _inverse(blocks: Blocks, ws: Workspace, theta: Array) -> tuple[_State, Array]:
-    """The state at θ and ``Σ = S_w⁻¹`` (full, symmetric), reusing the cache when it holds θ."""
-    k = ws.m + ws.p
+    """The state at θ and ``Σ = S_w⁻¹`` (symmetric), reusing the cache when it holds θ.
+
+    Σ is returned in the leading ``k × k`` block of a column-major
+    ``size × size`` array (the rest 0 or unused), so that a pair's
+    column-major position ``j·size + i`` (``Workspace.flat``) finds it.
+    """
+    k, size = ws.m + ws.p, ws.size
     c = ws.cache
     st = c.get("state")
     if (
@@ -73,21 +78,26 @@ def _inverse(blocks: Blocks, ws: Workspace, theta: Array) -> tuple[_State, Array
         and np.all(st.scale[:k] != 0.0)
     ):
         d = st.scale[:k]
-        sigma = np.asarray(c["sig_t"], dtype=np.float64)[:k, :k]
-        sigma /= d[:, None]
-        sigma /= d[None, :]
+        full = np.asarray(c["sig_t"], dtype=np.float64)
+        full[:k, :k] /= d[:, None]
+        full[:k, :k] /= d[None, :]
     else:
         found = _factor(blocks, ws, theta)
         if found is None:
             raise np.linalg.LinAlgError("the Schur complement is not positive definite at θ̂")
         st = found
+        buf = np.array(st.chol, order="F")
+        buf[k:, :] = 0.0
+        buf[np.arange(k, size), np.arange(k, size)] = 1.0
         with blas.threads(k):
-            sigma, info = lapack.dpotri(np.asfortranarray(st.chol[:k, :k]), lower=1)
+            full, info = lapack.dpotri(buf, lower=1, overwrite_c=1)
         if info != 0:
             raise np.linalg.LinAlgError(f"potri failed (info {info})")
     c.clear()
-    _symmetrize(sigma)
-    return st, sigma
+    if not full.flags.f_contiguous:
+        full = np.asfortranarray(full)
+    _symmetrize(full[:k, :k])
+    return st, full
 
 
 def _scale_rows(d: Array | sp.csr_matrix, mat: sp.csr_matrix, k: int) -> sp.csr_matrix:
@@ -100,9 +110,10 @@ def _scale_rows(d: Array | sp.csr_matrix, mat: sp.csr_matrix, k: int) -> sp.csr_
 def solve_profiled(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> Solution:
     """β̂, σ̂², conditional modes, conditional and prediction variances at θ̂ (module docstring)."""
     theta = np.asarray(theta, dtype=np.float64)
-    st, sigma = _inverse(blocks, ws, theta)
+    st, full = _inverse(blocks, ws, theta)
     m, p, size = ws.m, ws.p, ws.size
     k = m + p
+    sigma = full[:k, :k]
     chol = st.chol
     lxy = np.tril(chol[m:, m:])
     rl, cx, r2 = lxy[:p, :p], lxy[p, :p], lxy[p, p] ** 2
@@ -129,7 +140,7 @@ def solve_profiled(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> S
     ef = np.asarray(
         np.linalg.solve(sigma[m:k, m:k], e.T).T if p else np.zeros((m, 0)), dtype=np.float64
     )
-    r = _level_sums(blocks, ws, st, sigma, ef, e)
+    r = _level_sums(blocks, ws, st, full, ef, e)
     qmat = r + r.transpose(0, 2, 1)
     tn = np.einsum("ac,lci->lai", t0, n_inv)  # T₀ N_l
     var_u0 = n_inv + np.einsum("lai,lab,lbj->lij", tn, qmat, tn)
@@ -151,34 +162,39 @@ def solve_profiled(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> S
 
 
 def _level_sums(
-    blocks: Blocks, ws: Workspace, st: _State, sigma: Array, ef: Array, e: Array
+    blocks: Blocks, ws: Workspace, st: _State, full: Array, ef: Array, e: Array
 ) -> Array:
     """Per level l of block 0: ``Σ_{pairs of l} ½ᵢⱼ (D Σ₂₂ D)_{ij} prod_{ij}``, (q₀, p₀, p₀).
 
+    ``full`` holds Σ as :func:`_inverse` returns it and ``Σ₂₂ = Σ_rr − ef eᵀ``.
     Only pairs of two dense columns (``i, j < m``) count; in chunks of
     ``CHUNK`` pairs, so the temporaries stay small.
     """
     m, size = ws.m, ws.size
     q0, p0 = blocks.levels[0], blocks.widths[0]
     vec = isinstance(st.scale, np.ndarray)
-    s22_full = (
-        None
-        if vec
-        else np.asarray(st.scale[:m, :m] @ (sigma[:m, :m] - ef @ e.T) @ st.scale[:m, :m].T)
-    )
+    if vec:
+        values = full.reshape(-1, order="F")
+    else:
+        s22 = np.zeros((size, size), order="F")
+        s22[:m, :m] = st.scale[:m, :m] @ (full[:m, :m] - ef @ e.T) @ st.scale[:m, :m].T
+        values = s22.reshape(-1, order="F")
+    corr = [
+        (np.ascontiguousarray(ef[:, t]), np.ascontiguousarray(e[:, t])) for t in range(e.shape[1])
+    ]
     out = np.zeros((q0, p0 * p0))
     for start in range(0, len(ws.flat), CHUNK):
         flat = ws.flat[start : start + CHUNK]
         ri, ci = flat % size, flat // size
         keep = (ri < m) & (ci < m)
-        ri, ci = ri[keep], ci[keep]
-        if s22_full is None:
-            s22 = sigma[ri, ci] - np.einsum("ti,ti->t", ef[ri], e[ci])
+        flat, ri, ci = flat[keep], ri[keep], ci[keep]
+        vals = values[flat]
+        if vec:
             assert isinstance(st.scale, np.ndarray)
-            s22 *= st.scale[ri] * st.scale[ci]
-        else:
-            s22 = s22_full[ri, ci]
-        vals = s22 * ws.half[start : start + CHUNK][keep]
+            for fe, ee in corr:
+                vals -= fe[ri] * ee[ci]
+            vals *= st.scale[ri] * st.scale[ci]
+        vals *= ws.half[start : start + CHUNK][keep]
         level = ws.level[start : start + CHUNK][keep]
         prod = ws.prod[start : start + CHUNK][keep].reshape(-1, p0 * p0)
         for a in range(p0 * p0):
