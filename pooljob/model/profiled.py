@@ -61,6 +61,8 @@ Array = NDArray[np.float64]
 #: Largest memory (bytes) the pair products may take; above it the optimizer
 #: falls back to :func:`pooljob.model.lmm.objective` without a gradient.
 MAX_PAIR_BYTES = 1_500_000_000
+#: Pairs per chunk where the gradient gathers Σ on them.
+CHUNK = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,8 @@ def _factor(blocks: Blocks, ws: Workspace, theta: Array) -> _State | None:
         n_inv = 1.0 / a11
         logdet = float(np.log(a11).sum())
         w = (t0[0, 0] ** 2) * n_inv[:, 0, 0]
-        weights = w[ws.level] * ws.prod[:, 0, 0]
+        weights = w[ws.level]
+        weights *= ws.prod[:, 0, 0]
     else:
         l11 = np.linalg.cholesky(a11)
         logdet = 2.0 * float(np.log(np.einsum("lii->li", l11)).sum())
@@ -308,13 +311,19 @@ def objective_and_gradient(
     if f < ws.cache.get("f", float("inf")):  # the best point's, for the final solution
         ws.cache.clear()
         ws.cache.update(f=f, theta=theta.tobytes(), state=st, sig_t=sig_t, s_dim=s_dim)
-    vals = sig_t.reshape(-1, order="F")[ws.flat] * ws.half
+    flat_sig = sig_t.reshape(-1, order="F")
     if p1 == 1:
         coef = (st.t[0][0, 0] * st.n_inv[:, 0, 0]) ** 2
-        pbar0 = np.array(
-            [[st.n_inv[:, 0, 0].sum() + 2.0 * float(coef[ws.level] @ (vals * ws.prod[:, 0, 0]))]]
-        )
+        total = 0.0
+        for start in range(0, len(ws.flat), CHUNK):  # bounded temporaries
+            part = slice(start, start + CHUNK)
+            vals = flat_sig[ws.flat[part]]
+            vals *= ws.half[part]
+            vals *= ws.prod[part, 0, 0]
+            total += float(coef[ws.level[part]] @ vals)
+        pbar0 = np.array([[st.n_inv[:, 0, 0].sum() + 2.0 * total]])
     else:
+        vals = flat_sig[ws.flat] * ws.half
         r = np.stack(
             [
                 np.bincount(ws.level, weights=vals * ws.prod[:, a, b], minlength=q1)
