@@ -63,7 +63,7 @@ RISE = 1e-11
 MAX_RESTARTS = 4
 #: Newton with a secant Hessian stops where its step would lower the criterion
 #: by less than this, relative (each step costs an evaluation).
-SECANT_FLOOR = 1e-15
+SECANT_FLOOR = 1e-18
 MAX_NEWTON = 100
 #: Points whose values the criterion keeps.
 
@@ -201,8 +201,8 @@ def newton(
     after every full step, recomputed only after a
     shortened step or when the update does not apply (``sᵀy ≤ 0``); it
     stops once the decrease its next step predicts, ``−½ gᵀΔ``, is below
-    ``SECANT_FLOOR × max(1, |f|)``, a hundred times below what the criterion
-    resolves, rather than evaluating that step.
+    ``SECANT_FLOOR × max(1, |f|)``, below what the criterion itself
+    resolves (~1e-16), rather than evaluating that step.
     """
     x = np.array(x, dtype=np.float64)
     if crit.exact:
