@@ -123,3 +123,69 @@ def test_moment_start_is_near_the_optimum(monkeypatch: pytest.MonkeyPatch) -> No
     theta = np.array(fit.optimizer["final"])
     assert seen[0] is not None
     np.testing.assert_allclose(seen[0][:2], theta[:2], rtol=0.15)
+
+
+def _slopes(seed: int) -> pl.DataFrame:
+    df = _data(seed)
+    rng = np.random.default_rng(seed + 100)
+    slope = rng.normal(0, 0.5, 12)
+    a = df["a"].str.slice(1).cast(pl.Int64).to_numpy()
+    y = df["y"].to_numpy() + slope[a] * df["x"].to_numpy()
+    return df.with_columns(y=pl.Series(y))
+
+
+def _singular(seed: int) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    df = _data(seed)
+    # b carries no effect of its own: its variance is estimated at (or near) 0
+    y = 2 + rng.normal(0, 1, df.height) + 0.5 * df["x"].to_numpy()
+    return df.with_columns(y=pl.Series(y))
+
+
+@pytest.mark.parametrize(
+    ("formula", "make"),
+    [
+        (FORMULA, _data),
+        ("y ~ x + (1 + x | a) + (1 | b)", _slopes),
+        ("y ~ x + (1 | a) + (1 | b) + (1 | c)", _singular),
+    ],
+)
+@pytest.mark.parametrize("method", ["reml", "ml"])
+def test_factor_reuse_equals_a_fresh_solve(
+    monkeypatch: pytest.MonkeyPatch, formula: str, make: object, method: str
+) -> None:
+    """Estimates read off the optimizer's factor equal lmm.solve's fresh blocked factorisation."""
+    data = make(7)  # type: ignore[operator]
+    fast = pooljob.fit(formula, data, method=method)
+
+    def refuse(*args: object) -> None:
+        raise np.linalg.LinAlgError("use lmm.solve")
+
+    monkeypatch.setattr("pooljob.model.general.solve_profiled", refuse)
+    fresh = pooljob.fit(formula, data, method=method)
+    assert fast.objective == pytest.approx(fresh.objective, rel=1e-12)  # the scan's cell order
+    for name, cols in [
+        ("estimates", ["estimate", "std_error"]),
+        ("effects", ["estimate", "cond_sd"]),
+        ("coefficients", ["estimate", "std_error"]),
+        ("components", ["sd"]),
+    ]:
+        a, b = getattr(fast, name), getattr(fresh, name)
+        for col in cols:
+            x, y = a[col].to_numpy(), b[col].to_numpy()
+            scale = max(1.0, float(np.nanmax(np.abs(y))))
+            np.testing.assert_allclose(x, y, rtol=1e-8, atol=1e-9 * scale, err_msg=f"{name}.{col}")
+
+
+def test_blas_threads_are_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pooljob.model import blas
+
+    libs = blas._libraries()
+    before = [int(getattr(lib, get)()) for lib, _, get in libs]
+    monkeypatch.setenv("POOLJOB_BLAS_THREADS", "2")
+    assert blas.wanted() == min(2, __import__("os").cpu_count() or 1)
+    with blas.threads(blas.LARGE):
+        pass
+    assert [int(getattr(lib, get)()) for lib, _, get in libs] == before
+    monkeypatch.setenv("POOLJOB_BLAS_THREADS", "x")
+    assert blas.wanted() == 1
