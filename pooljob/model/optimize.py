@@ -199,7 +199,9 @@ def newton(
     only) it is computed once from criterion values and the gradient
     (:func:`_hessian_from_values`) and then updated by BFGS's secant formula
     after every full step, recomputed only after a
-    shortened step or when the update does not apply (``sᵀy ≤ 0``); it
+    shortened step or when the update does not apply (``sᵀy ≤ 0``), and
+    once by differences of the gradient where a step fails at the rounding
+    floor (then tried again); it
     stops once the decrease its next step predicts, ``−½ gᵀΔ``, is below
     ``SECANT_FLOOR × max(1, |f|)``, below what the criterion itself
     resolves (~1e-16), rather than evaluating that step.
@@ -219,6 +221,7 @@ def newton(
     if not coords:
         return NewtonResult(x, f, coords, g, hess, "no free coordinates")
     message = f"no convergence in {max_iter} steps"
+    refreshed = False
     for it in range(max_iter):
         if not np.any(g):
             message = f"gradient 0 after {it} steps"
@@ -256,6 +259,12 @@ def newton(
                     taken = (trial, f_new, g_new)
             break
         if taken is None:
+            if secant and not refreshed:
+                # a secant Hessian may be too rough for the last steps: once,
+                # retry with one by differences of the gradient
+                hess = hessian_from_gradient(crit, x, g, coords, diff)
+                refreshed = True
+                continue
             message = f"gradient at its rounding floor after {it} steps"
             break
         large = t < 1.0 or bool(
