@@ -157,28 +157,33 @@ def workspace(blocks: Blocks) -> Workspace | None:
     )
     counts = np.bincount(levels_all, minlength=q1)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    flat, level, prod, half = [], [], [], []
+    total = int((counts * (counts + 1) // 2).sum())
+    # filled in place, count by count (no lists to concatenate: half the peak memory)
+    flat = np.empty(total, dtype=np.int64)
+    level = np.empty(total, dtype=np.int32)
+    prod = np.empty((total, p1, p1))
+    half = np.empty(total, dtype=np.float32)
+    pos = 0
     for c in np.unique(counts):
         if c == 0:
             continue
         ls = np.flatnonzero(counts == c)
         ii, jj = np.tril_indices(int(c))
+        n_l, n_p = len(ls), len(ii)
+        sl = slice(pos, pos + n_l * n_p)
         pi = starts[ls][:, None] + ii  # positions of i (the larger column)
         pj_ = starts[ls][:, None] + jj
-        flat.append((cols_all[pj_] * size + cols_all[pi]).reshape(-1))
-        level.append(np.repeat(ls, len(ii)))
-        prod.append((vals[pi][:, :, :, None] * vals[pj_][:, :, None, :]).reshape(-1, p1, p1))
-        half.append(np.tile(np.where(ii == jj, 0.5, 1.0).astype(np.float32), len(ls)))
+        flat[sl] = (cols_all[pj_] * size + cols_all[pi]).reshape(-1)
+        level[sl] = np.repeat(ls, n_p)
+        np.multiply(
+            vals[pi][:, :, :, None],
+            vals[pj_][:, :, None, :],
+            out=prod[sl].reshape(n_l, n_p, p1, p1),
+        )
+        half[sl] = np.tile(np.where(ii == jj, 0.5, 1.0).astype(np.float32), n_l)
+        pos += n_l * n_p
     return Workspace(
-        size,
-        m,
-        p,
-        a_bar.reshape(-1, order="F").copy(),
-        g_bar,
-        np.concatenate(flat).astype(np.int64, copy=False),
-        np.concatenate(level).astype(np.int32, copy=False),
-        np.concatenate(prod),
-        np.concatenate(half),
+        size, m, p, a_bar.reshape(-1, order="F").copy(), g_bar, flat, level, prod, half
     )
 
 
