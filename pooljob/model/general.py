@@ -30,9 +30,11 @@ from pooljob.model.design import (
 )
 from pooljob.model.formula import Formula
 from pooljob.model.lmm import MAX_DENSE, Solution, objective, solve
+from pooljob.model.moment_start import moment_start
 from pooljob.model.optimize import GRADIENT_TOL, OptSummary, minimize_criterion
 from pooljob.model.options import DEFAULT_MAX_EVALUATIONS
-from pooljob.model.profiled import objective_and_gradient, workspace
+from pooljob.model.profiled import Workspace, objective_and_gradient, workspace
+from pooljob.model.profiled_solve import solve_profiled
 from pooljob.model.theta import diagonal_positions
 
 Array = NDArray[np.float64]
@@ -108,12 +110,19 @@ def optimize(
     reml: bool,
     max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
     on_evaluation: OnEvaluation | None = None,
+    ws: Workspace | None = None,
 ) -> tuple[Array, OptSummary]:
     """Minimise the profiled criterion over θ (diagonal entries ≥ 0).
 
-    From lme4's start (1 on the diagonal, 0 elsewhere).  With the exact
-    gradient (:mod:`pooljob.model.profiled`, whenever block 0's pair products
-    fit in memory): the start scaled by a one-dimensional search, then
+    With the exact gradient (:mod:`pooljob.model.profiled`, whenever block
+    0's pair products fit in memory, ``ws``) and random intercepts only: from
+    moment estimates of the variance components
+    (:mod:`pooljob.model.moment_start`), Newton steps with the exact gradient
+    and a Hessian from criterion values at the start, updated by BFGS's
+    secant formula after each step (about 6-15 evaluations, a few of them
+    without the gradient).  Otherwise from
+    lme4's start (1 on the diagonal, 0 elsewhere); with the exact gradient,
+    the start scaled by a one-dimensional search, then
     L-BFGS-B without bounds (the criterion is even in each column of ``T_k``;
     a column whose diagonal ends negative is negated), then Newton steps with
     a Hessian from differences of the gradient; about 20-30 evaluations of
@@ -145,7 +154,6 @@ def optimize(
             min_hessian_eigenvalue=None,
         )
         return x0, summary
-    ws = workspace(blocks)
     if ws is None:
         crit = Criterion(
             lambda t: objective(blocks, t, reml), None, max_evaluations, 0, on_evaluation
@@ -159,9 +167,13 @@ def optimize(
             on_evaluation,
         )
     start, notes = x0.copy(), []
+    moments = moment_start(blocks) if ws is not None else None
     try:
-        f0 = crit(x0)
-        if ws is not None:
+        f0 = crit(x0) if moments is None else crit.gradient(moments)[0]
+        if moments is not None:
+            start = moments
+            notes.append("start: moment estimates")
+        elif ws is not None:
             # lme4's start scaled by the best common factor c (a 1-D search on log c,
             # criterion only): the criterion can be concave at c = 1 and it is
             # flat along weakly identified components, where L-BFGS-B goes slowly
@@ -207,11 +219,22 @@ def optimize(
     if ws is None:
         name = "COBYQA (derivative-free, quadratic models), then Newton steps by differences"
         search, diff = cobyqa, Differences(1e-2, 1e-2)
-    else:
+    elif moments is None:
         name = "L-BFGS-B (exact gradient), then Newton steps"
         search, diff = lbfgs, Differences(1e-6, 1e-2)
+    else:
+        name = "Newton steps (exact gradient) from moment estimates"
+        search, diff = None, Differences(1e-6, 1e-2)
     optimum = minimize_criterion(
-        crit, start, blocks.free, diff, name, search=search, initial=x0, notes=notes
+        crit,
+        start,
+        blocks.free,
+        diff,
+        name,
+        search=search,
+        initial=x0,
+        notes=notes,
+        secant=moments is not None,
     )
     return optimum.x, optimum.summary
 
@@ -281,10 +304,18 @@ def fit_general(
 
     ``on_evaluation`` is told ``(evaluations, best criterion)`` as the search goes.
     """
-    theta, summary = optimize(prep.blocks, reml, max_evaluations, on_evaluation)
+    ws = workspace(prep.blocks) if prep.blocks.n_theta else None
+    theta, summary = optimize(prep.blocks, reml, max_evaluations, on_evaluation, ws)
     if prep.cells.log_weight:  # lme4's criterion with precision weights: less Σ log w
         summary = replace(summary, fmin=summary.fmin - prep.cells.log_weight)
-    sol = solve(prep.blocks, theta, reml)
+    sol = None
+    if ws is not None:
+        try:
+            sol = solve_profiled(prep.blocks, ws, theta, reml)
+        except np.linalg.LinAlgError:
+            sol = None
+    if sol is None:
+        sol = solve(prep.blocks, theta, reml)
     tr = back_transform(prep)
     beta = tr.fixed @ sol.beta + tr.fixed_shift
     vcov = tr.fixed @ sol.vcov @ tr.fixed.T

@@ -21,6 +21,7 @@ This module is pure numerics (numpy, scipy): no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,6 +158,10 @@ class Solution:
     sigma2 : residual variance.
     b : per block, the conditional modes, shape (q_k, p_k).
     cond_var : per block, ``Var(b | y)``, shape (q_k, p_k, p_k).
+    factor : the blocked factor at θ.
+    pev : optional, the prediction error variances of :func:`prediction_variance`
+        computed another way (:mod:`pooljob.model.profiled_solve`, whose
+        ``factor`` then leaves out its dense blocks).
     """
 
     beta: Array
@@ -165,6 +170,7 @@ class Solution:
     b: list[Array]
     cond_var: list[Array]
     factor: Factor
+    pev: Callable[[Array, list[sp.csr_matrix]], Array] | None = None
 
 
 def solve(blocks: Blocks, theta: Array, reml: bool) -> Solution:
@@ -270,6 +276,8 @@ def prediction_variance(
     a_random : list of sparse, shape (q_k p_k, G)
         Coefficients of each block's ``b`` (not ``u``).
     """
+    if sol.pev is not None:
+        return sol.pev(a_fixed, a_random)
     f = sol.factor
     p = f.lxy.shape[0] - 1
     g_total = a_fixed.shape[1]

@@ -43,7 +43,8 @@ This module is pure numerics (numpy, scipy): no I/O.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import scipy.linalg as sla
@@ -51,6 +52,7 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from scipy.linalg import lapack
 
+from pooljob.model import blas
 from pooljob.model.blocks import Blocks, pair_positions, set_symmetric
 from pooljob.model.lmm import templates
 
@@ -59,6 +61,8 @@ Array = NDArray[np.float64]
 #: Largest memory (bytes) the pair products may take; above it the optimizer
 #: falls back to :func:`pooljob.model.lmm.objective` without a gradient.
 MAX_PAIR_BYTES = 1_500_000_000
+#: Pairs per chunk where the gradient gathers Σ on them.
+CHUNK = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ class Workspace:
         The level of block 0 that meets the pair.
     prod : ndarray, (pairs, p₀, p₀)
         ``Ḡ[(l, a), i] Ḡ[(l, b), j]``.
-    half : ndarray
+    half : ndarray of float32
         1 where ``i > j``, ½ on the diagonal (a symmetric sum counts each
         pair twice).
     """
@@ -94,7 +98,9 @@ class Workspace:
     flat: NDArray[np.int64]
     level: NDArray[np.int32]
     prod: Array
-    half: Array
+    half: NDArray[np.float32]
+    #: The last gradient evaluation's θ, factor and scaled inverse (:func:`last_inverse`).
+    cache: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 def pair_count(blocks: Blocks) -> int:
@@ -151,28 +157,33 @@ def workspace(blocks: Blocks) -> Workspace | None:
     )
     counts = np.bincount(levels_all, minlength=q1)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    flat, level, prod, half = [], [], [], []
+    total = int((counts * (counts + 1) // 2).sum())
+    # filled in place, count by count (no lists to concatenate: half the peak memory)
+    flat = np.empty(total, dtype=np.int64)
+    level = np.empty(total, dtype=np.int32)
+    prod = np.empty((total, p1, p1))
+    half = np.empty(total, dtype=np.float32)
+    pos = 0
     for c in np.unique(counts):
         if c == 0:
             continue
         ls = np.flatnonzero(counts == c)
         ii, jj = np.tril_indices(int(c))
+        n_l, n_p = len(ls), len(ii)
+        sl = slice(pos, pos + n_l * n_p)
         pi = starts[ls][:, None] + ii  # positions of i (the larger column)
         pj_ = starts[ls][:, None] + jj
-        flat.append((cols_all[pj_] * size + cols_all[pi]).reshape(-1))
-        level.append(np.repeat(ls, len(ii)))
-        prod.append((vals[pi][:, :, :, None] * vals[pj_][:, :, None, :]).reshape(-1, p1, p1))
-        half.append(np.tile(np.where(ii == jj, 0.5, 1.0), len(ls)))
+        flat[sl] = (cols_all[pj_] * size + cols_all[pi]).reshape(-1)
+        level[sl] = np.repeat(ls, n_p)
+        np.multiply(
+            vals[pi][:, :, :, None],
+            vals[pj_][:, :, None, :],
+            out=prod[sl].reshape(n_l, n_p, p1, p1),
+        )
+        half[sl] = np.tile(np.where(ii == jj, 0.5, 1.0).astype(np.float32), n_l)
+        pos += n_l * n_p
     return Workspace(
-        size,
-        m,
-        p,
-        a_bar.reshape(-1, order="F").copy(),
-        g_bar,
-        np.concatenate(flat).astype(np.int64),
-        np.concatenate(level).astype(np.int32),
-        np.concatenate(prod),
-        np.concatenate(half),
+        size, m, p, a_bar.reshape(-1, order="F").copy(), g_bar, flat, level, prod, half
     )
 
 
@@ -221,7 +232,8 @@ def _factor(blocks: Blocks, ws: Workspace, theta: Array) -> _State | None:
         n_inv = 1.0 / a11
         logdet = float(np.log(a11).sum())
         w = (t0[0, 0] ** 2) * n_inv[:, 0, 0]
-        weights = w[ws.level] * ws.prod[:, 0, 0]
+        weights = w[ws.level]
+        weights *= ws.prod[:, 0, 0]
     else:
         l11 = np.linalg.cholesky(a11)
         logdet = 2.0 * float(np.log(np.einsum("lii->li", l11)).sum())
@@ -234,7 +246,8 @@ def _factor(blocks: Blocks, ws: Workspace, theta: Array) -> _State | None:
     d = _scaling(blocks, ws, t)
     s = _scale(s, d, lower_only=True)
     s[np.arange(ws.m), np.arange(ws.m)] += 1.0
-    chol, info = lapack.dpotrf(s, lower=1, overwrite_a=1, clean=0)
+    with blas.threads(ws.size):
+        chol, info = lapack.dpotrf(s, lower=1, overwrite_a=1, clean=0)
     if info != 0:
         return None
     diag = np.diag(chol)
@@ -286,7 +299,8 @@ def objective_and_gradient(
     buf = np.array(st.chol, order="F")
     buf[s_dim:, :] = 0.0
     buf[np.arange(s_dim, size), np.arange(s_dim, size)] = 1.0
-    sigma, info = lapack.dpotri(buf, lower=1, overwrite_c=1)
+    with blas.threads(size):
+        sigma, info = lapack.dpotri(buf, lower=1, overwrite_c=1)
     if info != 0:
         return f, np.full_like(theta, np.nan)
     sigma[np.arange(s_dim, size), np.arange(s_dim, size)] = 0.0
@@ -299,13 +313,22 @@ def objective_and_gradient(
         pbars.append(low + np.tril(low, -1).T)
         us.append(x[idx])
     sig_t = _scale(sigma, st.scale, lower_only=True, outer=True)
-    vals = sig_t.reshape(-1, order="F")[ws.flat] * ws.half
+    if f < ws.cache.get("f", float("inf")):  # the best point's, for the final solution
+        ws.cache.clear()
+        ws.cache.update(f=f, theta=theta.tobytes(), state=st, sig_t=sig_t, s_dim=s_dim)
+    flat_sig = sig_t.reshape(-1, order="F")
     if p1 == 1:
         coef = (st.t[0][0, 0] * st.n_inv[:, 0, 0]) ** 2
-        pbar0 = np.array(
-            [[st.n_inv[:, 0, 0].sum() + 2.0 * float(coef[ws.level] @ (vals * ws.prod[:, 0, 0]))]]
-        )
+        total = 0.0
+        for start in range(0, len(ws.flat), CHUNK):  # bounded temporaries
+            part = slice(start, start + CHUNK)
+            vals = flat_sig[ws.flat[part]]
+            vals *= ws.half[part]
+            vals *= ws.prod[part, 0, 0]
+            total += float(coef[ws.level[part]] @ vals)
+        pbar0 = np.array([[st.n_inv[:, 0, 0].sum() + 2.0 * total]])
     else:
+        vals = flat_sig[ws.flat] * ws.half
         r = np.stack(
             [
                 np.bincount(ws.level, weights=vals * ws.prod[:, a, b], minlength=q1)

@@ -133,11 +133,12 @@ def nested_blocks(codes: list[Codes]) -> list[list[int]]:
     """
     out = []
     for cd in codes:
-        size_d = int(cd.max()) + 1 if len(cd) else 1
         members = []
         for j, cj in enumerate(codes):
-            pairs = np.unique(cj.astype(np.int64) * size_d + cd)
-            if len(pairs) == len(np.unique(cj)):
+            # one level of d per level of j: any cell's d-level, written per j-level, fits all
+            rep = np.zeros(int(cj.max()) + 1 if len(cj) else 0, dtype=cd.dtype)
+            rep[cj] = cd
+            if np.array_equal(rep[cj], cd):
                 members.append(j)
         out.append(members)
     return out
