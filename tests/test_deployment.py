@@ -127,8 +127,10 @@ def test_the_wheel_runs_from_a_clean_virtual_environment(tmp_path: Path) -> None
     extras = ",".join(_dockerfile_extras())
     requirement = f"pooljob[{extras}] @ {wheel.as_uri()}" if extras else str(wheel)
     # pip from this environment installs into the new one (--python): no ensurepip, no network.
+    # --no-compile: no .pyc for scipy, pyarrow and the rest (the slow part); they run without
+    install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-compile"]
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", *offline, requirement],
+        [*install, *offline, requirement],
         check=True,
         env=env,
         cwd=tmp_path,
