@@ -270,7 +270,7 @@ def _publish_delta(
     t_w = time.perf_counter()
     with watch.stage("publish"):
         done = publish_delta(
-            config.output.path,
+            config.output.url or config.output.path,
             run_id,
             tables,
             lambda: make_manifest(t_w),
@@ -287,7 +287,7 @@ def _publish_delta(
         delta_versions=done.tables,
         sequence=done.sequence,
     )
-    return config.output.path
+    return config.output.url or config.output.path
 
 
 def run(config: Config, progress: Progress | bool = False, full: bool = False) -> RunOutcome:
@@ -327,7 +327,7 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
     if config.output.format == "delta":
         require_deltalake()
     with output_lock(config.output.path, run_id), log_context(run_id=run_id), watch.running():
-        check_layout(config.output.path, config.output.format)
+        check_layout(config.output.url or config.output.path, config.output.format)
         what = src.path or src.table or "query"
         log_event("start", "run %s: reading %s", run_id, what, source=what)
         before = snapshot(src)
