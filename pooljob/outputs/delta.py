@@ -58,8 +58,8 @@ __all__ = [
     "check_layout",
     "export_run",
     "is_delta_output",
-    "location",
     "latest_run",
+    "location",
     "publish_delta",
     "require_deltalake",
 ]
