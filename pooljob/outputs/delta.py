@@ -103,11 +103,20 @@ def _options(output: Output) -> dict[str, str] | None:
 
 
 def _is_delta(output: Output, table: str) -> bool:
-    if isinstance(output, str):
-        from deltalake import DeltaTable
+    """Whether ``table`` of ``output`` is a Delta table (has a commit)."""
+    return _open(output, table) is not None
 
-        return bool(DeltaTable.is_deltatable(_uri(output, table), _options(output)))
-    return (output / table / "_delta_log").is_dir()
+
+def _open(output: Output, table: str) -> Any:
+    """The Delta table ``table`` of ``output`` at its latest version; None if there is none."""
+    if isinstance(output, Path) and not (output / table / "_delta_log").is_dir():
+        return None
+    from deltalake.exceptions import TableNotFoundError
+
+    try:  # (not DeltaTable.is_deltatable: its listing hangs against some S3 servers)
+        return _table(output, table)
+    except TableNotFoundError:
+        return None
 
 
 def is_delta_output(output: Output) -> bool:
@@ -204,7 +213,7 @@ class DeltaRun:
 
 def _open_runs(output: Output) -> Any:
     """The ``runs`` Delta table at its latest version; None if it does not exist yet."""
-    return _table(output, RUNS_TABLE) if _is_delta(output, RUNS_TABLE) else None
+    return _open(output, RUNS_TABLE)
 
 
 def _rows(runs: Any) -> list[dict[str, Any]]:
@@ -309,7 +318,7 @@ def _write(
     )
     table = _table(output, name)
     version = int(table.version())
-    if table.history(1)[0].get("pooljob.run_id") != metadata["pooljob.run_id"]:
+    if _commit_info(output, name, version).get("pooljob.run_id") != metadata["pooljob.run_id"]:
         raise PublishError(
             f"another writer committed to the Delta table {_uri(output, name)!r} during this "
             "run; runs of one [output] path must not overlap"
@@ -317,6 +326,25 @@ def _write(
     if isinstance(output, Path):
         _sync_table(output / name, version, table.file_uris())
     return version
+
+
+def _commit_info(output: Output, name: str, version: int) -> dict[str, Any]:
+    """The ``commitInfo`` of version ``version`` of table ``name`` ({} if it has none).
+
+    Read from the commit file itself (``DeltaTable.history`` holds Python's
+    lock while it lists the log, which an S3 server in this process cannot
+    answer).
+    """
+    commit = f"{name}/_delta_log/{version:020d}.json"
+    if isinstance(output, Path):
+        data: bytes | None = (output / commit).read_bytes()
+    else:
+        data = s3.get_bytes(f"{output}/{commit}", s3.filesystem(PublishError))
+    for line in (data or b"").decode("utf-8").splitlines():
+        action = json.loads(line) if line.strip() else {}
+        if "commitInfo" in action:
+            return dict(action["commitInfo"])
+    return {}
 
 
 def _with_run_id(frame: pl.DataFrame, run_id: str, table: str) -> pl.DataFrame:
@@ -396,6 +424,7 @@ def publish_delta(
     except PooljobError:
         raise
     except Exception as exc:
+        log.debug("writing the Delta tables failed: %s", exc, exc_info=exc)
         if isinstance(output, Path) and errno_of(exc) is not None:
             raise os_error("write the Delta tables to", output, exc) from None
         raise PublishError(
