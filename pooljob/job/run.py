@@ -265,7 +265,7 @@ def _publish_delta(
     tables: dict[str, pl.DataFrame],
     make_manifest: Callable[[float], dict[str, Any]],
     watch: Progress,
-) -> Path:
+) -> Path | str:
     """Publish the tables as Delta versions and record the run in ``runs``; the output path."""
     t_w = time.perf_counter()
     with watch.stage("publish"):
