@@ -7,6 +7,15 @@ Layout under ``[output] path``::
     runs/                                               a Delta table: the readable runs
     state/  .lock                                       as with format = "parquet"
 
+``[output] path`` may be ``s3://bucket/prefix``: the same tables under the
+prefix, written by delta-rs with ``storage_options`` from the ``AWS_*``
+environment (:func:`pooljob.scan.s3.storage_options`); the lock and the
+statistics store are those of an S3 Parquet output.  delta-rs creates each
+commit file with a conditional PUT (``If-None-Match: *``), so two writers
+never both write one version; ``runs`` is committed conditionally on the
+version this run read, and each table's commit is checked to be this run's,
+so an overlapping run fails rather than loses a run (docs/object-storage.md).
+
 Every run is one ``overwrite`` commit of each table, whose rows carry a last
 column ``run_id`` and whose commit info carries ``pooljob.run_id``,
 ``pooljob.schema_version`` and ``pooljob.table`` (the key-value metadata of
