@@ -168,3 +168,38 @@ def test_one_format_into_the_other_on_s3_is_exit_5(s3: S3, tmp_path: Path, capsy
     cfg = write_config(tmp_path, path=s3.url("delta"))
     assert main(["--quiet", "run", str(cfg)]) == 5
     assert "holds Delta tables" in capsys.readouterr().err
+
+
+def test_commits_are_conditional_puts_the_server_enforces(
+    s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """delta-rs creates each commit file with If-None-Match: * (docs/object-storage.md)."""
+    import boto3
+    import moto.s3.responses as responses
+    from botocore.exceptions import ClientError
+    from deltalake import write_deltalake
+
+    seen: list[str | None] = []
+    put = responses.S3Response._key_response_put
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if "/_delta_log/" in self.path and self.path.endswith(".json"):
+            seen.append(self.headers.get("If-None-Match"))
+        return put(self, *args, **kwargs)
+
+    monkeypatch.setattr(responses.S3Response, "_key_response_put", spy)
+    frame = pl.DataFrame({"a": [1]})
+    write_deltalake(s3.url("t"), frame, storage_options=storage_options())
+    write_deltalake(s3.url("t"), frame, mode="overwrite", storage_options=storage_options())
+    assert seen == ["*", "*"]
+    env = s3.server.env
+    client = boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_REGION"],
+    )
+    key = "t/_delta_log/00000000000000000001.json"
+    with pytest.raises(ClientError, match="PreconditionFailed"):
+        client.put_object(Bucket=s3.bucket, Key=key, Body=b"{}", IfNoneMatch="*")
