@@ -111,9 +111,11 @@ def _options(output: Output) -> dict[str, str] | None:
     return s3.storage_options(PublishError) if isinstance(output, str) else None
 
 
-def _is_delta(output: Output, table: str) -> bool:
-    """Whether ``table`` of ``output`` is a Delta table (has a commit)."""
-    return _open(output, table) is not None
+def _has_log(output: Output, table: str) -> bool:
+    """Whether ``table`` of ``output`` has a ``_delta_log`` (a listing: no deltalake needed)."""
+    if isinstance(output, Path):
+        return (output / table / "_delta_log").is_dir()
+    return bool(s3.list_names(f"{output}/{table}/_delta_log", s3.filesystem(PublishError)))
 
 
 def _open(output: Output, table: str) -> Any:
@@ -129,22 +131,18 @@ def _open(output: Output, table: str) -> Any:
 
 
 def is_delta_output(output: Output) -> bool:
-    """Whether ``output`` holds a ``runs`` Delta table (False without deltalake).
+    """Whether ``output`` holds a ``runs`` Delta table (a listing; no deltalake needed).
 
     Raises
     ------
     InputError
-        S3 cannot be read.
+        S3 cannot be read, or the ``AWS_*`` settings are inconsistent.
     """
     try:
-        import deltalake  # noqa: F401
-    except ImportError:
-        return False
-    try:
-        return _is_delta(output, RUNS_TABLE)
-    except PooljobError:
-        raise
-    except Exception as exc:
+        return _has_log(output, RUNS_TABLE)
+    except PooljobError as exc:
+        raise InputError(str(exc)) from None
+    except OSError as exc:
         raise InputError(f"reading {str(output)!r} failed: {_first_line(exc)}") from None
 
 
@@ -173,7 +171,7 @@ def check_layout(output: Output, fmt: str) -> None:
         try:
             fs = s3.filesystem(PublishError)
             parquet = s3.exists(f"{output}/current.json", fs)
-            delta = fmt == "parquet" and _is_delta(output, RUNS_TABLE)
+            delta = fmt == "parquet" and _has_log(output, RUNS_TABLE)
         except OSError as exc:
             raise s3.s3_error(exc, f"reading {output!r}", PublishError) from None
         if fmt == "delta" and parquet:
@@ -195,7 +193,7 @@ def check_layout(output: Output, fmt: str) -> None:
             f'[output] format = "delta", but {str(output)!r} holds Parquet runs '
             "(current -> runs/...); choose another [output] path or remove them"
         )
-    if fmt == "parquet" and _is_delta(output, RUNS_TABLE):
+    if fmt == "parquet" and _has_log(output, RUNS_TABLE):
         raise PublishError(
             f'[output] format = "parquet", but {str(output)!r} holds Delta tables '
             '(runs/_delta_log); set format = "delta" or choose another [output] path'
