@@ -111,7 +111,7 @@ def test_failures_leave_the_previous_run_and_keep_runs_vacuums_s3(
     write = delta._write
     calls: list[str] = []
 
-    def fail_third(output: Any, name: str, *args: Any, **kwargs: Any) -> int:
+    def fail_third(output: Any, name: str, *args: Any, **kwargs: Any) -> Any:
         calls.append(name)
         if len(calls) == 3:
             raise OSError("Generic S3 error (injected)\nmore")
@@ -126,7 +126,7 @@ def test_failures_leave_the_previous_run_and_keep_runs_vacuums_s3(
         assert _read(where, table)["run_id"].n_unique() == 1, table
 
     # another writer commits to runs after this run read it: the runs commit is refused
-    def overlap(output: Any, name: str, *args: Any, **kwargs: Any) -> int:
+    def overlap(output: Any, name: str, *args: Any, **kwargs: Any) -> Any:
         if name == RUNS_TABLE:
             from deltalake import write_deltalake
 

@@ -305,12 +305,15 @@ def _sync_table(path: Path, version: int, files: list[str]) -> None:
 
 def _write(
     output: Output, name: str, frame: pl.DataFrame, metadata: dict[str, str], base: Any = None
-) -> int:
-    """Overwrite the Delta table ``name`` with ``frame`` in one commit; its new version.
+) -> Any:
+    """Overwrite the Delta table ``name`` with ``frame`` in one commit; the table, updated.
 
-    ``base`` (the table as read earlier) makes the commit conditional on no
-    other commit since that read (delta-rs's conflict check).  The commit is
-    checked to be this run's (``pooljob.run_id`` of the latest version).
+    ``base`` (the table as read earlier; None: the table does not exist yet)
+    makes the commit conditional on no other commit since that read
+    (delta-rs's conflict check), and is updated to the new version rather
+    than loaded again (a load reads the log: on S3 one request per commit
+    since the last checkpoint).  The commit is checked to be this run's
+    (``pooljob.run_id`` of the new version).
     """
     from deltalake import CommitProperties, WriterProperties, write_deltalake
 
@@ -323,7 +326,9 @@ def _write(
         commit_properties=CommitProperties(custom_metadata=metadata),
         storage_options=None if base is not None else _options(output),
     )
-    table = _table(output, name)
+    if base is not None:
+        base.update_incremental()
+    table = base if base is not None else _table(output, name)
     version = int(table.version())
     if _commit_info(output, name, version).get("pooljob.run_id") != metadata["pooljob.run_id"]:
         raise PublishError(
@@ -332,7 +337,7 @@ def _write(
         )
     if isinstance(output, Path):
         _sync_table(output / name, version, table.file_uris())
-    return version
+    return table
 
 
 def _commit_info(output: Output, name: str, version: int) -> dict[str, Any]:
@@ -363,9 +368,9 @@ def _with_run_id(frame: pl.DataFrame, run_id: str, table: str) -> pl.DataFrame:
     return frame.with_columns(pl.lit(run_id, dtype=pl.String).alias(RUN_ID))
 
 
-def _vacuum(output: Output, name: str, versions: list[int]) -> None:
-    """Remove the files of table ``name`` that neither its latest version nor ``versions`` use."""
-    _table(output, name).vacuum(
+def _vacuum(table: Any, versions: list[int]) -> None:
+    """Remove the files of ``table`` that neither its latest version nor ``versions`` use."""
+    table.vacuum(
         retention_hours=0,
         dry_run=False,
         enforce_retention_duration=False,
@@ -407,10 +412,11 @@ def publish_delta(
         runs = _open_runs(output)  # the runs commit is conditional on this version
         previous = _rows(runs)
         frames = {name: _with_run_id(frame, run_id, name) for name, frame in tables.items()}
-        versions = {
-            name: _write(output, name, frame, table_metadata(run_id, name))
+        written = {
+            name: _write(output, name, frame, table_metadata(run_id, name), _open(output, name))
             for name, frame in frames.items()
         }
+        versions = {name: int(table.version()) for name, table in written.items()}
         sequence = (previous[-1]["sequence"] if previous else 0) + 1
         row = {
             RUN_ID: run_id,
@@ -425,7 +431,9 @@ def publish_delta(
         if isinstance(output, Path):  # the tables' folders, made by a first run
             fsync_path(output)
         # the run is published by this one commit
-        _write(output, RUNS_TABLE, frame, table_metadata(run_id, RUNS_TABLE), runs)
+        written[RUNS_TABLE] = _write(
+            output, RUNS_TABLE, frame, table_metadata(run_id, RUNS_TABLE), runs
+        )
         if isinstance(output, Path):
             fsync_path(output)
     except PooljobError:
@@ -437,7 +445,7 @@ def publish_delta(
         raise PublishError(
             f"could not write the Delta tables to {str(output)!r}: {_first_line(exc)}"
         ) from None
-    _retain(output, kept)
+    _retain(output, kept, written)
     return DeltaRun(run_id=run_id, sequence=sequence, tables=versions)
 
 
@@ -451,14 +459,18 @@ _RUNS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def _retain(output: Output, kept: list[dict[str, Any]]) -> None:
-    """Vacuum every table, keeping the versions the kept runs name (a failure only warns)."""
+def _retain(output: Output, kept: list[dict[str, Any]], written: dict[str, Any]) -> None:
+    """Vacuum every table, keeping the versions the kept runs name (a failure only warns).
+
+    ``written``: the tables this run wrote, as loaded (others are loaded).
+    """
     wanted: dict[str, list[int]] = {}
     for row in kept:
         for name, version in json.loads(row["tables"]).items():
             wanted.setdefault(name, []).append(int(version))
     for name in [*wanted, RUNS_TABLE]:
         try:
-            _vacuum(output, name, wanted.get(name, []))
+            table = written[name] if name in written else _table(output, name)
+            _vacuum(table, wanted.get(name, []))
         except Exception as exc:  # published: old files merely stay
             log.warning("published, but vacuuming Delta table %s failed: %s", name, exc)
