@@ -303,6 +303,12 @@ def _sync_table(path: Path, version: int, files: list[str]) -> None:
     fsync_path(log_dir)
 
 
+#: Table properties of a new table: a checkpoint every 10 commits (Delta's default is
+#: 100), so that loading a table reads a checkpoint and at most 9 commits (a run makes
+#: 3: the write and the vacuum's start and end), not a growing log.
+_PROPERTIES = {"delta.checkpointInterval": "10"}
+
+
 def _write(
     output: Output, name: str, frame: pl.DataFrame, metadata: dict[str, str], base: Any = None
 ) -> Any:
@@ -325,6 +331,7 @@ def _write(
         writer_properties=WriterProperties(compression="ZSTD", compression_level=3),
         commit_properties=CommitProperties(custom_metadata=metadata),
         storage_options=None if base is not None else _options(output),
+        configuration=None if base is not None else dict(_PROPERTIES),
     )
     if base is not None:
         base.update_incremental()
