@@ -449,6 +449,11 @@ def publish_delta(
         log.debug("writing the Delta tables failed: %s", exc, exc_info=exc)
         if isinstance(output, Path) and errno_of(exc) is not None:
             raise os_error("write the Delta tables to", output, exc) from None
+        if type(exc).__name__ == "CommitFailedError":  # delta-rs's conflict check
+            raise PublishError(
+                f"another writer committed to the Delta tables of {str(output)!r} during this "
+                f"run ({_first_line(exc)}); runs of one [output] path must not overlap"
+            ) from None
         raise PublishError(
             f"could not write the Delta tables to {str(output)!r}: {_first_line(exc)}"
         ) from None
