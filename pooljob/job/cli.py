@@ -2,7 +2,7 @@
 
 ``pooljob report RUN_DIR [--output FILE]`` writes the report of a published
 run (default ``report.html`` in the working directory; never into the run);
-for an output path of Delta tables, of its latest complete run.
+for an output path of Delta tables (local or ``s3://``), of its latest complete run.
 ``pooljob explain CONFIG`` prints the SQL a run would send to DuckDB.
 Exit codes: 0 success; 2 bad config or formula; 3 bad input data; 4 output
 locked by another run; 5 outputs could not be written; 6 the fit did not
@@ -337,7 +337,8 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     p_rep.add_argument(
         "run_dir",
         metavar="RUN_DIR",
-        help="a run directory, e.g. out/income/current, or the [output] path of Delta tables",
+        help="a run directory, e.g. out/income/current, or the [output] path of Delta tables "
+        "(local or s3://bucket/prefix)",
     )
     p_rep.add_argument(
         "--output",
