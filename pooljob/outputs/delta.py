@@ -40,7 +40,8 @@ after each run every table is vacuumed (delta-rs, with no retention period)
 keeping the files of the versions those runs name, and removing the files
 of older versions and of killed runs.  The commit log itself is kept as
 Delta keeps it (``delta.logRetentionDuration``, 30 days by default, once a
-checkpoint is written every 100 commits).
+checkpoint is written: every 10 commits, ``delta.checkpointInterval`` of
+the tables pooljob creates).
 """
 
 from __future__ import annotations
