@@ -144,7 +144,7 @@ def die(*args, **kwargs):
 orig = deltalake.write_deltalake
 calls = []
 def write(path, *a, **k):
-    calls.append(str(path))
+    calls.append(str(getattr(path, "table_uri", path)).rstrip("/"))  # a table or a path
     {patch}
 
 deltalake.write_deltalake = write
@@ -159,13 +159,14 @@ _PATCHES = {
     "inside_a_write": (
         "if len(calls) == 3:\n"
         "        import pyarrow.parquet as pq\n"
-        "        pq.write_table(a[0], path + '/part-00000-killed-c000.zstd.parquet')\n"
-        "        open(path + '/_delta_log/_commit_killed.json.tmp', 'w').write('{')\n"
+        "        where = calls[-1].removeprefix('file://')\n"
+        "        pq.write_table(a[0], where + '/part-00000-killed-c000.zstd.parquet')\n"
+        "        open(where + '/_delta_log/_commit_killed.json.tmp', 'w').write('{')\n"
         "        die()\n"
         "    orig(path, *a, **k)"
     ),
     # every table is committed, `runs` is not
-    "before_runs": "if path.endswith('runs'):\n        die()\n    orig(path, *a, **k)",
+    "before_runs": "if calls[-1].endswith('runs'):\n        die()\n    orig(path, *a, **k)",
 }
 
 

@@ -2,7 +2,7 @@
 
 ``pooljob report RUN_DIR [--output FILE]`` writes the report of a published
 run (default ``report.html`` in the working directory; never into the run);
-for an output path of Delta tables, of its latest complete run.
+for an output path of Delta tables (local or ``s3://``), of its latest complete run.
 ``pooljob explain CONFIG`` prints the SQL a run would send to DuckDB.
 Exit codes: 0 success; 2 bad config or formula; 3 bad input data; 4 output
 locked by another run; 5 outputs could not be written; 6 the fit did not
@@ -108,7 +108,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(predictions_text(outcome.predictions))
         out = config.output
         if out.format == "delta":
-            print(f"published: {out.path} (Delta tables, run {outcome.run_id})")
+            print(f"published: {out.url or out.path} (Delta tables, run {outcome.run_id})")
         else:
             where = f"{out.url}/current.json" if out.url else str(out.path / "current")
             print(f"published: {where} -> runs/{outcome.run_id}")
@@ -197,34 +197,47 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _delta_report(where: Path | str, grouping: str | None, output: Path) -> Path:
+    """The report of the latest complete run of a Delta output (local or on S3)."""
+    import tempfile
+
+    from pooljob.outputs.delta import export_run, require_deltalake
+    from pooljob.outputs.report import write_report
+
+    require_deltalake()
+    with tempfile.TemporaryDirectory() as tmp:
+        export_run(where, Path(tmp))
+        return write_report(tmp, grouping, output)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from pooljob.outputs.report import REPORT, write_report
 
-    if "://" in args.run_dir:
-        raise ConfigError(
-            f"pooljob report reads a run folder on this machine, not {args.run_dir!r}; copy the "
-            "run there first (e.g. aws s3 cp --recursive), or set [output] report = true"
-        )
     output = Path(args.output)
     if output.is_dir():
         output = output / REPORT
-    run_dir = Path(args.run_dir).resolve()
-    if run_dir in output.resolve().parents:
-        raise ConfigError(
-            f"--output {args.output!r} is inside the run {str(run_dir)!r}, and a published run "
-            "never changes; write the report elsewhere, e.g. --output report.html"
-        )
-    if (run_dir / "runs" / "_delta_log").is_dir():  # a Delta output: its latest complete run
-        import tempfile
+    if "://" in args.run_dir:
+        from pooljob.outputs.delta import is_delta_output, location
 
-        from pooljob.outputs.delta import export_run, require_deltalake
-
-        require_deltalake()
-        with tempfile.TemporaryDirectory() as tmp:
-            export_run(run_dir, Path(tmp))
-            path = write_report(tmp, args.grouping, output)
+        url = location(args.run_dir)
+        if not isinstance(url, str) or not is_delta_output(url):
+            raise ConfigError(
+                f"pooljob report reads a run folder on this machine or a Delta output on S3, not "
+                f"{args.run_dir!r}; copy the run there first (e.g. aws s3 cp --recursive), or "
+                "set [output] report = true"
+            )
+        path = _delta_report(url, args.grouping, output)
     else:
-        path = write_report(args.run_dir, args.grouping, output)
+        run_dir = Path(args.run_dir).resolve()
+        if run_dir in output.resolve().parents:
+            raise ConfigError(
+                f"--output {args.output!r} is inside the run {str(run_dir)!r}, and a published "
+                "run never changes; write the report elsewhere, e.g. --output report.html"
+            )
+        if (run_dir / "runs" / "_delta_log").is_dir():  # a Delta output: its latest run
+            path = _delta_report(run_dir, args.grouping, output)
+        else:
+            path = write_report(args.run_dir, args.grouping, output)
     if not args.quiet:
         print(f"report written to {path}")
     return 0
@@ -330,7 +343,8 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     p_rep.add_argument(
         "run_dir",
         metavar="RUN_DIR",
-        help="a run directory, e.g. out/income/current, or the [output] path of Delta tables",
+        help="a run directory, e.g. out/income/current, or the [output] path of Delta tables "
+        "(local or s3://bucket/prefix)",
     )
     p_rep.add_argument(
         "--output",

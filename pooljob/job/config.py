@@ -358,11 +358,6 @@ def parse_config(raw: dict[str, Any], file: Path) -> Config:
         except ConfigError as exc:
             problems.append(f"[output] {exc}")
     fmt = output_format(out_raw, problems)
-    if fmt == "delta" and url is not None:
-        problems.append(
-            f'[output] format = "delta" writes to a local or mounted path, not to {url!r} yet; '
-            'use format = "parquet" for s3:// (runs/ and current.json)'
-        )
     post = poststratify_section(raw, base, problems)
     predict = predict_section(raw, base, problems)
     groupings = formula.groupings if formula is not None else None

@@ -266,12 +266,12 @@ def _publish_delta(
     tables: dict[str, pl.DataFrame],
     make_manifest: Callable[[float], dict[str, Any]],
     watch: Progress,
-) -> Path:
+) -> Path | str:
     """Publish the tables as Delta versions and record the run in ``runs``; the output path."""
     t_w = time.perf_counter()
     with watch.stage("publish"):
         done = publish_delta(
-            config.output.path,
+            config.output.url or config.output.path,
             run_id,
             tables,
             lambda: make_manifest(t_w),
@@ -288,7 +288,7 @@ def _publish_delta(
         delta_versions=done.tables,
         sequence=done.sequence,
     )
-    return config.output.path
+    return config.output.url or config.output.path
 
 
 def run(config: Config, progress: Progress | bool = False, full: bool = False) -> RunOutcome:
@@ -328,7 +328,7 @@ def run(config: Config, progress: Progress | bool = False, full: bool = False) -
     if config.output.format == "delta":
         require_deltalake()
     with output_lock(config.output.path, run_id), log_context(run_id=run_id), watch.running():
-        check_layout(config.output.path, config.output.format)
+        check_layout(config.output.url or config.output.path, config.output.format)
         what = src.path or src.table or "query"
         log_event("start", "run %s: reading %s", run_id, what, source=what)
         before = snapshot(src)

@@ -27,6 +27,7 @@ import os
 import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.fs as pfs
@@ -35,6 +36,7 @@ from pooljob.errors import InputError, PooljobError
 
 __all__ = [
     "SCHEME",
+    "Settings",
     "delete_object",
     "delete_tree",
     "exists",
@@ -50,8 +52,10 @@ __all__ = [
     "put_file",
     "require_bucket",
     "s3_error",
+    "settings",
     "source_objects",
     "stamps",
+    "storage_options",
 ]
 
 SCHEME = "s3://"
@@ -89,8 +93,25 @@ def s3_error(exc: BaseException, what: str, error: type[PooljobError] = InputErr
     return error(f"{what} failed: {detail}")
 
 
-def filesystem(error: type[PooljobError] = InputError) -> pfs.S3FileSystem:
-    """An S3 filesystem configured from the ``AWS_*`` environment variables (module docstring).
+@dataclass(frozen=True)
+class Settings:
+    """The S3 settings of the ``AWS_*`` environment (module docstring), checked.
+
+    ``key`` and ``secret`` are both set or both None (None: the AWS SDK's
+    default chain); ``scheme`` and ``host`` are those of the endpoint
+    (None: AWS).
+    """
+
+    key: str | None
+    secret: str | None
+    token: str | None
+    region: str | None
+    scheme: str | None
+    host: str | None
+
+
+def settings(error: type[PooljobError] = InputError) -> Settings:
+    """Read and check the ``AWS_*`` environment variables: the one place that parses them.
 
     Raises ``error`` (one line) when the variables are inconsistent: one of
     the key id and the secret without the other, an endpoint that is not a
@@ -105,19 +126,7 @@ def filesystem(error: type[PooljobError] = InputError) -> pfs.S3FileSystem:
             else ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID")
         )
         raise error(f"S3 credentials: {have} is set but {lack} is not; set both or neither")
-    options: dict[str, object] = {
-        "retry_strategy": pfs.AwsStandardS3RetryStrategy(max_attempts=3),
-        "connect_timeout": 10.0,
-        "request_timeout": 60.0,
-    }
-    if key:
-        options["access_key"] = key
-        options["secret_key"] = secret
-        if env.get("AWS_SESSION_TOKEN"):
-            options["session_token"] = env["AWS_SESSION_TOKEN"]
-    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
-    if region:
-        options["region"] = region
+    scheme = host = None
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     if endpoint:
         found = re.fullmatch(r"(https?)://([^/?#\s]+)/?", endpoint.strip())
@@ -132,12 +141,62 @@ def filesystem(error: type[PooljobError] = InputError) -> pfs.S3FileSystem:
                 f"AWS_ENDPOINT_URL = {endpoint!r} is plain HTTP; set AWS_ALLOW_HTTP=true to "
                 "allow an unencrypted endpoint"
             )
-        options["endpoint_override"] = host
-        options["scheme"] = scheme
+    return Settings(
+        key=key or None,
+        secret=secret if key else None,
+        token=(env.get("AWS_SESSION_TOKEN") or None) if key else None,
+        region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+        scheme=scheme,
+        host=host,
+    )
+
+
+def filesystem(error: type[PooljobError] = InputError) -> pfs.S3FileSystem:
+    """An S3 filesystem configured from the ``AWS_*`` environment variables (:func:`settings`)."""
+    found = settings(error)
+    options: dict[str, object] = {
+        "retry_strategy": pfs.AwsStandardS3RetryStrategy(max_attempts=3),
+        "connect_timeout": 10.0,
+        "request_timeout": 60.0,
+    }
+    if found.key:
+        options["access_key"] = found.key
+        options["secret_key"] = found.secret
+        if found.token:
+            options["session_token"] = found.token
+    if found.region:
+        options["region"] = found.region
+    if found.host:
+        options["endpoint_override"] = found.host
+        options["scheme"] = found.scheme
     try:
         return pfs.S3FileSystem(**options)
     except (OSError, ValueError, TypeError) as exc:
         raise s3_error(exc, "opening the S3 filesystem", error) from None
+
+
+def storage_options(error: type[PooljobError] = InputError) -> dict[str, str]:
+    """The same settings as delta-rs (and polars) ``storage_options`` (object_store's keys).
+
+    ``aws_access_key_id``, ``aws_secret_access_key``, ``aws_session_token``
+    (with a key pair; without one, none: delta-rs then takes the AWS SDK's
+    default chain, as pyarrow does), ``aws_region``, ``aws_endpoint`` and
+    ``aws_allow_http`` (an endpoint), and the 10 s connect and 60 s request
+    timeouts of :func:`filesystem`.
+    """
+    found = settings(error)
+    options = {"connect_timeout": "10s", "timeout": "60s"}
+    if found.key and found.secret:
+        options["aws_access_key_id"] = found.key
+        options["aws_secret_access_key"] = found.secret
+        if found.token:
+            options["aws_session_token"] = found.token
+    if found.region:
+        options["aws_region"] = found.region
+    if found.host:
+        options["aws_endpoint"] = f"{found.scheme}://{found.host}"
+        options["aws_allow_http"] = "true" if found.scheme == "http" else "false"
+    return options
 
 
 def glob_regex(pattern: str) -> re.Pattern[str]:
