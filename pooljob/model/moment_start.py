@@ -20,8 +20,8 @@ already (:mod:`pooljob.model.blocks`: ``Z_k'Z_k``, ``Z_k'[X y]``, the
 pairs ``Z_k'Z_j``, ``[X y]'[X y]``), so the start costs O(levels + pairs).
 The K + 1 equations give ``σ_k²`` and ``σ_E²``; the start is
 ``θ_k = sqrt(σ_k² / σ_E²)``, with a component estimated below ``SMALLEST``
-(at or below 0 included) started at ``FLOOR``.  It is only a start: the optimizer then minimises the exact
-criterion from it.  Pure numerics: no I/O.
+(at or below 0 included) started at ``FLOOR``.  It is only a start: the
+optimizer then minimises the exact criterion from it.  Pure numerics: no I/O.
 """
 
 from __future__ import annotations
