@@ -237,6 +237,17 @@ def test_driver_restarts_off_a_boundary_that_is_no_optimum() -> None:
     assert "restart off the boundary" in opt.summary.message and opt.summary.converged
 
 
+def test_check_recomputes_a_hessian_that_is_not_positive_definite() -> None:
+    """A secant Hessian left indefinite is an approximation: the check asks the gradient."""
+    crit = _quadratic(np.array([2.0]), np.array([3.0]))  # f'' = 48 at θ = √2
+    x = np.array([np.sqrt(2.0)])
+    stale = optimize.NewtonResult(x, crit(x), [0], np.zeros(1), np.array([[-5.0]]), "t")
+    free, hess, _ = optimize._derivatives(
+        crit, x, crit(x), [[(0, 0)]], Differences(1e-6, 1.0), stale, None
+    )
+    assert free == [0] and hess[0, 0] == pytest.approx(48.0, rel=1e-3)
+
+
 def test_driver_reports_a_saddle() -> None:
     """A stationary point with an indefinite Hessian is not converged."""
 

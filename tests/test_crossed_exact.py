@@ -25,7 +25,8 @@ import polars as pl
 import pytest
 
 import pooljob
-from pooljob.model import moment_start, profiled_solve
+from pooljob.model import general, moment_start, profiled, profiled_solve
+from pooljob.model.blocks import Blocks
 from tests import dense_general as dg
 from tests.dense_general import Model, RandomTerm
 
@@ -175,6 +176,38 @@ def test_factor_reuse_equals_a_fresh_solve(
             x, y = a[col].to_numpy(), b[col].to_numpy()
             scale = max(1.0, float(np.nanmax(np.abs(y))))
             np.testing.assert_allclose(x, y, rtol=1e-8, atol=1e-9 * scale, err_msg=f"{name}.{col}")
+
+
+def test_pairs_are_complete_and_in_column_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every pair ``i ≥ j`` of one level's columns once, with its products, column by column."""
+    seen: list[profiled.Workspace] = []
+    real = general.workspace
+
+    def spy(blocks: Blocks) -> profiled.Workspace | None:
+        ws = real(blocks)
+        assert ws is not None
+        seen.append(ws)
+        return ws
+
+    monkeypatch.setattr(general, "workspace", spy)
+    pooljob.fit("y ~ x + (1 + x | a) + (1 | b)", _slopes(3))
+    ws = seen[0]
+    p0 = ws.prod.shape[1]
+    g = ws.g_bar.tocsr()
+    want = {}
+    for level in range(g.shape[0] // p0):
+        rows = g[level * p0 : (level + 1) * p0]
+        cols = np.unique(rows.indices)
+        dense = rows.toarray()
+        for a, i in enumerate(cols):
+            for j in cols[: a + 1]:
+                want[(int(j) * ws.size + int(i), level)] = np.outer(dense[:, i], dense[:, j])
+    assert len(ws.flat) == len(want)
+    assert np.all(np.diff(ws.flat // ws.size) >= 0)
+    for t in range(len(ws.flat)):
+        f = int(ws.flat[t])
+        np.testing.assert_array_equal(ws.prod[t], want[(f, int(ws.level[t]))])
+        assert ws.half[t] == (0.5 if f % ws.size == f // ws.size else 1.0)
 
 
 def test_blas_threads_are_restored(monkeypatch: pytest.MonkeyPatch) -> None:

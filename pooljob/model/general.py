@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 import numpy as np
 import polars as pl
 from numpy.typing import NDArray
-from scipy.optimize import minimize, minimize_scalar
 
 from pooljob.errors import InputError
 from pooljob.model import profiled
@@ -177,6 +176,8 @@ def optimize(
             # lme4's start scaled by the best common factor c (a 1-D search on log c,
             # criterion only): the criterion can be concave at c = 1 and it is
             # flat along weakly identified components, where L-BFGS-B goes slowly
+            from scipy.optimize import minimize_scalar  # here: 0.4 s to import
+
             scaled = minimize_scalar(
                 lambda lc: crit(np.exp(lc) * x0),
                 bounds=(np.log(1e-3), np.log(10.0)),
@@ -193,6 +194,8 @@ def optimize(
         bounds[i] = (0.0, None)
 
     def cobyqa(x: Array) -> tuple[Array, str]:
+        from scipy.optimize import minimize  # here: the moment start needs none
+
         res = minimize(
             crit,
             x,
@@ -205,6 +208,8 @@ def optimize(
     def lbfgs(x: Array) -> tuple[Array, str]:
         # unbounded: the criterion is even in each column of T_k, so the sign
         # of a diagonal entry is immaterial and 0 is no barrier to cross
+        from scipy.optimize import minimize
+
         res = minimize(
             crit.gradient,
             x,

@@ -19,9 +19,9 @@ O(p) rows, which is immaterial for a start).  Every term is in the blocks
 already (:mod:`pooljob.model.blocks`: ``Z_k'Z_k``, ``Z_k'[X y]``, the
 pairs ``Z_k'Z_j``, ``[X y]'[X y]``), so the start costs O(levels + pairs).
 The K + 1 equations give ``σ_k²`` and ``σ_E²``; the start is
-``θ_k = sqrt(σ_k² / σ_E²)``, with a component estimated at or below 0 started
-at ``FLOOR``.  It is only a start: the optimizer then minimises the exact
-criterion from it.  Pure numerics: no I/O.
+``θ_k = sqrt(σ_k² / σ_E²)``, with a component estimated below ``SMALLEST``
+(at or below 0 included) started at ``FLOOR``.  It is only a start: the
+optimizer then minimises the exact criterion from it.  Pure numerics: no I/O.
 """
 
 from __future__ import annotations
@@ -33,8 +33,11 @@ from pooljob.model.blocks import Blocks
 
 Array = NDArray[np.float64]
 
-#: Start of a θ_k whose moment estimate is not positive.
+#: Start of a θ_k whose moment estimate is not positive (or below SMALLEST).
 FLOOR = 0.1
+#: The smallest θ_k a moment estimate starts at: nearer 0 the criterion is flat
+#: in θ_k (even in it), and Newton's steps from there are slow.
+SMALLEST = 0.02
 
 
 def moment_start(blocks: Blocks) -> Array | None:
@@ -82,4 +85,4 @@ def moment_start(blocks: Blocks) -> Array | None:
     if not np.all(np.isfinite(sol)) or sol[-1] <= 0.0:
         return None
     ratio = sol[:-1] / sol[-1]
-    return np.where(ratio > FLOOR**2, np.sqrt(np.maximum(ratio, 0.0)), FLOOR)
+    return np.where(ratio > SMALLEST**2, np.sqrt(np.maximum(ratio, 0.0)), FLOOR)

@@ -60,6 +60,9 @@ RESTART_TOL = 1e-9
 PROBE = 0.1
 #: The criterion's rounding, relative: a rise this small is no rise.
 RISE = 1e-11
+#: A rise Newton's method accepts, relative, below the rounding's scale, where an
+#: exact gradient falls tenfold (:func:`newton`).
+WIDE_RISE = 1e-9
 MAX_RESTARTS = 4
 #: Newton with a secant Hessian stops where its step would lower the criterion
 #: by less than this, relative (each step costs an evaluation).
@@ -190,7 +193,9 @@ def newton(
     the criterion by Armijo's rule (halved until it does) or, when the
     decrease it promises is below the criterion's rounding (``RISE``), when
     it halves ``|g|`` without raising the criterion beyond its rounding
-    (Newton's steps shrink it far more, rounding noise does not).
+    (Newton's steps shrink it far more, rounding noise does not), or, with
+    an exact gradient, divides ``|g|`` by ten without raising the criterion
+    by more than ``WIDE_RISE`` (its rounding on badly scaled data).
     The first step that does neither ends the search: the gradient is at
     its rounding floor; so does a step below 10⁻¹⁵ of the coordinates'
     scale (``max(|x_i|, diff.floor)``), e.g. towards a variance of 0.
@@ -252,10 +257,15 @@ def newton(
                     break
                 t *= 0.5
                 continue
-            if f_new <= f + noise:  # below the rounding: judge by the gradient
+            # below the rounding: judge by the gradient.  An exact gradient that
+            # falls tenfold outweighs a rise of up to WIDE_RISE: on badly scaled
+            # data (a response far from 0) the criterion rounds worse than RISE
+            wide = crit.exact and f_new <= f + WIDE_RISE * max(1.0, abs(f))
+            if f_new <= f + noise or wide:
                 if g_new is None:
                     g_new = gradient_from_values(crit, trial, coords, diff)
-                if np.linalg.norm(g_new) <= 0.5 * np.linalg.norm(g):
+                shrink = 0.5 if f_new <= f + noise else 0.1
+                if np.linalg.norm(g_new) <= shrink * np.linalg.norm(g):
                     taken = (trial, f_new, g_new)
             break
         if taken is None:
@@ -425,6 +435,11 @@ def minimize_criterion(
     return Optimum(x, summary, hess, free)
 
 
+def _positive_definite(hess: Array) -> bool:
+    """Whether the symmetric ``hess`` is finite with a positive smallest eigenvalue."""
+    return bool(np.all(np.isfinite(hess)) and np.linalg.eigvalsh(hess)[0] > 0.0)
+
+
 def _derivatives(
     crit: Criterion,
     x: Array,
@@ -437,7 +452,10 @@ def _derivatives(
     """The interior coordinates, the Hessian on them and max |projected gradient| at ``x``.
 
     What Newton's method left (its gradient at ``x``, its last Hessian) is
-    reused; the rest is computed.
+    reused; the rest is computed.  With an exact gradient, a last Hessian
+    that is not positive definite (secant updates and values approximate
+    it) is recomputed by differences of the gradient before the check
+    judges it.
     """
     boundary = [i for i in diagonal_positions(layout) if x[i] < 10 * SINGULAR_TOL]
     free = interior(layout, x)
@@ -456,7 +474,11 @@ def _derivatives(
         return free, np.zeros((0, 0)), projected
     if result is not None and set(free) <= set(result.coords):
         where = [result.coords.index(i) for i in free]
-        return free, result.hess[np.ix_(where, where)], projected
+        hess = result.hess[np.ix_(where, where)]
+        # a Hessian from secant updates or from values is an approximation: where it
+        # is not positive definite, the check asks the gradient's differences
+        if not crit.exact or _positive_definite(hess):
+            return free, hess, projected
     if crit.exact:
         return (
             free,

@@ -63,6 +63,8 @@ Array = NDArray[np.float64]
 MAX_PAIR_BYTES = 1_500_000_000
 #: Pairs per chunk where the gradient gathers Σ on them.
 CHUNK = 4_000_000
+#: The criterion's rounding, relative (:data:`pooljob.model.optimize.RISE`).
+ROUNDING = 1e-11
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,8 @@ class Workspace:
     g_bar : sparse, (q₀ p₀, size)
         ``Ḡ = Z₀'[Z₂ X y]``.
     flat : ndarray of int64
-        Column-major position ``j·size + i`` of each pair ``i ≥ j``.
+        Column-major position ``j·size + i`` of each pair ``i ≥ j``, in
+        increasing ``j`` (column by column).
     level : ndarray of int32
         The level of block 0 that meets the pair.
     prod : ndarray, (pairs, p₀, p₀)
@@ -156,32 +159,30 @@ def workspace(blocks: Blocks) -> Workspace | None:
         (vals.reshape(-1), (rows_g, np.repeat(cols_all, p1))), shape=(q1 * p1, size)
     )
     counts = np.bincount(levels_all, minlength=q1)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    total = int((counts * (counts + 1) // 2).sum())
-    # filled in place, count by count (no lists to concatenate: half the peak memory)
+    ends = np.cumsum(counts)[levels_all]  # one past the last entry of each entry's level
+    # each entry (l, j) pairs with the entries i ≥ j of its level: positions [e, end_l).
+    # Taken column by column (then level), the pairs fill S column by column, so the
+    # bincount into S and the gathers from Σ stay in cache (several times faster than
+    # level by level, which scatters over all of S)
+    by_col = np.lexsort((levels_all, cols_all))
+    span = ends[by_col] - by_col
+    bounds = np.concatenate([[0], np.cumsum(span)])
+    total = int(bounds[-1])
+    # filled in place, in chunks (no lists to concatenate: half the peak memory)
     flat = np.empty(total, dtype=np.int64)
     level = np.empty(total, dtype=np.int32)
     prod = np.empty((total, p1, p1))
     half = np.empty(total, dtype=np.float32)
-    pos = 0
-    for c in np.unique(counts):
-        if c == 0:
-            continue
-        ls = np.flatnonzero(counts == c)
-        ii, jj = np.tril_indices(int(c))
-        n_l, n_p = len(ls), len(ii)
-        sl = slice(pos, pos + n_l * n_p)
-        pi = starts[ls][:, None] + ii  # positions of i (the larger column)
-        pj_ = starts[ls][:, None] + jj
-        flat[sl] = (cols_all[pj_] * size + cols_all[pi]).reshape(-1)
-        level[sl] = np.repeat(ls, n_p)
-        np.multiply(
-            vals[pi][:, :, :, None],
-            vals[pj_][:, :, None, :],
-            out=prod[sl].reshape(n_l, n_p, p1, p1),
-        )
-        half[sl] = np.tile(np.where(ii == jj, 0.5, 1.0).astype(np.float32), n_l)
-        pos += n_l * n_p
+    cuts = np.unique(np.searchsorted(bounds, np.arange(0, total, CHUNK), side="right") - 1)
+    for a, b in zip(cuts, [*cuts[1:], len(by_col)], strict=True):
+        sl = slice(int(bounds[a]), int(bounds[b]))
+        n_e = span[a:b]
+        pj_ = np.repeat(by_col[a:b], n_e)  # position of j (the smaller column)
+        pi = pj_ + (np.arange(sl.start, sl.stop) - np.repeat(bounds[a:b], n_e))
+        flat[sl] = cols_all[pj_] * size + cols_all[pi]
+        level[sl] = levels_all[pj_]
+        np.multiply(vals[pi][:, :, None], vals[pj_][:, None, :], out=prod[sl])
+        half[sl] = np.where(pi == pj_, 0.5, 1.0)
     return Workspace(
         size, m, p, a_bar.reshape(-1, order="F").copy(), g_bar, flat, level, prod, half
     )
@@ -313,7 +314,10 @@ def objective_and_gradient(
         pbars.append(low + np.tril(low, -1).T)
         us.append(x[idx])
     sig_t = _scale(sigma, st.scale, lower_only=True, outer=True)
-    if f < ws.cache.get("f", float("inf")):  # the best point's, for the final solution
+    # the best point's, for the final solution; of points equal to the criterion's
+    # rounding the later one (Newton's last steps are judged by the gradient, and
+    # the optimum is the last of them)
+    if f <= ws.cache.get("f", float("inf")) + ROUNDING * max(1.0, abs(f)):
         ws.cache.clear()
         ws.cache.update(f=f, theta=theta.tobytes(), state=st, sig_t=sig_t, s_dim=s_dim)
     flat_sig = sig_t.reshape(-1, order="F")

@@ -39,7 +39,7 @@ from scipy.linalg import lapack
 
 from pooljob.model import blas
 from pooljob.model.blocks import Blocks
-from pooljob.model.lmm import Factor, Solution, _quadratic_forms
+from pooljob.model.lmm import Factor, Solution
 from pooljob.model.profiled import Workspace, _factor, _State
 
 Array = NDArray[np.float64]
@@ -100,13 +100,6 @@ def _inverse(blocks: Blocks, ws: Workspace, theta: Array) -> tuple[_State, Array
     return st, full
 
 
-def _scale_rows(d: Array | sp.csr_matrix, mat: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """``D_wᵀ mat`` for the leading ``k`` coordinates (D a vector or a sparse matrix)."""
-    if isinstance(d, np.ndarray):
-        return sp.csr_matrix(sp.diags(d[:k]) @ mat)
-    return sp.csr_matrix(d[:k, :k].T @ mat)
-
-
 def solve_profiled(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> Solution:
     """β̂, σ̂², conditional modes, conditional and prediction variances at θ̂ (module docstring)."""
     theta = np.asarray(theta, dtype=np.float64)
@@ -160,7 +153,7 @@ def solve_profiled(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> S
     g_w = sp.csr_matrix(ws.g_bar[:, :k])
 
     def pev(a_fixed: Array, a_random: list[sp.csr_matrix]) -> Array:
-        return _pev(blocks, g_w, st, sigma, sigma2, a_fixed, a_random)
+        return _pev(blocks, g_w, st, full, sigma2, a_fixed, a_random)
 
     return Solution(beta, vcov, sigma2, b, cond_var, factor, pev)
 
@@ -171,36 +164,29 @@ def _level_sums(
     """Per level l of block 0: ``Σ_{pairs of l} ½ᵢⱼ (D Σ₂₂ D)_{ij} prod_{ij}``, (q₀, p₀, p₀).
 
     ``full`` holds Σ as :func:`_inverse` returns it and ``Σ₂₂ = Σ_rr − ef eᵀ``.
-    Only pairs of two dense columns (``i, j < m``) count; in chunks of
-    ``CHUNK`` pairs, so the temporaries stay small.
+    Only pairs of two dense columns (``i, j < m``) count: ``D Σ₂₂ D`` is
+    formed once in a ``size × size`` buffer that is 0 elsewhere, and
+    gathered on the pairs in chunks of ``CHUNK`` (in the workspace's column
+    order, so the gathers stay in cache).
     """
     m, size = ws.m, ws.size
     q0, p0 = blocks.levels[0], blocks.widths[0]
-    vec = isinstance(st.scale, np.ndarray)
-    if vec:
-        values = full.reshape(-1, order="F")
+    s22 = np.zeros((size, size), order="F")
+    s22[:m, :m] = full[:m, :m]
+    s22[:m, :m] -= ef @ e.T
+    if isinstance(st.scale, np.ndarray):
+        s22[:m, :m] *= st.scale[:m, None]
+        s22[:m, :m] *= st.scale[None, :m]
     else:
-        s22 = np.zeros((size, size), order="F")
-        s22[:m, :m] = st.scale[:m, :m] @ (full[:m, :m] - ef @ e.T) @ st.scale[:m, :m].T
-        values = s22.reshape(-1, order="F")
-    corr = [
-        (np.ascontiguousarray(ef[:, t]), np.ascontiguousarray(e[:, t])) for t in range(e.shape[1])
-    ]
+        s22[:m, :m] = st.scale[:m, :m] @ s22[:m, :m] @ st.scale[:m, :m].T
+    values = s22.reshape(-1, order="F")
     out = np.zeros((q0, p0 * p0))
     for start in range(0, len(ws.flat), CHUNK):
-        flat = ws.flat[start : start + CHUNK]
-        ri, ci = flat % size, flat // size
-        keep = (ri < m) & (ci < m)
-        flat, ri, ci = flat[keep], ri[keep], ci[keep]
-        vals = values[flat]
-        if vec:
-            assert isinstance(st.scale, np.ndarray)
-            for fe, ee in corr:
-                vals -= fe[ri] * ee[ci]
-            vals *= st.scale[ri] * st.scale[ci]
-        vals *= ws.half[start : start + CHUNK][keep]
-        level = ws.level[start : start + CHUNK][keep]
-        prod = ws.prod[start : start + CHUNK][keep].reshape(-1, p0 * p0)
+        part = slice(start, start + CHUNK)
+        vals = values[ws.flat[part]]
+        vals *= ws.half[part]
+        level = ws.level[part]
+        prod = ws.prod[part].reshape(-1, p0 * p0)
         for a in range(p0 * p0):
             out[:, a] += np.bincount(level, weights=vals * prod[:, a], minlength=q0)
     return out.reshape(q0, p0, p0)
@@ -235,7 +221,7 @@ def _pev(
     blocks: Blocks,
     g_w: sp.csr_matrix,
     st: _State,
-    sigma: Array,
+    full: Array,
     sigma2: float,
     a_fixed: Array,
     a_random: list[sp.csr_matrix],
@@ -254,19 +240,48 @@ def _pev(
         for j in range(1, blocks.n_blocks)
     ]
     direct = sp.vstack([*parts, sp.csr_matrix(a_fixed)], format="csr")
-    r = sp.csr_matrix(direct - _scale_rows(st.scale, sp.csr_matrix(g_w.T @ tv), k)).tocsc()
-    nnz = np.diff(r.indptr)
+    # rᵀ row by row (one row per column of the coefficients): the rows of a CSR
+    # matrix are what both the gathers and the dense blocks read
+    through = sp.csr_matrix(sp.csr_matrix(tv.T) @ g_w)  # (Ḡ_wᵀ T₀ N c₀)ᵀ
+    if isinstance(st.scale, np.ndarray):
+        through.data *= st.scale[through.indices]
+    else:
+        through = sp.csr_matrix(through @ st.scale[:k, :k])
+    rt = sp.csr_matrix(sp.csr_matrix(direct.T) - through)
+    nnz = np.diff(rt.indptr)
     wide = np.flatnonzero(nnz > DENSE_SHARE * k)
     narrow = np.flatnonzero(nnz <= DENSE_SHARE * k)
     if len(narrow):
-        total[narrow] += _quadratic_forms(sp.csr_matrix(r[:, narrow].T), sigma)
+        total[narrow] += _forms(sp.csr_matrix(rt[narrow]), full)
     if len(wide):
         lw = st.chol[:k, :k]
         step = 2048  # columns per triangular solve: larger blocks run BLAS faster
         with blas.threads(k):
             for start in range(0, len(wide), step):
                 sel = wide[start : start + step]
-                dense = r[:, sel].toarray()
+                dense = rt[sel].toarray().T  # column-major, as LAPACK reads it
                 v = sla.solve_triangular(lw, dense, lower=True, check_finite=False)
                 total[sel] += (v**2).sum(axis=0)
     return np.asarray(sigma2 * total, dtype=np.float64)
+
+
+def _forms(rows: sp.csr_matrix, full: Array) -> Array:
+    """``r Σ rᵀ`` for every row ``r``, gathering Σ on each row's pattern.
+
+    ``full`` is column-major with Σ in its leading block (:func:`_inverse`):
+    entry ``(i, j)`` is at ``i + j·ld`` of its flat buffer, one gather per
+    group of rows with as many non-zeros (cheaper than 2-D fancy indexing).
+    """
+    flat, ld = full.reshape(-1, order="F"), full.shape[0]
+    out = np.zeros(rows.shape[0])
+    counts = np.diff(rows.indptr)
+    for c in np.unique(counts[counts > 0]):
+        sel = np.flatnonzero(counts == c)
+        step = max(1, 5_000_000 // int(c * c))  # rows per gather of c × c entries
+        for start in range(0, len(sel), step):
+            part = sel[start : start + step]
+            pos = rows.indptr[part][:, None] + np.arange(c)
+            idx, val = rows.indices[pos], rows.data[pos]
+            block = flat[idx[:, :, None] + ld * idx[:, None, :]]
+            out[part] = np.einsum("ki,kij,kj->k", val, block, val)
+    return out
