@@ -225,8 +225,16 @@ def _inverse_from_cholesky(factor: Array) -> Array:
     return np.asarray(np.tril(inv) + np.tril(inv, -1).T, dtype=np.float64)
 
 
-def _quadratic_forms(rows: sp.csr_matrix, sigma: Array) -> Array:
-    """``r Σ rᵀ`` for every row ``r`` of a sparse matrix, gathering Σ on each row's pattern."""
+def quadratic_forms(rows: sp.csr_matrix, sigma: Array) -> Array:
+    """``r Σ rᵀ`` for every row ``r`` of a sparse matrix, gathering Σ on each row's pattern.
+
+    ``sigma`` is square and holds a **symmetric** Σ in its leading block (the
+    rest unused), in either memory order: entry ``(i, j)`` is read at
+    ``i + j·ld`` of the flat buffer (``ld`` its order), which is ``Σ_ij`` in
+    column-major order and ``Σ_ji = Σ_ij`` in row-major order.  One gather
+    per group of rows with as many non-zeros (cheaper than 2-D fancy indexing).
+    """
+    flat, ld = sigma.ravel(order="A"), sigma.shape[0]
     out = np.zeros(rows.shape[0])
     counts = np.diff(rows.indptr)
     for c in np.unique(counts[counts > 0]):
@@ -236,7 +244,7 @@ def _quadratic_forms(rows: sp.csr_matrix, sigma: Array) -> Array:
             part = sel[start : start + step]
             pos = rows.indptr[part][:, None] + np.arange(c)
             idx, val = rows.indices[pos], rows.data[pos]
-            block = sigma[idx[:, :, None], idx[:, None, :]]
+            block = flat[idx[:, :, None] + ld * idx[:, None, :]]
             out[part] = np.einsum("ki,kij,kj->k", val, block, val)
     return out
 
@@ -244,7 +252,7 @@ def _quadratic_forms(rows: sp.csr_matrix, sigma: Array) -> Array:
 def _diag_blocks(l21: sp.csr_matrix, sigma22: Array, q1: int, p1: int) -> Array:
     """Diagonal ``p1 × p1`` blocks of ``L21ᵀ Σ22 L21``, in column chunks."""
     if p1 == 1:
-        return _quadratic_forms(l21.T.tocsr(), sigma22).reshape(q1, 1, 1)
+        return quadratic_forms(l21.T.tocsr(), sigma22).reshape(q1, 1, 1)
     out = np.zeros((q1, p1, p1))
     csc = l21.tocsc()
     step = max(p1, (20_000_000 // max(1, sigma22.shape[0])) // p1 * p1)

@@ -39,7 +39,7 @@ from scipy.linalg import lapack
 
 from pooljob.model import blas
 from pooljob.model.blocks import Blocks
-from pooljob.model.lmm import Factor, Solution
+from pooljob.model.lmm import Factor, Solution, quadratic_forms
 from pooljob.model.profiled import Workspace, _factor, _State
 
 Array = NDArray[np.float64]
@@ -252,7 +252,7 @@ def _pev(
     wide = np.flatnonzero(nnz > DENSE_SHARE * k)
     narrow = np.flatnonzero(nnz <= DENSE_SHARE * k)
     if len(narrow):
-        total[narrow] += _forms(sp.csr_matrix(rt[narrow]), full)
+        total[narrow] += quadratic_forms(sp.csr_matrix(rt[narrow]), full)
     if len(wide):
         lw = st.chol[:k, :k]
         step = 2048  # columns per triangular solve: larger blocks run BLAS faster
@@ -263,25 +263,3 @@ def _pev(
                 v = sla.solve_triangular(lw, dense, lower=True, check_finite=False)
                 total[sel] += (v**2).sum(axis=0)
     return np.asarray(sigma2 * total, dtype=np.float64)
-
-
-def _forms(rows: sp.csr_matrix, full: Array) -> Array:
-    """``r Σ rᵀ`` for every row ``r``, gathering Σ on each row's pattern.
-
-    ``full`` is column-major with Σ in its leading block (:func:`_inverse`):
-    entry ``(i, j)`` is at ``i + j·ld`` of its flat buffer, one gather per
-    group of rows with as many non-zeros (cheaper than 2-D fancy indexing).
-    """
-    flat, ld = full.reshape(-1, order="F"), full.shape[0]
-    out = np.zeros(rows.shape[0])
-    counts = np.diff(rows.indptr)
-    for c in np.unique(counts[counts > 0]):
-        sel = np.flatnonzero(counts == c)
-        step = max(1, 5_000_000 // int(c * c))  # rows per gather of c × c entries
-        for start in range(0, len(sel), step):
-            part = sel[start : start + step]
-            pos = rows.indptr[part][:, None] + np.arange(c)
-            idx, val = rows.indices[pos], rows.data[pos]
-            block = flat[idx[:, :, None] + ld * idx[:, None, :]]
-            out[part] = np.einsum("ki,kij,kj->k", val, block, val)
-    return out
