@@ -177,17 +177,7 @@ def solve(blocks: Blocks, theta: Array, reml: bool) -> Solution:
     """β̂, σ̂², conditional modes and conditional variances at θ."""
     f = factorize(blocks, theta)
     p = f.lxy.shape[0] - 1
-    rl = f.lxy[:p, :p]
-    cx = f.lxy[p, :p]
-    r2 = f.lxy[p, p] ** 2
-    sigma2 = r2 / (blocks.n - p if reml else blocks.n)
-    beta = sla.solve_triangular(rl.T, cx, lower=False, check_finite=False) if p else np.zeros(0)
-    rinv = (
-        sla.solve_triangular(rl, np.eye(p), lower=True, check_finite=False)
-        if p
-        else np.zeros((0, 0))
-    )
-    vcov = sigma2 * (rinv.T @ rinv)
+    sigma2, beta, vcov = fixed_effects(f.lxy, blocks.n, reml)
     if not blocks.n_blocks:
         return Solution(beta, vcov, sigma2, [], [], f)
     q1, p1 = blocks.levels[0], blocks.widths[0]
@@ -215,6 +205,25 @@ def solve(blocks: Blocks, theta: Array, reml: bool) -> Solution:
         vk = sigma22[idx[:, :, None], idx[:, None, :]]
         cond_var.append(sigma2 * np.einsum("ij,ljk,mk->lim", f.t[k], vk, f.t[k]))
     return Solution(beta, vcov, sigma2, b, cond_var, f)
+
+
+def fixed_effects(lxy: Array, n: float, reml: bool) -> tuple[float, Array, Array]:
+    """``σ̂²``, ``β̂`` and ``Var(β̂)`` from the ``[X y]`` corner of the factor.
+
+    With ``lxy = [[R_X, 0], [c_xᵀ, r]]`` (lower triangular, ``p + 1`` square):
+    ``σ̂² = r² / (n − p)`` (REML) or ``r² / n`` (ML), ``β̂ = R_X⁻ᵀ c_x`` and
+    ``Var(β̂) = σ̂² R_X⁻ᵀ R_X⁻¹``.
+    """
+    p = lxy.shape[0] - 1
+    rl, cx, r2 = lxy[:p, :p], lxy[p, :p], lxy[p, p] ** 2
+    sigma2 = float(r2 / (n - p if reml else n))
+    beta = sla.solve_triangular(rl.T, cx, lower=False, check_finite=False) if p else np.zeros(0)
+    rinv = (
+        sla.solve_triangular(rl, np.eye(p), lower=True, check_finite=False)
+        if p
+        else np.zeros((0, 0))
+    )
+    return sigma2, beta, sigma2 * (rinv.T @ rinv)
 
 
 def _inverse_from_cholesky(factor: Array) -> Array:

@@ -39,7 +39,7 @@ from scipy.linalg import lapack
 
 from pooljob.model import blas
 from pooljob.model.blocks import Blocks
-from pooljob.model.lmm import Factor, Solution, quadratic_forms
+from pooljob.model.lmm import Factor, Solution, fixed_effects, quadratic_forms
 from pooljob.model.profiled import Workspace, _factor, _State
 
 Array = NDArray[np.float64]
@@ -108,16 +108,7 @@ def solve_profiled(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> S
     k = m + p
     sigma = full[:k, :k]
     chol = st.chol
-    lxy = np.tril(chol[m:, m:])
-    rl, cx, r2 = lxy[:p, :p], lxy[p, :p], lxy[p, p] ** 2
-    sigma2 = float(r2 / (blocks.n - p if reml else blocks.n))
-    beta = sla.solve_triangular(rl.T, cx, lower=False, check_finite=False) if p else np.zeros(0)
-    rinv = (
-        sla.solve_triangular(rl, np.eye(p), lower=True, check_finite=False)
-        if p
-        else np.zeros((0, 0))
-    )
-    vcov = sigma2 * (rinv.T @ rinv)
+    sigma2, beta, vcov = fixed_effects(np.tril(chol[m:, m:]), blocks.n, reml)
     rhs = np.zeros(size)
     rhs[-1] = chol[-1, -1]
     with blas.threads(size):
