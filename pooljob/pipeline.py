@@ -86,11 +86,17 @@ def check_convergence(optimizer: OptSummary, fit: str, control: Control) -> None
         f"the {fit} fit did not converge: {optimizer.check} after "
         f"{optimizer.evaluations} evaluations"
     )
+    fix = (
+        f"raise [model] max_evaluations (now {optimizer.max_evaluations}), simplify "
+        'the model, or set on_nonconvergence = "publish"'
+    )
+    _not_converged(text, fix, control)
+
+
+def _not_converged(text: str, fix: str, control: Control) -> None:
+    """``on_nonconvergence``: raise ``text; fix`` (``"fail"``) or log it (``"publish"``)."""
     if control.on_nonconvergence == "fail":
-        raise NonConvergenceError(
-            f"{text}; raise [model] max_evaluations (now {optimizer.max_evaluations}), simplify "
-            'the model, or set on_nonconvergence = "publish"'
-        )
+        raise NonConvergenceError(f"{text}; {fix}")
     log.warning("%s; published with converged = false (on_nonconvergence = 'publish')", text)
 
 
@@ -252,12 +258,11 @@ def fit_iterative_cells(
 
 def _iterative_nonconvergence(steps: int, control: Control) -> None:
     text = f"the iterative REML fit did not converge in {steps} Fisher-scoring steps"
-    if control.on_nonconvergence == "fail":
-        raise NonConvergenceError(
-            f"{text}; raise [model] max_evaluations (now {control.max_evaluations}), or set "
-            'on_nonconvergence = "publish"'
-        )
-    log.warning("%s; published with converged = false (on_nonconvergence = 'publish')", text)
+    fix = (
+        f"raise [model] max_evaluations (now {control.max_evaluations}), or set "
+        'on_nonconvergence = "publish"'
+    )
+    _not_converged(text, fix, control)
 
 
 def fit_area_source(
