@@ -233,6 +233,11 @@ def test_weights_in_the_totals_table(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["--quiet", "run", str(two_cfg)]) == 0
     numbers = [c for c in one_table.columns if one_table[c].dtype == pl.Float64]
     assert one_table.select(numbers).equals(_check_published(two / "out").select(numbers))
+    # a store missing from the one table: the error names that table, not a weights_path
+    one.filter(pl.col("store") != 3).write_parquet(tmp_path / "totals.parquet")
+    assert main(["--quiet", "run", str(cfg)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert "totals.parquet' has no weight for store:region" in err, err
     # a total that differs within a region is an error naming the region
     one.with_columns(rate=pl.col("rate") + pl.col("store")).write_parquet(
         tmp_path / "totals.parquet"

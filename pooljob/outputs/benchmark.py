@@ -278,8 +278,9 @@ def benchmark_estimates(
             if gap.height:
                 first = gap.row(0, named=True)
                 raise InputError(
-                    f"benchmark weights table {config.weights_path!r} has no weight for "
-                    f"{g.name} {_describe(first, own)} ({gap.height} groups with estimates lack "
+                    f"benchmark weights table {config.weights_path or config.path!r} has no "
+                    f"weight for {g.name} {_describe(first, own)} ({gap.height} groups with "
+                    "estimates lack "
                     "one); every benchmarked group needs its weight"
                 )
             weight = joined[w_id].to_numpy().astype(np.float64)
