@@ -280,8 +280,7 @@ def benchmark_estimates(
                 raise InputError(
                     f"benchmark weights table {config.weights_path or config.path!r} has no "
                     f"weight for {g.name} {_describe(first, own)} ({gap.height} groups with "
-                    "estimates lack "
-                    "one); every benchmarked group needs its weight"
+                    "estimates lack one); every benchmarked group needs its weight"
                 )
             weight = joined[w_id].to_numpy().astype(np.float64)
         idx = joined[row_id].to_numpy().astype(np.int64)
