@@ -8,8 +8,8 @@ import json
 import logging
 import platform
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -160,6 +160,20 @@ def _stage(name: str, seconds: float) -> dict[str, Any]:
     return {"stage": name, "seconds": round(seconds, 6)}
 
 
+@dataclass
+class _Clock:
+    seconds: float = 0.0
+
+
+@contextmanager
+def _timed(watch: Progress, name: str, timings: dict[str, float]) -> Iterator[_Clock]:
+    """Run a post-fit stage under ``watch``; its seconds go to ``timings[name]`` and the clock."""
+    clock, t0 = _Clock(), time.perf_counter()
+    with watch.stage(name):
+        yield clock
+    clock.seconds = timings[name] = time.perf_counter() - t0
+
+
 def _how(result: FitResult, draws: int) -> str:
     """How a poststratified or predicted table's intervals are made, for its log line.
 
@@ -184,12 +198,10 @@ def _poststratify(config: Config, result: FitResult, watch: Progress) -> pl.Data
             "[poststratify] does not apply to an area-level (Fay–Herriot) model: it has no "
             "unit-level predictions to weight"
         )
-    t0 = time.perf_counter()
-    with watch.stage("poststratify"):
+    with _timed(watch, "poststratify", result.timings) as clock:
         table, _, _ = read_population(result.predictor, post)
         out = poststratify(result.predictor, post, config.output.interval, table)
-    seconds = time.perf_counter() - t0
-    result.timings["poststratify"] = seconds
+    seconds = clock.seconds
     log_event(
         "poststratify",
         "poststratify: %d population cells, %d groups, %s (%.3f s)",
@@ -209,14 +221,12 @@ def _benchmark(
     section = config.benchmark
     if section is None or tables is None:
         return result
-    t0 = time.perf_counter()
-    with watch.stage("benchmark"):
+    with _timed(watch, "benchmark", result.timings) as clock:
         estimates, record = benchmark_estimates(
             result.estimates, result.key_columns, result.hierarchy, section, tables
         )
-    seconds = time.perf_counter() - t0
+    seconds = clock.seconds
     result = dataclasses.replace(result, estimates=estimates, benchmarked=record)
-    result.timings["benchmark"] = seconds
     log_event(
         "benchmark",
         "benchmark: %s within %s, %s, %d groups, adjustment %.6g to %.6g (%.3f s)",
@@ -242,12 +252,10 @@ def _predict(config: Config, result: FitResult, watch: Progress) -> pl.DataFrame
             "[predict] does not apply to an area-level (Fay–Herriot) model: it has no "
             "unit-level predictions"
         )
-    t0 = time.perf_counter()
-    with watch.stage("predict"):
+    with _timed(watch, "predict", result.timings) as clock:
         table = read_cells(result.predictor, section)
         out = predict(result.predictor, section, config.output.interval, table)
-    seconds = time.perf_counter() - t0
-    result.timings["predict"] = seconds
+    seconds = clock.seconds
     log_event(
         "predict",
         "predict: %d cells, %d with unseen levels, %s (%.3f s)",
