@@ -31,7 +31,8 @@ class Criterion:
     """The criterion as the optimizer sees it: counted, bounded, cached, its best point kept.
 
     ``value(x)`` is ``f(x)``; ``gradient(x)``, when an exact gradient exists,
-    ``(f(x), ∇f(x))``.  ``spent`` evaluations were made by earlier stages;
+    ``(f(x), ∇f(x))``; ``hessian(x)``, where the solver has it, ``∇²f(x)``
+    from the gradient evaluation at ``x``.  ``spent`` evaluations were made by earlier stages;
     once ``max_evaluations`` are made, the next raises
     :class:`EvaluationLimitError` (while ``enforce``).  The last ``RECENT``
     points are cached: asking again costs no evaluation.  ``on_evaluation``,
@@ -46,8 +47,10 @@ class Criterion:
         max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
         spent: int = 0,
         on_evaluation: OnEvaluation | None = None,
+        hessian: Callable[[Array], Array | None] | None = None,
     ) -> None:
         self._value, self._gradient = value, gradient
+        self._hessian = hessian
         self.max_evaluations = max_evaluations
         self.evaluations = spent
         self.enforce = True
@@ -90,6 +93,19 @@ class Criterion:
     def __call__(self, x: Array) -> float:
         """``f(x)``."""
         return self._evaluate(np.asarray(x, dtype=np.float64), self._value is None)[0]
+
+    def hessian(self, x: Array) -> Array | None:
+        """The exact Hessian at ``x`` where the criterion gives one (else None).
+
+        It reuses the gradient evaluation at ``x`` (made first if need be), so
+        it counts no evaluation of its own.
+        """
+        if self._hessian is None:
+            return None
+        x = np.asarray(x, dtype=np.float64)
+        self.gradient(x)
+        hess = self._hessian(x)
+        return None if hess is None else np.asarray(hess, dtype=np.float64)
 
     def gradient(self, x: Array) -> tuple[float, Array]:
         """``(f(x), ∇f(x))`` (exact gradients only)."""

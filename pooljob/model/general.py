@@ -15,7 +15,7 @@ import polars as pl
 from numpy.typing import NDArray
 
 from pooljob.errors import InputError
-from pooljob.model import profiled
+from pooljob.model import profiled, profiled_hessian
 from pooljob.model.blocks import Blocks, ColumnWeights, build_blocks
 from pooljob.model.cells import CellTable
 from pooljob.model.criterion import Criterion, Differences, EvaluationLimitError, OnEvaluation
@@ -164,6 +164,7 @@ def optimize(
             max_evaluations,
             0,
             on_evaluation,
+            hessian=lambda t: profiled_hessian.hessian(blocks, ws, t, reml),
         )
     start, notes = x0.copy(), []
     moments = moment_start(blocks) if ws is not None else None

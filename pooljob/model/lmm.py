@@ -162,6 +162,10 @@ class Solution:
     pev : optional, the prediction error variances of :func:`prediction_variance`
         computed another way (:mod:`pooljob.model.profiled_solve`, whose
         ``factor`` then leaves out its dense blocks).
+    mean_pev : optional, ``mean_pev(k, n)``: the prediction error variances of
+        the means of the fitted values over each level's rows of block k
+        (``n`` their weights), by :func:`mean_prediction_variance`, and which
+        of them are well conditioned (the others need :func:`prediction_variance`).
     """
 
     beta: Array
@@ -171,6 +175,7 @@ class Solution:
     cond_var: list[Array]
     factor: Factor
     pev: Callable[[Array, list[sp.csr_matrix]], Array] | None = None
+    mean_pev: Callable[[int, Array], tuple[Array, NDArray[np.bool_]]] | None = None
 
 
 def solve(blocks: Blocks, theta: Array, reml: bool) -> Solution:
@@ -275,6 +280,49 @@ def _diag_blocks(l21: sp.csr_matrix, sigma22: Array, q1: int, p1: int) -> Array:
                 prod = part[:, i::p1].multiply(g[:, j::p1])
                 out[start // p1 : start // p1 + lv, i, j] = np.asarray(prod.sum(axis=0)).ravel()
     return out
+
+
+#: :func:`mean_prediction_variance` trusts a level whose numerator is at least this
+#: share of its largest term (below, the subtraction loses too many digits).
+MEAN_PEV_CANCELLATION = 1e-4
+
+
+def mean_prediction_variance(
+    sigma2: float, t: Array, full: Array, n: Array
+) -> tuple[Array, NDArray[np.bool_]]:
+    """Prediction error variances of each level's mean of the fitted values, from its own block.
+
+    For a block whose first column is the level's intercept (the indicator of
+    its rows), the mean of the fitted values over level g's rows is
+    ``aᵀ(b, β)`` with ``a = G e_g / n_g`` (``G = [Z X]'W[Z X]``, ``e_g`` the
+    intercept column of level g, ``n_g = G_gg`` its rows' weight).  With
+    Henderson's matrix in lme4's scale ``Ω = Λ̃ᵀGΛ̃ + J`` (``J`` the identity
+    on the random effects) ``Λ̃ᵀ a = (Ω − J) v / n_g``, ``v = Λ̃⁻¹ e_g``,
+    so, with ``Σ_g`` the level's block of ``Ω⁻¹`` (β's uncertainty included)
+    and ``v_g = T⁻¹ e₀`` its part of ``v``,
+
+        PEV_g = σ² aᵀΛ̃ Ω⁻¹ Λ̃ᵀa = σ² (n_g − ‖v_g‖² + v_gᵀ Σ_g v_g) / n_g².
+
+    Parameters
+    ----------
+    sigma2 : σ̂².
+    t : (p_k, p_k) the block's template ``T`` (lower triangular, invertible).
+    full : (q_k, p_k, p_k) the blocks ``Σ_g`` of ``Ω⁻¹``.
+    n : (q_k,) the weights ``n_g``.
+
+    Returns
+    -------
+    pev : (q_k,) the variances.
+    ok : (q_k,) whether the numerator keeps at least ``MEAN_PEV_CANCELLATION``
+        of ``n_g + ‖v_g‖²`` (else the subtraction is ill conditioned, e.g. a
+        template near 0, and the level needs :func:`prediction_variance`).
+    """
+    v = sla.solve_triangular(t, np.eye(t.shape[0])[:, 0], lower=True, check_finite=False)
+    vv = float(v @ v)
+    quad = np.einsum("a,lab,b->l", v, full, v)
+    num = n - vv + quad
+    ok = np.asarray(num >= MEAN_PEV_CANCELLATION * (n + vv), dtype=np.bool_)
+    return np.asarray(sigma2 * num / n**2, dtype=np.float64), ok
 
 
 def prediction_variance(

@@ -179,6 +179,14 @@ def _hessian_from_values(crit: Criterion, x: Array, f: float, g: Array, coords: 
     return hess
 
 
+def _secant_start(crit: Criterion, x: Array, f: float, g: Array, coords: list[int]) -> Array:
+    """The first Hessian of the secant variant: the criterion's own, else from values."""
+    exact = crit.hessian(x)
+    if exact is not None:
+        return exact[np.ix_(coords, coords)]
+    return _hessian_from_values(crit, x, f, g, coords)
+
+
 def newton(
     crit: Criterion,
     x: Array,
@@ -216,7 +224,7 @@ def newton(
         f, g_all = crit.gradient(x)
         g = g_all[coords]
         hess = (
-            _hessian_from_values(crit, x, f, g, coords)
+            _secant_start(crit, x, f, g, coords)
             if secant
             else hessian_from_gradient(crit, x, g, coords, diff)
         )
@@ -285,8 +293,11 @@ def newton(
         if crit.exact:
             assert g_new is not None
             g = g_new
+            exact = crit.hessian(x) if secant else None
             updated = _secant(hess, x[coords] - x_old[coords], g - g_old) if secant else None
-            if secant and t == 1.0 and updated is not None:
+            if exact is not None:
+                hess = exact[np.ix_(coords, coords)]
+            elif secant and t == 1.0 and updated is not None:
                 hess = updated
             elif secant:
                 hess = _hessian_from_values(crit, x, f, g, coords)

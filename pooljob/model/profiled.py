@@ -199,6 +199,26 @@ class _State:
     logdet_l: float
 
 
+@dataclass
+class Gradient:
+    """What the last gradient evaluation computed, kept for the Hessian.
+
+    ``sig_t`` is ``D Σ D`` (lower triangle) in a ``size × size`` column-major
+    array, ``x = [u_r; β]`` the dense conditional modes (spherical) and β,
+    ``u0`` block 0's modes, ``pbars`` the gradient's ``P̄_k``.
+    """
+
+    theta: bytes
+    state: _State
+    sig_t: Array
+    x: Array
+    u0: Array
+    s_dim: int
+    pbars: list[Array] = field(default_factory=list)
+    #: ``tr(Σ K₃)``, ``K₃ = Bᵀ N³ B`` (random intercepts only, else 0).
+    tr_k3: float = 0.0
+
+
 def _scaling(blocks: Blocks, ws: Workspace, t: list[Array]) -> Array | sp.csr_matrix:
     """``D``: the vector of its diagonal if it is diagonal, else a sparse matrix."""
     if all(w == 1 for w in blocks.widths[1:]):
@@ -320,17 +340,26 @@ def objective_and_gradient(
     if f <= ws.cache.get("f", float("inf")) + ROUNDING * max(1.0, abs(f)):
         ws.cache.clear()
         ws.cache.update(f=f, theta=theta.tobytes(), state=st, sig_t=sig_t, s_dim=s_dim)
+    # for the Hessian (:mod:`pooljob.model.profiled_hessian`), which reuses all of it
+    ws.cache["last"] = Gradient(theta.tobytes(), st, sig_t, x, u0, s_dim)
     flat_sig = sig_t.reshape(-1, order="F")
     if p1 == 1:
         coef = (st.t[0][0, 0] * st.n_inv[:, 0, 0]) ** 2
-        total = 0.0
+        # with random intercepts only, also tr(Σ K₃) for the Hessian (weights θ₀² N³)
+        third = st.n_inv[:, 0, 0] if all(w == 1 for w in blocks.widths) else None
+        total, total3 = 0.0, 0.0
         for start in range(0, len(ws.flat), CHUNK):  # bounded temporaries
             part = slice(start, start + CHUNK)
             vals = flat_sig[ws.flat[part]]
             vals *= ws.half[part]
             vals *= ws.prod[part, 0, 0]
-            total += float(coef[ws.level[part]] @ vals)
+            lev = ws.level[part]
+            vals *= coef[lev]
+            total += float(vals.sum())
+            if third is not None:
+                total3 += float(third[lev] @ vals)
         pbar0 = np.array([[st.n_inv[:, 0, 0].sum() + 2.0 * total]])
+        ws.cache["last"].tr_k3 = 2.0 * total3
     else:
         vals = flat_sig[ws.flat] * ws.half
         r = np.stack(
@@ -345,6 +374,7 @@ def objective_and_gradient(
         tn = np.einsum("ac,lci->lai", st.t[0], st.n_inv)  # T₀ N_l
         pbar0 = st.n_inv.sum(axis=0) + np.einsum("lai,lab,lbj->ij", tn, qmat, tn)
     pbars[0] = pbar0
+    ws.cache["last"].pbars = pbars
     grad = np.zeros_like(theta)
     pos = 0
     fallback: list[int] = []

@@ -39,7 +39,13 @@ from scipy.linalg import lapack
 
 from pooljob.model import blas
 from pooljob.model.blocks import Blocks
-from pooljob.model.lmm import Factor, Solution, fixed_effects, quadratic_forms
+from pooljob.model.lmm import (
+    Factor,
+    Solution,
+    fixed_effects,
+    mean_prediction_variance,
+    quadratic_forms,
+)
 from pooljob.model.profiled import Workspace, _factor, _State
 
 Array = NDArray[np.float64]
@@ -138,6 +144,13 @@ def solve_profiled(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> S
         b.append(uk @ st.t[kk].T)
         cond_var.append(sigma2 * np.einsum("ij,ljk,mk->lim", st.t[kk], vk, st.t[kk]))
     factor = _as_factor(blocks, ws, st)
+    levels = _full_levels(blocks, ws, st, sigma, qmat, e, ef)
+
+    def mean_pev(k: int, n: Array) -> tuple[Array, NDArray[np.bool_]]:
+        t = st.t[k]
+        if not np.all(np.diag(t) != 0.0):
+            return np.full(len(n), np.nan), np.zeros(len(n), dtype=np.bool_)
+        return mean_prediction_variance(sigma2, t, levels[k], n)
 
     # the closure keeps Ḡ_w, not the workspace: its pair products (the bulk of
     # its memory) can go before the tables are built
@@ -146,7 +159,7 @@ def solve_profiled(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> S
     def pev(a_fixed: Array, a_random: list[sp.csr_matrix]) -> Array:
         return _pev(blocks, g_w, st, full, sigma2, a_fixed, a_random)
 
-    return Solution(beta, vcov, sigma2, b, cond_var, factor, pev)
+    return Solution(beta, vcov, sigma2, b, cond_var, factor, pev, mean_pev)
 
 
 def _level_sums(
@@ -181,6 +194,46 @@ def _level_sums(
         for a in range(p0 * p0):
             out[:, a] += np.bincount(level, weights=vals * prod[:, a], minlength=q0)
     return out.reshape(q0, p0, p0)
+
+
+def _full_levels(
+    blocks: Blocks, ws: Workspace, st: _State, sigma: Array, qmat: Array, e: Array, ef: Array
+) -> list[Array]:
+    """Each level's block of ``Ω⁻¹`` (spherical scale, β's uncertainty included), per block.
+
+    Dense blocks read it off ``Σ``.  Block 0's is ``N_l + N_l T₀' Ḡ_l D Σ D Ḡ_lᵀ
+    T₀ N_l`` over the random and ``X`` columns: the conditional pair sums
+    ``qmat`` (over ``Σ₂₂ = Σ_rr − ef eᵀ``) plus the rank-p terms
+    ``F_l E_lᵀ + E_l X_lᵀ + X_l E_lᵀ + X_l Σ_XX X_lᵀ`` with ``E = Ḡ_r D_r e``,
+    ``F = Ḡ_r D_r ef`` and ``X_l`` the level's ``X`` columns of ``Ḡ``.
+    """
+    m, p = ws.m, ws.p
+    k = m + p
+    q0, p0 = blocks.levels[0], blocks.widths[0]
+    g_r = ws.g_bar[:, :m]
+    scaled = (
+        sp.csr_matrix(g_r.multiply(st.scale[None, :m]))
+        if isinstance(st.scale, np.ndarray)
+        else sp.csr_matrix(g_r @ st.scale[:m, :m])
+    )
+    big_e = np.asarray(scaled @ e).reshape(q0, p0, p)
+    big_f = np.asarray(scaled @ ef).reshape(q0, p0, p)
+    big_x = np.asarray(ws.g_bar[:, m:k].toarray()).reshape(q0, p0, p)
+    cross = np.einsum("lap,lbp->lab", big_e, big_x)
+    q_full = (
+        qmat
+        + np.einsum("lap,lbp->lab", big_f, big_e)
+        + cross
+        + cross.transpose(0, 2, 1)
+        + np.einsum("lap,pq,lbq->lab", big_x, sigma[m:k, m:k], big_x)
+    )
+    tn = np.einsum("ac,lci->lai", st.t[0], st.n_inv)  # T₀ N_l
+    out = [st.n_inv + np.einsum("lai,lab,lbj->lij", tn, q_full, tn)]
+    for kk in range(1, blocks.n_blocks):
+        qk, pk = blocks.levels[kk], blocks.widths[kk]
+        idx = blocks.offsets[kk] + np.arange(qk * pk).reshape(qk, pk)
+        out.append(np.asarray(sigma[idx[:, :, None], idx[:, None, :]]))
+    return out
 
 
 def _as_factor(blocks: Blocks, ws: Workspace, st: _State) -> Factor:

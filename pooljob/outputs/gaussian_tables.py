@@ -120,12 +120,53 @@ def _estimates(
         )
         for d, (block, code, keyframe) in enumerate(groups)
     ]
-    estimates = cell_estimates(
-        cells, groupings, lambda a, b: prediction_variance(prep.blocks, sol, a, b)
-    )
+    estimates = cell_estimates(cells, groupings, _group_mean_pev(fit, n_cell))
     if interval_method == "prasad-rao":
         estimates = _with_rmse(fit, estimates)
     return estimates_frame(estimates, "gaussian", interval, keys, schema, interval_method)
+
+
+def _group_mean_pev(fit: GeneralFit, n_cell: Array) -> Any:
+    """``pev(a_fixed, a_random)`` for :func:`cell_estimates`, the group means' part known.
+
+    Where the solver gives them (``Solution.mean_pev``: each level's own
+    block of ``Ω⁻¹``, :func:`pooljob.model.lmm.mean_prediction_variance`), the
+    variances of the groupings whose first random column is their intercept
+    are taken from it; the other columns (other groupings, ill-conditioned
+    levels) go to :func:`prediction_variance`.  Columns are in
+    :func:`cell_estimates`'s order: each grouping's levels in code order.
+    """
+    prep, sol = fit.prepared, fit.solution
+    known: list[Array] = []
+    for d in range(len(prep.design.blocks)):
+        code = prep.codes[d]
+        q = int(code.max()) + 1
+        part = np.full(q, np.nan)
+        cw = prep.random[d]
+        intercept = bool(
+            cw.variables.size and cw.variables[0] == 0 and np.all(cw.weights[:, 0] == 1.0)
+        )
+        if sol.mean_pev is not None and intercept:
+            value, ok = sol.mean_pev(
+                prep.blocks.order.index(d), np.bincount(code, n_cell, q).astype(np.float64)
+            )
+            part[ok] = value[ok]
+        known.append(part)
+    given = np.concatenate(known) if known else np.zeros(0)
+
+    def pev(a_fixed: Array, a_random: list[sp.csr_matrix]) -> Array:
+        out = given.copy()
+        rest = np.flatnonzero(np.isnan(out))
+        if len(rest):
+            out[rest] = prediction_variance(
+                prep.blocks,
+                sol,
+                a_fixed[:, rest],
+                [sp.csr_matrix(sp.csc_matrix(a)[:, rest]) for a in a_random],
+            )
+        return out
+
+    return pev
 
 
 def _with_rmse(fit: GeneralFit, estimates: list[GroupingEstimates]) -> list[GroupingEstimates]:
