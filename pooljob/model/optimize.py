@@ -42,6 +42,8 @@ from pooljob.model.criterion import (
     curvature,
     gradient_from_values,
     hessian_from_gradient,
+    hessian_from_values,
+    secant_update,
 )
 from pooljob.model.theta import (
     SINGULAR_TOL,
@@ -138,53 +140,14 @@ class NewtonResult:
     message: str
 
 
-def _secant(hess: Array, s: Array, y: Array) -> Array | None:
-    """BFGS's update of ``hess`` for the step ``s``, gradient change ``y`` (None if ``sᵀy ≤ 0``)."""
-    sy = float(s @ y)
-    hs = hess @ s
-    shs = float(s @ hs)
-    if not sy > 0.0 or not shs > 0.0:
-        return None
-    return np.asarray(hess - np.outer(hs, hs) / shs + np.outer(y, y) / sy, dtype=np.float64)
-
-
-#: Relative step of :func:`_hessian_from_values`.
-VALUE_STEP = 1e-3
-
-
-def _hessian_from_values(crit: Criterion, x: Array, f: float, g: Array, coords: list[int]) -> Array:
-    """``H`` on ``coords`` from criterion values and the exact gradient ``g`` at ``x``.
-
-    With ``h_i = VALUE_STEP × max(|x_i|, 10⁻²)`` and ``f_i = f(x + h_i e_i)``,
-    ``f_ij = f(x + h_i e_i + h_j e_j)``::
-
-        H_ii = 2 (f_i − f − h_i g_i) / h_i²
-        H_ij = (f_ij − f_i − f_j + f) / (h_i h_j)
-
-    ``k(k + 1)/2`` values for ``k`` coordinates, each without the gradient
-    (for the profiled solver a Cholesky without the inverse: about a third of
-    a gradient evaluation); errors of order ``h`` (the secant updates that
-    follow correct them).
-    """
-    k = len(coords)
-    h = VALUE_STEP * np.maximum(np.abs(x[coords]), 1e-2)
-    unit = np.eye(len(x))
-    single = [crit(x + h[a] * unit[i]) for a, i in enumerate(coords)]
-    hess = np.empty((k, k))
-    for a, i in enumerate(coords):
-        hess[a, a] = 2.0 * (single[a] - f - h[a] * g[a]) / h[a] ** 2
-        for b in range(a + 1, k):
-            both = crit(x + h[a] * unit[i] + h[b] * unit[coords[b]])
-            hess[a, b] = hess[b, a] = (both - single[a] - single[b] + f) / (h[a] * h[b])
-    return hess
-
-
-def _secant_start(crit: Criterion, x: Array, f: float, g: Array, coords: list[int]) -> Array:
-    """The first Hessian of the secant variant: the criterion's own, else from values."""
+def _secant_start(
+    crit: Criterion, x: Array, f: float, g: Array, coords: list[int]
+) -> tuple[Array, bool]:
+    """The first Hessian of the secant variant: the criterion's own (True), else from values."""
     exact = crit.hessian(x)
     if exact is not None:
-        return exact[np.ix_(coords, coords)]
-    return _hessian_from_values(crit, x, f, g, coords)
+        return exact[np.ix_(coords, coords)], True
+    return hessian_from_values(crit, x, f, g, coords), False
 
 
 def newton(
@@ -210,7 +173,7 @@ def newton(
     ``H`` is recomputed after a large step (more than 10⁻³ relative, or a
     shortened one) and reused otherwise; with ``secant`` (exact gradients
     only) it is computed once from criterion values and the gradient
-    (:func:`_hessian_from_values`) and then updated by BFGS's secant formula
+    (:func:`hessian_from_values`) and then updated by BFGS's secant formula
     after every full step, recomputed only after a
     shortened step or when the update does not apply (``sᵀy ≤ 0``), and
     once by differences of the gradient where a step fails at the rounding
@@ -223,14 +186,15 @@ def newton(
     if crit.exact:
         f, g_all = crit.gradient(x)
         g = g_all[coords]
-        hess = (
+        hess, own_hess = (
             _secant_start(crit, x, f, g, coords)
             if secant
-            else hessian_from_gradient(crit, x, g, coords, diff)
+            else (hessian_from_gradient(crit, x, g, coords, diff), False)
         )
     else:
         f = crit(x)
         g, hess = curvature(crit, x, f, coords, diff)
+        own_hess = False
     if not coords:
         return NewtonResult(x, f, coords, g, hess, "no free coordinates")
     message = f"no convergence in {max_iter} steps"
@@ -277,7 +241,7 @@ def newton(
                     taken = (trial, f_new, g_new)
             break
         if taken is None:
-            if secant and not refreshed:
+            if secant and not refreshed and not own_hess:
                 # a secant Hessian may be too rough for the last steps: once,
                 # retry with one by differences of the gradient
                 hess = hessian_from_gradient(crit, x, g, coords, diff)
@@ -293,14 +257,20 @@ def newton(
         if crit.exact:
             assert g_new is not None
             g = g_new
-            exact = crit.hessian(x) if secant else None
-            updated = _secant(hess, x[coords] - x_old[coords], g - g_old) if secant else None
+            # the criterion's own Hessian after a large step; after a small one the
+            # last is as good (its own error is of the step's order), and cheaper
+            own = secant and crit.curved
+            exact = crit.hessian(x) if own and (large or not own_hess) else None
+            updated = secant_update(hess, x[coords] - x_old[coords], g - g_old) if secant else None
+            own_hess = exact is not None or (own_hess and not large)
             if exact is not None:
                 hess = exact[np.ix_(coords, coords)]
+            elif own_hess:
+                pass
             elif secant and t == 1.0 and updated is not None:
                 hess = updated
             elif secant:
-                hess = _hessian_from_values(crit, x, f, g, coords)
+                hess = hessian_from_values(crit, x, f, g, coords)
             elif large:
                 hess = hessian_from_gradient(crit, x, g, coords, diff)
         elif large:
