@@ -63,6 +63,8 @@ Array = NDArray[np.float64]
 MAX_PAIR_BYTES = 1_500_000_000
 #: Pairs per chunk where the gradient gathers Σ on them.
 CHUNK = 4_000_000
+#: Pairs per chunk where :func:`workspace` builds them (temporaries stay in cache).
+_BUILD = 1 << 19
 #: The criterion's rounding, relative (:data:`pooljob.model.optimize.RISE`).
 ROUNDING = 1e-11
 
@@ -115,19 +117,10 @@ def pair_count(blocks: Blocks) -> int:
     return int((cols * (cols + 1) // 2).sum())
 
 
-def workspace(blocks: Blocks) -> Workspace | None:
-    """Precompute ``Ā``, ``Ḡ`` and the pair products (None if too large)."""
-    if not blocks.n_blocks:
-        return None
-    p1 = blocks.widths[0]
-    pairs = pair_count(blocks)
-    if pairs * (20 + 8 * p1 * p1) > MAX_PAIR_BYTES:
-        return None
-    m = blocks.dense_size
-    p = blocks.xtx.shape[0] - 1
-    size = m + p + 1
-    off = blocks.offsets
-    a_bar = np.zeros((size, size))
+def _dense_part(blocks: Blocks, m: int, p: int) -> Array:
+    """``Ā = [Z₂ X y]'[Z₂ X y]``, built in column-major order (its ravel is free)."""
+    size, off = m + p + 1, blocks.offsets
+    a_bar = np.zeros((size, size), order="F")
     for k in range(1, blocks.n_blocks):
         pk, qk = blocks.widths[k], blocks.levels[k]
         idx = off[k] + np.arange(qk * pk).reshape(qk, pk)
@@ -138,54 +131,114 @@ def workspace(blocks: Blocks) -> Workspace | None:
         if k != 0:
             set_symmetric(a_bar, *pair_positions(blocks, k, j), pair.values)
     a_bar[m:, m:] = blocks.xtx
-    # Ḡ as (level, column, values over the p₁ rows of the level)
-    q1 = blocks.levels[0]
-    lev = [np.repeat(np.arange(q1), p + 1)]
-    col = [np.tile(m + np.arange(p + 1), q1)]
+    return a_bar
+
+
+def _entries(blocks: Blocks, m: int, p: int) -> tuple[NDArray[np.int64], NDArray[np.int64], Array]:
+    """The nonzeros of ``Ḡ`` as (level, column, values over the p₀ rows), by level then column."""
+    q1, p1, off = blocks.levels[0], blocks.widths[0], blocks.offsets
+    lev = [np.repeat(np.arange(q1, dtype=np.int64), p + 1)]
+    col = [np.tile(m + np.arange(p + 1, dtype=np.int64), q1)]
     val = [blocks.ztxy[0].transpose(0, 2, 1).reshape(-1, p1)]
     for (k, j), pair in blocks.pairs.items():
-        if k != 0:
-            continue
-        pj = blocks.widths[j]
-        lev.append(np.repeat(pair.codes_a, pj))
-        col.append((off[j] + pair.codes_b[:, None] * pj + np.arange(pj)).reshape(-1))
-        val.append(pair.values.transpose(0, 2, 1).reshape(-1, p1))
-    levels_all, cols_all = np.concatenate(lev), np.concatenate(col)
-    order = np.lexsort((cols_all, levels_all))
-    levels_all, cols_all = levels_all[order], cols_all[order]
-    vals = np.concatenate(val)[order]
-    rows_g = (levels_all[:, None] * p1 + np.arange(p1)).reshape(-1)
-    g_bar = sp.csr_matrix(
-        (vals.reshape(-1), (rows_g, np.repeat(cols_all, p1))), shape=(q1 * p1, size)
+        if k == 0:
+            pj = blocks.widths[j]
+            lev.append(np.repeat(pair.codes_a.astype(np.int64, copy=False), pj))
+            col.append((off[j] + pair.codes_b[:, None] * pj + np.arange(pj)).reshape(-1))
+            val.append(pair.values.transpose(0, 2, 1).reshape(-1, p1))
+    levels, cols = np.concatenate(lev), np.concatenate(col).astype(np.int64, copy=False)
+    # the order of np.lexsort((cols, levels)), by one stable sort of one key
+    order = np.argsort(levels * (m + p + 1) + cols, kind="stable")
+    return levels[order], cols[order], np.concatenate(val)[order]
+
+
+def _g_bar(
+    levels: NDArray[np.int64], cols: NDArray[np.int64], vals: Array, q1: int, size: int
+) -> sp.csr_matrix:
+    """``Ḡ``: row ``l p₀ + a`` holds the entries of level l (sorted, distinct columns)."""
+    p1 = vals.shape[1]
+    counts = np.bincount(levels, minlength=q1)
+    if np.any(np.diff(levels * size + cols) == 0):  # repeated entries: summed by COO
+        rows = (levels[:, None] * p1 + np.arange(p1)).reshape(-1)
+        return sp.csr_matrix((vals.reshape(-1), (rows, np.repeat(cols, p1))), shape=(q1 * p1, size))
+    starts = np.cumsum(counts) - counts
+    indptr = np.append(
+        (p1 * starts[:, None] + np.arange(p1) * counts[:, None]).reshape(-1), vals.size
     )
-    counts = np.bincount(levels_all, minlength=q1)
-    ends = np.cumsum(counts)[levels_all]  # one past the last entry of each entry's level
-    # each entry (l, j) pairs with the entries i ≥ j of its level: positions [e, end_l).
-    # Taken column by column (then level), the pairs fill S column by column, so the
-    # bincount into S and the gathers from Σ stay in cache (several times faster than
-    # level by level, which scatters over all of S)
-    by_col = np.lexsort((levels_all, cols_all))
-    span = ends[by_col] - by_col
+    pos = (
+        (p1 * starts + np.arange(p1)[:, None] * counts)[:, levels]
+        + np.arange(len(levels))
+        - starts[levels]
+    )
+    indices = np.empty(vals.size, dtype=np.int64)
+    data = np.empty(vals.size)
+    indices[pos.reshape(-1)] = np.tile(cols, p1)
+    data[pos.reshape(-1)] = vals.T.reshape(-1)
+    return sp.csr_matrix((data, indices, indptr), shape=(q1 * p1, size))
+
+
+def workspace(blocks: Blocks) -> Workspace | None:
+    """Precompute ``Ā``, ``Ḡ`` and the pair products (None if too large).
+
+    Each entry ``e`` of ``Ḡ`` (level l, column j; entries sorted by level then
+    column) pairs with the entries ``i ≥ e`` of its level: positions
+    ``[e, end_l)``.  Taken column by column (then level), the pairs fill S column
+    by column, so the bincount into S and the gathers from Σ stay in cache
+    (several times faster than level by level, which scatters over all of S).
+    The pairs are written in place in chunks of about ``_BUILD`` pairs; within a
+    run the positions ``i`` are consecutive, so they are a cumulative sum of ones
+    restarted at each run, and the run's constants (column j, level, values) are
+    repeated over it.
+    """
+    if not blocks.n_blocks:
+        return None
+    p1 = blocks.widths[0]
+    pairs = pair_count(blocks)
+    if pairs * (20 + 8 * p1 * p1) > MAX_PAIR_BYTES:
+        return None
+    m = blocks.dense_size
+    p = blocks.xtx.shape[0] - 1
+    size = m + p + 1
+    q1 = blocks.levels[0]
+    a_bar = _dense_part(blocks, m, p)
+    levels_all, cols_all, vals = _entries(blocks, m, p)
+    g_bar = _g_bar(levels_all, cols_all, vals, q1, size)
+    ends = np.cumsum(np.bincount(levels_all, minlength=q1))[levels_all]  # one past e's level
+    keys = cols_all.astype(np.uint16) if size <= 1 << 16 else cols_all  # radix sort
+    by_col = np.argsort(keys, kind="stable")  # = np.lexsort((levels_all, cols_all))
+    run_end = ends[by_col]
+    span = run_end - by_col
     bounds = np.concatenate([[0], np.cumsum(span)])
     total = int(bounds[-1])
-    # filled in place, in chunks (no lists to concatenate: half the peak memory)
+    # the step into each run's first position from the previous run's last
+    jump = by_col - np.concatenate([[1], run_end[:-1]]) + 1
+    col_j = cols_all[by_col] * size
+    lev_j = levels_all[by_col].astype(np.int32)
+    val_j = vals[by_col]
     flat = np.empty(total, dtype=np.int64)
     level = np.empty(total, dtype=np.int32)
     prod = np.empty((total, p1, p1))
-    half = np.empty(total, dtype=np.float32)
-    cuts = np.unique(np.searchsorted(bounds, np.arange(0, total, CHUNK), side="right") - 1)
+    half = np.ones(total, dtype=np.float32)
+    half[bounds[:-1]] = 0.5  # i == j: each run's first pair
+    cuts = np.unique(np.searchsorted(bounds, np.arange(0, total, _BUILD), side="right") - 1)
     for a, b in zip(cuts, [*cuts[1:], len(by_col)], strict=True):
-        sl = slice(int(bounds[a]), int(bounds[b]))
+        lo, hi = int(bounds[a]), int(bounds[b])
         n_e = span[a:b]
-        pj_ = np.repeat(by_col[a:b], n_e)  # position of j (the smaller column)
-        pi = pj_ + (np.arange(sl.start, sl.stop) - np.repeat(bounds[a:b], n_e))
-        flat[sl] = cols_all[pj_] * size + cols_all[pi]
-        level[sl] = levels_all[pj_]
-        np.multiply(vals[pi][:, :, None], vals[pj_][:, None, :], out=prod[sl])
-        half[sl] = np.where(pi == pj_, 0.5, 1.0)
-    return Workspace(
-        size, m, p, a_bar.reshape(-1, order="F").copy(), g_bar, flat, level, prod, half
-    )
+        pi = np.ones(hi - lo, dtype=np.int64)
+        pi[bounds[a:b] - lo] = jump[a:b]
+        pi[0] = by_col[a]
+        np.cumsum(pi, out=pi)  # position of i (the larger column)
+        np.take(cols_all, pi, out=flat[lo:hi], mode="clip")
+        flat[lo:hi] += np.repeat(col_j[a:b], n_e)
+        level[lo:hi] = np.repeat(lev_j[a:b], n_e)
+        if p1 == 1:
+            out = prod[lo:hi, 0, 0]
+            np.take(vals[:, 0], pi, out=out, mode="clip")
+            out *= np.repeat(val_j[a:b, 0], n_e)
+        else:
+            rep = np.repeat(val_j[a:b], n_e, axis=0)
+            np.multiply(vals[pi][:, :, None], rep[:, None, :], out=prod[lo:hi])
+    return Workspace(size, m, p, a_bar.reshape(-1, order="F"), g_bar, flat, level, prod, half)
 
 
 @dataclass
