@@ -207,7 +207,9 @@ def test_pairs_are_complete_and_in_column_order(monkeypatch: pytest.MonkeyPatch)
     for t in range(len(ws.flat)):
         f = int(ws.flat[t])
         np.testing.assert_array_equal(ws.prod[t], want[(f, int(ws.level[t]))])
-        assert ws.half[t] == (0.5 if f % ws.size == f // ws.size else 1.0)
+    # the pairs i = j, and only those, are listed in ``first``
+    diagonal = np.flatnonzero(ws.flat % ws.size == ws.flat // ws.size)
+    np.testing.assert_array_equal(ws.first, diagonal)
 
 
 def test_blas_threads_are_restored(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,4 +223,24 @@ def test_blas_threads_are_restored(monkeypatch: pytest.MonkeyPatch) -> None:
         pass
     assert [int(getattr(lib, get)()) for lib, _, get in libs] == before
     monkeypatch.setenv("POOLJOB_BLAS_THREADS", "x")
+    assert blas.wanted() == 1
+
+
+def test_blas_threads_count_others_load_not_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second BLAS thread while the others leave a core free, this process's own load aside."""
+    import os
+
+    from pooljob.model import blas
+
+    monkeypatch.delenv("POOLJOB_BLAS_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    # this process alone has kept one core busy for a minute: the load is its own
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.0, 1.0, 1.0))
+    monkeypatch.setattr(blas, "_own_load", lambda: 1.0)
+    assert blas.wanted() == 2
+    # another process keeps a core busy
+    monkeypatch.setattr(blas, "_own_load", lambda: 0.0)
+    assert blas.wanted() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.2, 2.0, 2.0))
+    monkeypatch.setattr(blas, "_own_load", lambda: 1.0)
     assert blas.wanted() == 1

@@ -11,11 +11,14 @@ numpy and scipy loaded, through their ``*_set_num_threads`` entry points
 after it.  Where no OpenBLAS is found (another BLAS, a platform without
 these symbols) it does nothing.  ``POOLJOB_BLAS_THREADS`` sets the count
 (at most the number of CPUs; 1 turns the feature off).  By default it is 2
-only while the machine has a core to spare (1-minute load average at most
-CPUs − 1, this process's own work included): on a busy machine a second
-thread waits for a core and the factorisation gets slower, not faster
-(measured: a 4,000-order ``potrf`` 4 s with one thread, 10 s with two,
-at a load average of 12 on 2 cores).
+only while the machine has a core to spare for it: the 1-minute load
+average less this process's own CPU use over the last minute (its threads'
+CPU seconds per second, :func:`_own_load`) at most CPUs − 1.5.  On a busy
+machine a second thread waits for a core and the factorisation gets
+slower, not faster (measured: a 4,000-order ``potrf`` 4 s with one thread,
+10 s with two, at a load average of 12 on 2 cores); counting the process's
+own work as the others' would switch a fit that runs alone for a minute
+back to one thread (its own load reaches 1).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -57,8 +62,30 @@ def _libraries() -> list[tuple[ctypes.CDLL, str, str]]:
     return found
 
 
+#: ``(monotonic time, CPU seconds of this process)`` samples of the last minute.
+_SAMPLES: deque[tuple[float, float]] = deque(
+    [(time.monotonic(), os.times().user + os.times().system)]
+)
+
+
+def _own_load() -> float:
+    """CPU seconds per second of this process over the last minute (0 in its first second)."""
+    now = time.monotonic()
+    times = os.times()
+    cpu = times.user + times.system
+    _SAMPLES.append((now, cpu))
+    while len(_SAMPLES) > 2 and now - _SAMPLES[1][0] >= 60.0:
+        _SAMPLES.popleft()
+    then, before = _SAMPLES[0]
+    return (cpu - before) / (now - then) if now - then >= 1.0 else 0.0
+
+
 def wanted() -> int:
-    """Threads for large factorisations: ``POOLJOB_BLAS_THREADS``, else 2 if a core is free."""
+    """Threads for large factorisations: ``POOLJOB_BLAS_THREADS``, else 2 if a core is free.
+
+    A core is free when the 1-minute load average, less this process's own
+    recent CPU use, is at most CPUs − 1.5 (module docstring).
+    """
     cpus = os.cpu_count() or 1
     raw = os.environ.get("POOLJOB_BLAS_THREADS", "")
     try:
@@ -67,7 +94,7 @@ def wanted() -> int:
         n = 1
     if not raw:
         try:
-            if os.getloadavg()[0] > cpus - 1:
+            if os.getloadavg()[0] - _own_load() > cpus - 1.5:
                 n = 1
         except OSError:
             n = 1

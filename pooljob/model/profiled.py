@@ -90,9 +90,10 @@ class Workspace:
         The level of block 0 that meets the pair.
     prod : ndarray, (pairs, p₀, p₀)
         ``Ḡ[(l, a), i] Ḡ[(l, b), j]``.
-    half : ndarray of float32
-        1 where ``i > j``, ½ on the diagonal (a symmetric sum counts each
-        pair twice).
+    first : ndarray of int64
+        The pairs with ``i = j`` (each column's first pair of a level), in
+        increasing order: a symmetric sum counts the other pairs twice, these
+        once (:func:`halve_diagonal`).
     """
 
     size: int
@@ -103,9 +104,15 @@ class Workspace:
     flat: NDArray[np.int64]
     level: NDArray[np.int32]
     prod: Array
-    half: NDArray[np.float32]
+    first: NDArray[np.int64]
     #: The last gradient evaluation's θ, factor and scaled inverse (:func:`last_inverse`).
     cache: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def halve_diagonal(vals: Array, first: NDArray[np.int64], start: int) -> None:
+    """Halve, in place, the entries of ``vals`` (pairs ``start …``) that are pairs ``i = j``."""
+    lo, hi = np.searchsorted(first, [start, start + len(vals)])
+    vals[first[lo:hi] - start] *= 0.5
 
 
 def pair_count(blocks: Blocks) -> int:
@@ -218,8 +225,7 @@ def workspace(blocks: Blocks) -> Workspace | None:
     flat = np.empty(total, dtype=np.int64)
     level = np.empty(total, dtype=np.int32)
     prod = np.empty((total, p1, p1))
-    half = np.ones(total, dtype=np.float32)
-    half[bounds[:-1]] = 0.5  # i == j: each run's first pair
+    first = np.asarray(bounds[:-1], dtype=np.int64)  # i == j: each run's first pair
     cuts = np.unique(np.searchsorted(bounds, np.arange(0, total, _BUILD), side="right") - 1)
     for a, b in zip(cuts, [*cuts[1:], len(by_col)], strict=True):
         lo, hi = int(bounds[a]), int(bounds[b])
@@ -238,7 +244,7 @@ def workspace(blocks: Blocks) -> Workspace | None:
         else:
             rep = np.repeat(val_j[a:b], n_e, axis=0)
             np.multiply(vals[pi][:, :, None], rep[:, None, :], out=prod[lo:hi])
-    return Workspace(size, m, p, a_bar.reshape(-1, order="F"), g_bar, flat, level, prod, half)
+    return Workspace(size, m, p, a_bar.reshape(-1, order="F"), g_bar, flat, level, prod, first)
 
 
 @dataclass
@@ -306,16 +312,23 @@ def _factor(blocks: Blocks, ws: Workspace, theta: Array) -> _State | None:
         n_inv = 1.0 / a11
         logdet = float(np.log(a11).sum())
         w = (t0[0, 0] ** 2) * n_inv[:, 0, 0]
-        weights = w[ws.level]
-        weights *= ws.prod[:, 0, 0]
     else:
         l11 = np.linalg.cholesky(a11)
         logdet = 2.0 * float(np.log(np.einsum("lii->li", l11)).sum())
         n_inv = np.linalg.inv(a11)
         w_all = np.einsum("ij,ljk,mk->lim", t0, n_inv, t0)
-        weights = np.einsum("tab,tab->t", w_all[ws.level], ws.prod)
-    h = np.asarray(np.bincount(ws.flat, weights, ws.size * ws.size), dtype=np.float64)
-    np.subtract(ws.a_bar, h, out=h)
+    # Ā − Ḡ'WḠ: the pairs' products added in chunks into a copy of Ā (no array
+    # of all the pairs' weights, no second matrix)
+    h = ws.a_bar.copy()
+    for start in range(0, len(ws.flat), CHUNK):
+        part = slice(start, start + CHUNK)
+        if p1 == 1:
+            weights = np.take(w, ws.level[part])
+            weights *= ws.prod[part, 0, 0]
+        else:
+            weights = np.einsum("tab,tab->t", w_all[ws.level[part]], ws.prod[part])
+        np.negative(weights, out=weights)
+        np.add.at(h, ws.flat[part], weights)
     s: Array = h.reshape(ws.size, ws.size, order="F")
     d = _scaling(blocks, ws, t)
     s = _scale(s, d, lower_only=True)
@@ -404,7 +417,7 @@ def objective_and_gradient(
         for start in range(0, len(ws.flat), CHUNK):  # bounded temporaries
             part = slice(start, start + CHUNK)
             vals = flat_sig[ws.flat[part]]
-            vals *= ws.half[part]
+            halve_diagonal(vals, ws.first, start)
             vals *= ws.prod[part, 0, 0]
             lev = ws.level[part]
             vals *= coef[lev]
@@ -414,7 +427,8 @@ def objective_and_gradient(
         pbar0 = np.array([[st.n_inv[:, 0, 0].sum() + 2.0 * total]])
         ws.cache["last"].tr_k3 = 2.0 * total3
     else:
-        vals = flat_sig[ws.flat] * ws.half
+        vals = flat_sig[ws.flat]
+        halve_diagonal(vals, ws.first, 0)
         r = np.stack(
             [
                 np.bincount(ws.level, weights=vals * ws.prod[:, a, b], minlength=q1)

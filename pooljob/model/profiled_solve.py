@@ -46,7 +46,7 @@ from pooljob.model.lmm import (
     mean_prediction_variance,
     quadratic_forms,
 )
-from pooljob.model.profiled import Workspace, _factor, _State
+from pooljob.model.profiled import Workspace, _factor, _State, halve_diagonal
 
 Array = NDArray[np.float64]
 #: A column of ``r`` with more non-zeros than this share of its length goes to the
@@ -188,7 +188,7 @@ def _level_sums(
     for start in range(0, len(ws.flat), CHUNK):
         part = slice(start, start + CHUNK)
         vals = values[ws.flat[part]]
-        vals *= ws.half[part]
+        halve_diagonal(vals, ws.first, start)
         level = ws.level[part]
         prod = ws.prod[part].reshape(-1, p0 * p0)
         for a in range(p0 * p0):
