@@ -317,9 +317,10 @@ def _factor(blocks: Blocks, ws: Workspace, theta: Array) -> _State | None:
         logdet = 2.0 * float(np.log(np.einsum("lii->li", l11)).sum())
         n_inv = np.linalg.inv(a11)
         w_all = np.einsum("ij,ljk,mk->lim", t0, n_inv, t0)
-    # Ā − Ḡ'WḠ: the pairs' products added in chunks into a copy of Ā (no array
-    # of all the pairs' weights, no second matrix)
-    h = ws.a_bar.copy()
+    # Ḡ'WḠ summed in chunks into one buffer (no array of all the pairs' weights),
+    # then subtracted from Ā at once: subtracting pair by pair from Ā's large
+    # entries (Σy² of an uncentred response) would round at each pair
+    h = np.zeros(ws.size * ws.size)
     for start in range(0, len(ws.flat), CHUNK):
         part = slice(start, start + CHUNK)
         if p1 == 1:
@@ -327,8 +328,8 @@ def _factor(blocks: Blocks, ws: Workspace, theta: Array) -> _State | None:
             weights *= ws.prod[part, 0, 0]
         else:
             weights = np.einsum("tab,tab->t", w_all[ws.level[part]], ws.prod[part])
-        np.negative(weights, out=weights)
         np.add.at(h, ws.flat[part], weights)
+    np.subtract(ws.a_bar, h, out=h)
     s: Array = h.reshape(ws.size, ws.size, order="F")
     d = _scaling(blocks, ws, t)
     s = _scale(s, d, lower_only=True)
