@@ -147,3 +147,24 @@ def test_group_mean_variances_equal_the_general_ones(
     np.testing.assert_allclose(
         fast.estimates["std_error"].to_numpy(), slow.estimates["std_error"].to_numpy(), rtol=1e-10
     )
+
+
+def test_criterion_is_smooth_near_a_variance_of_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Schur complement is summed before it is subtracted from Ā (an uncentred Σy²).
+
+    Subtracting the pairs' products one by one from Ā's large entries made
+    the criterion jump by 1e-9 relative between θ = 0 and θ = 1e-6, where
+    it changes by 1e-14.
+    """
+    from tests.test_crossed_iterative import crossed_data
+
+    formula = "y ~ 1 + (1 | u) + (1 | i) + (1 | u:i)"
+    blocks, ws, theta = _blocks(
+        formula, crossed_data(n=3000, users=60, items=30), "reml", monkeypatch
+    )
+    values = []
+    for t0 in (0.0, 1e-7, 1e-6, 3e-6, 1e-5):
+        at = theta.copy()
+        at[0] = t0
+        values.append(profiled.objective(blocks, ws, at, True))
+    assert np.ptp(values) < 2e-10 * abs(values[0])
