@@ -83,7 +83,7 @@ class Workspace:
         ``Ā`` in column-major order (only its lower triangle is used).
     g_bar : sparse, (q₀ p₀, size)
         ``Ḡ = Z₀'[Z₂ X y]``.
-    flat : ndarray of int64
+    flat : ndarray of int32 (int64 for orders above 46,340)
         Column-major position ``j·size + i`` of each pair ``i ≥ j``, in
         increasing ``j`` (column by column).
     level : ndarray of int32
@@ -101,7 +101,7 @@ class Workspace:
     p: int
     a_bar: Array
     g_bar: sp.csr_matrix
-    flat: NDArray[np.int64]
+    flat: NDArray[np.signedinteger[Any]]
     level: NDArray[np.int32]
     prod: Array
     first: NDArray[np.int64]
@@ -219,10 +219,13 @@ def workspace(blocks: Blocks) -> Workspace | None:
     total = int(bounds[-1])
     # the step into each run's first position from the previous run's last
     jump = by_col - np.concatenate([[1], run_end[:-1]]) + 1
-    col_j = cols_all[by_col] * size
+    # positions in S as int32 where they fit (every order up to MAX_DENSE): half the memory
+    index: type[np.signedinteger[Any]] = np.int32 if size * size < 2**31 else np.int64
+    cols_i: NDArray[np.signedinteger[Any]] = cols_all.astype(index)
+    col_j: NDArray[np.signedinteger[Any]] = cols_i[by_col] * size
     lev_j = levels_all[by_col].astype(np.int32)
     val_j = vals[by_col]
-    flat = np.empty(total, dtype=np.int64)
+    flat: NDArray[np.signedinteger[Any]] = np.empty(total, dtype=index)
     level = np.empty(total, dtype=np.int32)
     prod = np.empty((total, p1, p1))
     first = np.asarray(bounds[:-1], dtype=np.int64)  # i == j: each run's first pair
@@ -234,7 +237,7 @@ def workspace(blocks: Blocks) -> Workspace | None:
         pi[bounds[a:b] - lo] = jump[a:b]
         pi[0] = by_col[a]
         np.cumsum(pi, out=pi)  # position of i (the larger column)
-        np.take(cols_all, pi, out=flat[lo:hi], mode="clip")
+        np.take(cols_i, pi, out=flat[lo:hi], mode="clip")
         flat[lo:hi] += np.repeat(col_j[a:b], n_e)
         level[lo:hi] = np.repeat(lev_j[a:b], n_e)
         if p1 == 1:
@@ -368,6 +371,15 @@ def objective_and_gradient(
     if st is None:
         return float("inf"), np.zeros_like(theta)
     f = _criterion(st, ws, blocks.n, reml)
+    # the best point's factor and inverse are kept for the final solution; of points
+    # equal to the criterion's rounding the later one (Newton's last steps are
+    # judged by the gradient, and the optimum is the last of them).  What this
+    # point replaces goes before its inverse is allocated: one dense block less
+    best = f <= ws.cache.get("f", float("inf")) + ROUNDING * max(1.0, abs(f))
+    if best:
+        ws.cache.clear()
+    else:
+        ws.cache.pop("last", None)
     m, p, size = ws.m, ws.p, ws.size
     s_dim = m + p if reml else m
     nu = blocks.n - p if reml else blocks.n
@@ -401,11 +413,7 @@ def objective_and_gradient(
         pbars.append(low + np.tril(low, -1).T)
         us.append(x[idx])
     sig_t = _scale(sigma, st.scale, lower_only=True, outer=True)
-    # the best point's, for the final solution; of points equal to the criterion's
-    # rounding the later one (Newton's last steps are judged by the gradient, and
-    # the optimum is the last of them)
-    if f <= ws.cache.get("f", float("inf")) + ROUNDING * max(1.0, abs(f)):
-        ws.cache.clear()
+    if best:
         ws.cache.update(f=f, theta=theta.tobytes(), state=st, sig_t=sig_t, s_dim=s_dim)
     # for the Hessian (:mod:`pooljob.model.profiled_hessian`), which reuses all of it
     ws.cache["last"] = Gradient(theta.tobytes(), st, sig_t, x, u0, s_dim)

@@ -66,32 +66,34 @@ def _symmetrize(a: Array, step: int = 512) -> None:
         blk[:] = np.tril(blk) + np.tril(blk, -1).T
 
 
-def _inverse(blocks: Blocks, ws: Workspace, theta: Array) -> tuple[_State, Array]:
-    """The state at θ and ``Σ = S_w⁻¹`` (symmetric), reusing the cache when it holds θ.
+def _inverse(blocks: Blocks, ws: Workspace, theta: Array) -> tuple[_State, Array, Array]:
+    """The state at θ, ``Σ = S_w⁻¹`` (symmetric) and block 0's pair sums of ``DΣD``.
 
     Σ is returned in the leading ``k × k`` block of a column-major
     ``size × size`` array (the rest 0 or unused), so that a pair's
-    column-major position ``j·size + i`` (``Workspace.flat``) finds it.
+    column-major position ``j·size + i`` (``Workspace.flat``) finds it.  The
+    cache holds ``DΣD`` (the last gradient evaluation's, when it was at θ):
+    it is gathered on the pairs (:func:`_pair_sums`) before ``D`` is divided
+    out in place; otherwise ``S`` is factorised and inverted once.
     """
     k, size = ws.m + ws.p, ws.size
     c = ws.cache
     st = c.get("state")
+    d = st.scale if isinstance(st, _State) else None
     if (
         c.get("theta") == theta.tobytes()
         and c.get("s_dim") == k
         and isinstance(st, _State)
-        and isinstance(st.scale, np.ndarray)
-        and np.all(st.scale[:k] != 0.0)
+        and isinstance(d, np.ndarray)
+        and np.all(d[:k] != 0.0)
     ):
-        d = st.scale[:k]
         full = np.asarray(c["sig_t"], dtype=np.float64)
-        full[:k, :k] /= d[:, None]
-        full[:k, :k] /= d[None, :]
+        invertible = True
     else:
         found = _factor(blocks, ws, theta)
         if found is None:
             raise np.linalg.LinAlgError("the Schur complement is not positive definite at θ̂")
-        st = found
+        st, d = found, found.scale
         buf = np.array(st.chol, order="F")
         buf[k:, :] = 0.0
         buf[np.arange(k, size), np.arange(k, size)] = 1.0
@@ -99,17 +101,35 @@ def _inverse(blocks: Blocks, ws: Workspace, theta: Array) -> tuple[_State, Array
             full, info = lapack.dpotri(buf, lower=1, overwrite_c=1)
         if info != 0:
             raise np.linalg.LinAlgError(f"potri failed (info {info})")
+        full[np.arange(k, size), np.arange(k, size)] = 0.0
+        invertible = isinstance(d, np.ndarray) and bool(np.all(d[:k] != 0.0))
+        if invertible:
+            full[:k, :k] *= d[:k, None]
+            full[:k, :k] *= d[None, :k]
     c.clear()
     if not full.flags.f_contiguous:
         full = np.asfortranarray(full)
-    _symmetrize(full[:k, :k])
-    return st, full
+    if invertible:  # full holds DΣD: gathered, then D divided out in place
+        sums = _pair_sums(blocks, ws, full)
+        full[:k, :k] /= d[:k, None]
+        full[:k, :k] /= d[None, :k]
+        _symmetrize(full[:k, :k])
+    else:  # D singular (a θ at 0) or not diagonal (slopes): DΣDᵀ in a second buffer
+        _symmetrize(full[:k, :k])
+        scaled = np.zeros((size, size), order="F")
+        if isinstance(d, np.ndarray):
+            scaled[:k, :k] = full[:k, :k] * d[:k, None] * d[None, :k]
+        else:
+            scaled[:k, :k] = d[:k, :k] @ (d[:k, :k] @ full[:k, :k]).T
+        sums = _pair_sums(blocks, ws, scaled)
+        del scaled
+    return st, full, sums
 
 
 def solve_profiled(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> Solution:
     """β̂, σ̂², conditional modes, conditional and prediction variances at θ̂ (module docstring)."""
     theta = np.asarray(theta, dtype=np.float64)
-    st, full = _inverse(blocks, ws, theta)
+    st, full, sums = _inverse(blocks, ws, theta)
     m, p, size = ws.m, ws.p, ws.size
     k = m + p
     sigma = full[:k, :k]
@@ -130,10 +150,12 @@ def solve_profiled(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> S
     ef = np.asarray(
         np.linalg.solve(sigma[m:k, m:k], e.T).T if p else np.zeros((m, 0)), dtype=np.float64
     )
-    r = _level_sums(blocks, ws, st, full, ef, e)
-    qmat = r + r.transpose(0, 2, 1)
+    # per level of block 0: Ḡ_l D Σ D Ḡ_lᵀ over the random and X columns (q_full),
+    # and over Σ₂₂ (q_cond: less the rank-p terms, :func:`_rank_p_terms`)
+    q_full = sums + sums.transpose(0, 2, 1)
+    q_cond = q_full - _rank_p_terms(blocks, ws, st, sigma, e, ef)
     tn = np.einsum("ac,lci->lai", t0, n_inv)  # T₀ N_l
-    var_u0 = n_inv + np.einsum("lai,lab,lbj->lij", tn, qmat, tn)
+    var_u0 = n_inv + np.einsum("lai,lab,lbj->lij", tn, q_cond, tn)
     b = [u0 @ t0.T]
     cond_var = [sigma2 * np.einsum("ij,ljk,mk->lim", t0, var_u0, t0)]
     for kk in range(1, blocks.n_blocks):
@@ -144,7 +166,11 @@ def solve_profiled(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> S
         b.append(uk @ st.t[kk].T)
         cond_var.append(sigma2 * np.einsum("ij,ljk,mk->lim", st.t[kk], vk, st.t[kk]))
     factor = _as_factor(blocks, ws, st)
-    levels = _full_levels(blocks, ws, st, sigma, qmat, e, ef)
+    levels = [n_inv + np.einsum("lai,lab,lbj->lij", tn, q_full, tn)]
+    for kk in range(1, blocks.n_blocks):
+        qk, pk = blocks.levels[kk], blocks.widths[kk]
+        idx = blocks.offsets[kk] + np.arange(qk * pk).reshape(qk, pk)
+        levels.append(np.asarray(sigma[idx[:, :, None], idx[:, None, :]]))
 
     def mean_pev(k: int, n: Array) -> tuple[Array, NDArray[np.bool_]]:
         t = st.t[k]
@@ -162,28 +188,17 @@ def solve_profiled(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> S
     return Solution(beta, vcov, sigma2, b, cond_var, factor, pev, mean_pev)
 
 
-def _level_sums(
-    blocks: Blocks, ws: Workspace, st: _State, full: Array, ef: Array, e: Array
-) -> Array:
-    """Per level l of block 0: ``Σ_{pairs of l} ½ᵢⱼ (D Σ₂₂ D)_{ij} prod_{ij}``, (q₀, p₀, p₀).
+def _pair_sums(blocks: Blocks, ws: Workspace, scaled: Array) -> Array:
+    """Per level l of block 0: ``Σ_{pairs of l} ½ᵢⱼ (DΣD)_{ij} prod_{ij}``, (q₀, p₀, p₀).
 
-    ``full`` holds Σ as :func:`_inverse` returns it and ``Σ₂₂ = Σ_rr − ef eᵀ``.
-    Only pairs of two dense columns (``i, j < m``) count: ``D Σ₂₂ D`` is
-    formed once in a ``size × size`` buffer that is 0 elsewhere, and
-    gathered on the pairs in chunks of ``CHUNK`` (in the workspace's column
-    order, so the gathers stay in cache).
+    ``scaled`` holds ``DΣD`` (lower triangle; 0 in the ``y`` row and column)
+    in a column-major ``size × size`` array, gathered on the pairs in chunks
+    of ``CHUNK`` (in the workspace's column order, so the gathers stay in
+    cache).  The pairs cover the random and ``X`` columns; ``r + rᵀ`` is the
+    level's ``Ḡ_l D Σ D Ḡ_lᵀ``.
     """
-    m, size = ws.m, ws.size
     q0, p0 = blocks.levels[0], blocks.widths[0]
-    s22 = np.zeros((size, size), order="F")
-    s22[:m, :m] = full[:m, :m]
-    s22[:m, :m] -= ef @ e.T
-    if isinstance(st.scale, np.ndarray):
-        s22[:m, :m] *= st.scale[:m, None]
-        s22[:m, :m] *= st.scale[None, :m]
-    else:
-        s22[:m, :m] = st.scale[:m, :m] @ s22[:m, :m] @ st.scale[:m, :m].T
-    values = s22.reshape(-1, order="F")
+    values = scaled.reshape(-1, order="F")
     out = np.zeros((q0, p0 * p0))
     for start in range(0, len(ws.flat), CHUNK):
         part = slice(start, start + CHUNK)
@@ -196,16 +211,15 @@ def _level_sums(
     return out.reshape(q0, p0, p0)
 
 
-def _full_levels(
-    blocks: Blocks, ws: Workspace, st: _State, sigma: Array, qmat: Array, e: Array, ef: Array
-) -> list[Array]:
-    """Each level's block of ``Ω⁻¹`` (spherical scale, β's uncertainty included), per block.
+def _rank_p_terms(
+    blocks: Blocks, ws: Workspace, st: _State, sigma: Array, e: Array, ef: Array
+) -> Array:
+    """Per level of block 0, ``Ḡ_l D (Σ − Σ₂₂) D Ḡ_lᵀ`` over the random and X columns.
 
-    Dense blocks read it off ``Σ``.  Block 0's is ``N_l + N_l T₀' Ḡ_l D Σ D Ḡ_lᵀ
-    T₀ N_l`` over the random and ``X`` columns: the conditional pair sums
-    ``qmat`` (over ``Σ₂₂ = Σ_rr − ef eᵀ``) plus the rank-p terms
-    ``F_l E_lᵀ + E_l X_lᵀ + X_l E_lᵀ + X_l Σ_XX X_lᵀ`` with ``E = Ḡ_r D_r e``,
-    ``F = Ḡ_r D_r ef`` and ``X_l`` the level's ``X`` columns of ``Ḡ``.
+    ``Σ₂₂ = Σ_rr − ef eᵀ`` (``e = Σ_rX``, ``ef = e Σ_XX⁻¹``) on the random
+    columns, 0 on X's: with ``E = Ḡ_r D_r e``, ``F = Ḡ_r D_r ef`` and ``X_l``
+    the level's X columns of ``Ḡ``, it is ``F_l E_lᵀ + E_l X_lᵀ + X_l E_lᵀ +
+    X_l Σ_XX X_lᵀ``.
     """
     m, p = ws.m, ws.p
     k = m + p
@@ -220,20 +234,13 @@ def _full_levels(
     big_f = np.asarray(scaled @ ef).reshape(q0, p0, p)
     big_x = np.asarray(ws.g_bar[:, m:k].toarray()).reshape(q0, p0, p)
     cross = np.einsum("lap,lbp->lab", big_e, big_x)
-    q_full = (
-        qmat
-        + np.einsum("lap,lbp->lab", big_f, big_e)
+    return np.asarray(
+        np.einsum("lap,lbp->lab", big_f, big_e)
         + cross
         + cross.transpose(0, 2, 1)
-        + np.einsum("lap,pq,lbq->lab", big_x, sigma[m:k, m:k], big_x)
+        + np.einsum("lap,pq,lbq->lab", big_x, sigma[m:k, m:k], big_x),
+        dtype=np.float64,
     )
-    tn = np.einsum("ac,lci->lai", st.t[0], st.n_inv)  # T₀ N_l
-    out = [st.n_inv + np.einsum("lai,lab,lbj->lij", tn, q_full, tn)]
-    for kk in range(1, blocks.n_blocks):
-        qk, pk = blocks.levels[kk], blocks.widths[kk]
-        idx = blocks.offsets[kk] + np.arange(qk * pk).reshape(qk, pk)
-        out.append(np.asarray(sigma[idx[:, :, None], idx[:, None, :]]))
-    return out
 
 
 def _as_factor(blocks: Blocks, ws: Workspace, st: _State) -> Factor:
