@@ -117,8 +117,8 @@ def run(formula: str, data: Path, repeats: int) -> None:
     )
     print(
         f"  CPU time of the process: median {statistics.median(cpu):.2f} s "
-        f"({', '.join(f'{x:.2f}' for x in cpu)}; with one BLAS thread, about the wall time "
-        "on an idle machine)"
+        f"({', '.join(f'{x:.2f}' for x in cpu)}; all threads: above the wall time when a "
+        "second BLAS thread ran, pooljob/model/blas.py)"
     )
     print("  last run: " + ", ".join(f"{k} {v:.2f} s" for k, v in fit.timings.items()))
     print("  sd: " + ", ".join(f"{r['grouping']} {r['sd']:.6f}" for r in fit.components.to_dicts()))
