@@ -158,6 +158,7 @@ def hessian(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> Array | 
 
 
 def _hessian(blocks: Blocks, ws: Workspace, theta: Array, reml: bool, g: Gradient) -> Array:
+    """The module docstring's formulas, from the gradient evaluation ``g`` at θ."""
     st, s = g.state, g.s_dim
     m, p = ws.m, ws.p
     k_all = blocks.n_blocks
