@@ -27,14 +27,19 @@ from pooljob.model.blocks import Blocks
 from tests.test_crossed_exact import FORMULA, _data, _singular, _slopes
 
 CASES = [
-    (FORMULA, (3, 150, (12, 9, 4))),
-    ("y ~ x + (1 | a) + (1 | b)", (4, 150, (12, 9, 4))),
-    ("y ~ 1 + (1 | a) + (1 | b) + (1 | c)", (5, 3000, (150, 100, 8))),
+    (FORMULA, (3, 150, (12, 9, 4)), None),
+    ("y ~ x + (1 | a) + (1 | b)", (4, 150, (12, 9, 4)), None),
+    ("y ~ 1 + (1 | a) + (1 | b) + (1 | c)", (5, 3000, (150, 100, 8)), None),
+    ("y ~ x + (1 | a)", (9, 150, (12, 9, 4)), None),
 ]
 
 
 def _blocks(
-    formula: str, data: pl.DataFrame, method: str, monkeypatch: pytest.MonkeyPatch
+    formula: str,
+    data: pl.DataFrame,
+    method: str,
+    monkeypatch: pytest.MonkeyPatch,
+    weights: str | None = None,
 ) -> tuple[Blocks, profiled.Workspace, np.ndarray]:
     seen: list[tuple[Blocks, profiled.Workspace]] = []
     real = general.workspace
@@ -46,17 +51,23 @@ def _blocks(
         return ws
 
     monkeypatch.setattr(general, "workspace", spy)
-    fit = pooljob.fit(formula, data, method=method)
+    fit = pooljob.fit(formula, data, method=method, weights=weights)
     return seen[0][0], seen[0][1], np.array(fit.optimizer["final"])
 
 
 @pytest.mark.parametrize("method", ["reml", "ml"])
-@pytest.mark.parametrize(("formula", "shape"), CASES)
+@pytest.mark.parametrize(
+    ("formula", "shape", "weights"), [*CASES, (FORMULA, (8, 150, (12, 9, 4)), "w")]
+)
 def test_hessian_equals_differences_of_the_gradient(
-    monkeypatch: pytest.MonkeyPatch, formula: str, shape: tuple, method: str
+    monkeypatch: pytest.MonkeyPatch, formula: str, shape: tuple, weights: str | None, method: str
 ) -> None:
     seed, rows, levels = shape
-    blocks, ws, optimum = _blocks(formula, _data(seed, rows, levels), method, monkeypatch)
+    data = _data(seed, rows, levels)
+    if weights:
+        rng = np.random.default_rng(seed)
+        data = data.with_columns(w=pl.Series(rng.uniform(0.2, 3.0, data.height)))
+    blocks, ws, optimum = _blocks(formula, data, method, monkeypatch, weights)
     reml = method == "reml"
     # a grouping with more levels than PROBES: its traces are estimated
     estimated = any(q > profiled_hessian.PROBES for q in blocks.levels[1:])
