@@ -172,7 +172,9 @@ def newton(
     scale (``max(|x_i|, diff.floor)``), e.g. towards a variance of 0.
     ``H`` is recomputed after a large step (more than 10⁻³ relative, or a
     shortened one) and reused otherwise; with ``secant`` (exact gradients
-    only) it is computed once from criterion values and the gradient
+    only) it is the criterion's own Hessian where it has one
+    (:meth:`Criterion.hessian`: recomputed after a large step, kept after a
+    small one), else computed once from criterion values and the gradient
     (:func:`hessian_from_values`) and then updated by BFGS's secant formula
     after every full step, recomputed only after a
     shortened step or when the update does not apply (``sᵀy ≤ 0``), and
