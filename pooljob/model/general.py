@@ -117,9 +117,8 @@ def optimize(
     0's pair products fit in memory, ``ws``) and random intercepts only: from
     moment estimates of the variance components
     (:mod:`pooljob.model.moment_start`), Newton steps with the exact gradient
-    and a Hessian from criterion values at the start, updated by BFGS's
-    secant formula after each step (about 6-15 evaluations, a few of them
-    without the gradient).  Otherwise from
+    and the exact Hessian (:mod:`pooljob.model.profiled_hessian`, from the
+    same evaluation; about 3-5 evaluations).  Otherwise from
     lme4's start (1 on the diagonal, 0 elsewhere); with the exact gradient,
     the start scaled by a one-dimensional search, then
     L-BFGS-B without bounds (the criterion is even in each column of ``T_k``;
