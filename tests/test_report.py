@@ -306,6 +306,22 @@ def test_many_groups_are_sampled_deterministically(tmp_path: Path) -> None:
     assert len(text) < 3_000_000
 
 
+def test_area_level_shrinkage_is_explained_not_plotted_against_n(tmp_path: Path) -> None:
+    """Every area is one row: the report states v_i / (v_i + τ²) and its range instead."""
+    data = Path(__file__).parent / "data" / "fh_bcg.csv"
+    shutil.copy(data, tmp_path / "bcg.csv")
+    (tmp_path / "job.toml").write_text(
+        '[source]\npath = "bcg.csv"\n[model]\nformula = "yi ~ ablat + (1 | trial)"\n'
+        'sampling_variance = "vi"\n[output]\npath = "out"\nreport = true\n'
+    )
+    assert main(["--quiet", "run", str(tmp_path / "job.toml")]) == 0
+    text = (tmp_path / "out" / "current" / REPORT).read_text(encoding="utf-8")
+    assert "Shrinkage against group size" not in text
+    assert "Area-level (Fay–Herriot) model" in text and "(column vi)" in text
+    shrink = pl.read_parquet(tmp_path / "out" / "current" / "estimates.parquet")["shrinkage"]
+    assert f"from {float(shrink.min()):.3f} to {float(shrink.max()):.3f}" in text
+
+
 @pytest.mark.parametrize("family", ["binomial", "Gamma"])
 def test_other_families_in_the_manifest_still_report(
     tmp_path: Path, demo_run: Path, family: str

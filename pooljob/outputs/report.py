@@ -177,7 +177,9 @@ def _pooling(run: RunData, chosen: str, response: str) -> str:
             f"(lower, upper{_method_note(run)}), sorted; crosses are the raw means. "
             f"Showing {cat_note}.",
         ),
-        figure(
+        _area_shrinkage(run, frame)
+        if run.manifest.get("sampling_variance")
+        else figure(
             svg_text(shrinkage_figure(frame, curve), "f3"),
             f"Shrinkage against group size for all {frame.height:,} groups of {chosen}"
             + (
@@ -191,6 +193,29 @@ def _pooling(run: RunData, chosen: str, response: str) -> str:
         _top_pulled(frame),
     ]
     return section(f"Partial pooling: {chosen}", *parts)
+
+
+def _area_shrinkage(run: RunData, frame: pl.DataFrame) -> str:
+    """An area-level model's shrinkage in words: it follows the areas' sampling variances.
+
+    Every area is one row (``n`` = 1), so a picture against ``n`` would say
+    nothing; the shrinkage is ``v_i / (v_i + τ²)``, the known sampling
+    variance's share (docs/outputs.md).
+    """
+    column = str(run.manifest.get("sampling_variance"))
+    values = frame["shrinkage"].drop_nulls()
+    spread = (
+        f" Here it runs from {float(values.min()):.3f} to {float(values.max()):.3f} "  # type: ignore[arg-type]
+        f"(median {float(values.median()):.3f}) over the {frame.height:,} areas."  # type: ignore[arg-type]
+        if values.len()
+        else ""
+    )
+    return paragraph(
+        "Area-level (Fay–Herriot) model: each area is one direct estimate with a known "
+        f"sampling variance v_i (column {column}), so its shrinkage is v_i / (v_i + τ²), "
+        "the share of its sampling variance in the total: the noisier the direct "
+        "estimate, the more it is pulled toward the synthetic estimate." + spread
+    )
 
 
 def _above_note(run: RunData, grouping: str) -> str:
