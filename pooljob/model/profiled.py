@@ -346,6 +346,30 @@ def _factor(blocks: Blocks, ws: Workspace, theta: Array) -> _State | None:
     return _State(t, d, n_inv, chol, logdet)
 
 
+def leading_inverse(chol: Array, s_dim: int) -> Array | None:
+    """The inverse of the leading ``s_dim × s_dim`` block of ``chol chol'``, padded with zeros.
+
+    A new column-major array of ``chol``'s shape (lower triangle only):
+    ``potri`` on ``[[L_s, 0], [0, I]]``, then the ``I`` cleared; None if
+    ``potri`` fails.
+    """
+    size = chol.shape[0]
+    buf = np.array(chol, order="F")
+    buf[s_dim:, :] = 0.0
+    buf[np.arange(s_dim, size), np.arange(s_dim, size)] = 1.0
+    with blas.threads(size):
+        inv, info = lapack.dpotri(buf, lower=1, overwrite_c=1)
+    if info != 0:
+        return None
+    inv[np.arange(s_dim, size), np.arange(s_dim, size)] = 0.0
+    return np.asarray(inv)
+
+
+def intercepts_only(blocks: Blocks) -> bool:
+    """Whether every grouping has one random intercept and nothing else."""
+    return blocks.n_blocks > 0 and all(w == 1 for w in blocks.widths)
+
+
 def _criterion(st: _State, ws: Workspace, n: float, reml: bool) -> float:
     diag = np.diag(st.chol)
     r2 = diag[-1] ** 2
@@ -394,16 +418,9 @@ def objective_and_gradient(
     q1, p1 = blocks.levels[0], blocks.widths[0]
     resid = np.asarray(ws.g_bar @ dx).reshape(q1, p1)
     u0 = np.einsum("lab,cb,lc->la", st.n_inv, st.t[0], resid)  # N_l T₀' (Ḡ_l D [−x; 1])
-    # Σ = the inverse of the leading s_dim × s_dim part of S, padded with zeros
-    # (lower triangles only): potri on [[L_s, 0], [0, I]], then the I cleared
-    buf = np.array(st.chol, order="F")
-    buf[s_dim:, :] = 0.0
-    buf[np.arange(s_dim, size), np.arange(s_dim, size)] = 1.0
-    with blas.threads(size):
-        sigma, info = lapack.dpotri(buf, lower=1, overwrite_c=1)
-    if info != 0:
+    sigma = leading_inverse(st.chol, s_dim)
+    if sigma is None:
         return f, np.full_like(theta, np.nan)
-    sigma[np.arange(s_dim, size), np.arange(s_dim, size)] = 0.0
     pbars = [np.zeros((p1, p1))]
     us = [u0]
     for k in range(1, blocks.n_blocks):
@@ -421,7 +438,7 @@ def objective_and_gradient(
     if p1 == 1:
         coef = (st.t[0][0, 0] * st.n_inv[:, 0, 0]) ** 2
         # with random intercepts only, also tr(Σ K₃) for the Hessian (weights θ₀² N³)
-        third = st.n_inv[:, 0, 0] if all(w == 1 for w in blocks.widths) else None
+        third = st.n_inv[:, 0, 0] if intercepts_only(blocks) else None
         total, total3 = 0.0, 0.0
         for start in range(0, len(ws.flat), CHUNK):  # bounded temporaries
             part = slice(start, start + CHUNK)

@@ -49,7 +49,12 @@ from scipy.linalg import lapack
 
 from pooljob.model import blas
 from pooljob.model.blocks import Blocks
-from pooljob.model.profiled import Gradient, Workspace, objective_and_gradient
+from pooljob.model.profiled import (
+    Gradient,
+    Workspace,
+    intercepts_only,
+    objective_and_gradient,
+)
 
 Array = NDArray[np.float64]
 
@@ -60,8 +65,8 @@ SEED = 20261130
 
 
 def applies(blocks: Blocks) -> bool:
-    """Whether :func:`hessian` applies: random intercepts only, block 0 among them."""
-    return blocks.n_blocks > 0 and all(w == 1 for w in blocks.widths)
+    """Whether :func:`hessian` applies: random intercepts only."""
+    return intercepts_only(blocks)
 
 
 #: Columns per chunk of :func:`_squared_block_sums`.

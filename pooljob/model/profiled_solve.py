@@ -35,7 +35,6 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 from numpy.typing import NDArray
-from scipy.linalg import lapack
 
 from pooljob.model import blas
 from pooljob.model.blocks import Blocks
@@ -46,7 +45,13 @@ from pooljob.model.lmm import (
     mean_prediction_variance,
     quadratic_forms,
 )
-from pooljob.model.profiled import Workspace, _factor, _State, halve_diagonal
+from pooljob.model.profiled import (
+    Workspace,
+    _factor,
+    _State,
+    halve_diagonal,
+    leading_inverse,
+)
 
 Array = NDArray[np.float64]
 #: A column of ``r`` with more non-zeros than this share of its length goes to the
@@ -94,14 +99,10 @@ def _inverse(blocks: Blocks, ws: Workspace, theta: Array) -> tuple[_State, Array
         if found is None:
             raise np.linalg.LinAlgError("the Schur complement is not positive definite at θ̂")
         st, d = found, found.scale
-        buf = np.array(st.chol, order="F")
-        buf[k:, :] = 0.0
-        buf[np.arange(k, size), np.arange(k, size)] = 1.0
-        with blas.threads(k):
-            full, info = lapack.dpotri(buf, lower=1, overwrite_c=1)
-        if info != 0:
-            raise np.linalg.LinAlgError(f"potri failed (info {info})")
-        full[np.arange(k, size), np.arange(k, size)] = 0.0
+        inverse = leading_inverse(st.chol, k)
+        if inverse is None:
+            raise np.linalg.LinAlgError("potri failed on the Schur complement at θ̂")
+        full = inverse
         invertible = isinstance(d, np.ndarray) and bool(np.all(d[:k] != 0.0))
         if invertible:
             full[:k, :k] *= d[:k, None]
@@ -156,21 +157,20 @@ def solve_profiled(blocks: Blocks, ws: Workspace, theta: Array, reml: bool) -> S
     q_cond = q_full - _rank_p_terms(blocks, ws, st, sigma, e, ef)
     tn = np.einsum("ac,lci->lai", t0, n_inv)  # T₀ N_l
     var_u0 = n_inv + np.einsum("lai,lab,lbj->lij", tn, q_cond, tn)
+    # each level's block of Ω⁻¹ with β's uncertainty (for mean_pev), per block
+    levels = [n_inv + np.einsum("lai,lab,lbj->lij", tn, q_full, tn)]
     b = [u0 @ t0.T]
     cond_var = [sigma2 * np.einsum("ij,ljk,mk->lim", t0, var_u0, t0)]
     for kk in range(1, blocks.n_blocks):
         qk, pk = blocks.levels[kk], blocks.widths[kk]
         idx = blocks.offsets[kk] + np.arange(qk * pk).reshape(qk, pk)
-        vk = sigma[idx[:, :, None], idx[:, None, :]] - np.einsum("lat,lbt->lab", ef[idx], e[idx])
+        own = np.asarray(sigma[idx[:, :, None], idx[:, None, :]])  # Σ's level blocks
+        levels.append(own)
+        vk = own - np.einsum("lat,lbt->lab", ef[idx], e[idx])
         uk = ur[idx]
         b.append(uk @ st.t[kk].T)
         cond_var.append(sigma2 * np.einsum("ij,ljk,mk->lim", st.t[kk], vk, st.t[kk]))
     factor = _as_factor(blocks, ws, st)
-    levels = [n_inv + np.einsum("lai,lab,lbj->lij", tn, q_full, tn)]
-    for kk in range(1, blocks.n_blocks):
-        qk, pk = blocks.levels[kk], blocks.widths[kk]
-        idx = blocks.offsets[kk] + np.arange(qk * pk).reshape(qk, pk)
-        levels.append(np.asarray(sigma[idx[:, :, None], idx[:, None, :]]))
 
     def mean_pev(k: int, n: Array) -> tuple[Array, NDArray[np.bool_]]:
         t = st.t[k]
