@@ -24,6 +24,7 @@ from pooljob.errors import InputError, MissingColumnError
 from pooljob.model.benchmark import adjustments, apply, empty_weight, ratio_problem
 from pooljob.model.options import BenchmarkConfig, benchmarked_groupings
 from pooljob.model.terms import Grouping
+from pooljob.outputs.frames import cast_keys
 from pooljob.scan.source import open_data, quote_identifier
 
 #: The column of estimates.parquet that keeps the model's estimate of a benchmarked row.
@@ -194,18 +195,8 @@ def _typed(
 ) -> pl.DataFrame:
     """``table``'s key ``columns`` renamed to their published names, in the estimates' types."""
     out = table.rename({c: names[c] for c in columns})
-    for c in columns:
-        col, dtype = names[c], target[names[c]].dtype
-        if out[col].dtype == dtype:
-            continue
-        cast = out[col].cast(dtype, strict=False)
-        if int(cast.is_null().sum()):
-            raise InputError(
-                f"{what}: column {c!r} ({out[col].dtype}) does not convert to the sample's type "
-                f"{dtype}"
-            )
-        out = out.with_columns(cast.alias(col))
-    return out
+    types = {names[c]: target[names[c]].dtype for c in columns}
+    return cast_keys(out, types, what, {names[c]: c for c in columns})
 
 
 def _nulls_kept(like: pl.Series, values: Any) -> pl.Series:

@@ -16,6 +16,7 @@ import numpy as np
 import polars as pl
 from numpy.typing import NDArray
 
+from pooljob.errors import InputError
 from pooljob.model.design import Design
 
 Array = NDArray[np.float64]
@@ -73,6 +74,34 @@ def published_names(keys: Iterable[str]) -> dict[str, str]:
             taken.add(name.lower())
         out[k] = name
     return out
+
+
+def cast_keys(
+    table: pl.DataFrame,
+    types: dict[str, Any],
+    where: str,
+    shown: dict[str, str] | None = None,
+) -> pl.DataFrame:
+    """``table`` with each column of ``types`` cast to its type (the sample's keys').
+
+    Raises
+    ------
+    InputError
+        A column whose values do not convert (a null after the cast), named as
+        in ``shown`` (the user's column name) if given.
+    """
+    for col, dtype in types.items():
+        if table[col].dtype == dtype:
+            continue
+        cast = table[col].cast(dtype, strict=False)
+        if int(cast.is_null().sum()):
+            name = (shown or {}).get(col, col)
+            raise InputError(
+                f"{where}: column {name!r} has type {table[col].dtype} but the sample's is "
+                f"{dtype}, and its values do not convert; make the types match"
+            )
+        table = table.with_columns(cast.alias(col))
+    return table
 
 
 def level_label(columns: tuple[str, ...]) -> pl.Expr:

@@ -41,7 +41,7 @@ from pooljob.model.families import mean_link
 from pooljob.model.formula import Formula, display_name
 from pooljob.model.options import PoststratifyConfig
 from pooljob.outputs.estimates import interval_bounds
-from pooljob.outputs.frames import published_names
+from pooljob.outputs.frames import cast_keys, published_names
 from pooljob.scan.source import open_data, quote_identifier
 
 Array = NDArray[np.float64]
@@ -192,16 +192,7 @@ def check_cells(
                 f"{where}: column {c!r} has {nulls} null values; every cell needs "
                 "a value of each model column"
             )
-    for c in keys:
-        target = pred.keys[c]
-        if table[c].dtype != target:
-            cast = table[c].cast(target, strict=False)
-            if int(cast.is_null().sum()):
-                raise InputError(
-                    f"{where}: column {c!r} has type {table[c].dtype} but the sample's is "
-                    f"{target}, and its values do not convert; make the types match"
-                )
-            table = table.with_columns(cast.alias(c))
+    table = cast_keys(table, {c: pred.keys[c] for c in keys}, where)
     for c, levels in pred.design.categorical.items():
         unseen = table.filter(~pl.col(c).is_in(levels))[c].unique().to_list()
         if unseen:
